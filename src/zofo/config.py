@@ -1,0 +1,94 @@
+"""The run configuration: one dataclass, readable from YAML, overridable from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+METHODS = ("fo",)
+
+
+def option(default, help: str, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class TrainConfig:
+    # what is solved
+    task: str = option("sst2", "task name (sst2, boolq, cb, copa, rte, wic, wsc, winogrande, multirc, record, squad, drop)")
+    method: str = option("fo", "training method: fo = first-order PEFT (Adam on the adapter, base frozen)", METHODS)
+    peft: str = option("lora", "adapter type", ("lora", "prefix", "prompt"))
+    model: str = option("smollm2-135m-instruct", "bundled model name, tiny-gpt2/tiny-opt/tiny-llama, a local HF folder or a Hub id")
+    hard_prompt: bool = option(True, "use the task's MeZO-style hard prompt (false: raw input fields, same candidates)")
+    loss: str = option("auto", "training loss: candidates = cross-entropy over candidate scores, lm = LM loss on the answer tokens, auto = candidates unless the task is generative", ("auto", "candidates", "lm"))
+    # optimisation
+    steps: int = option(1000, "optimizer steps")
+    lr: float = option(1e-4, "learning rate (constant)")
+    batch_size: int = option(16, "training examples per step")
+    eval_every: int = option(100, "evaluate the validation loss every N steps (and at the last step)")
+    seed: int = option(0, "seed for data sampling, initialisation and minibatches")
+    # adapters
+    lora_r: int = option(8, "LoRA rank")
+    lora_alpha: int = option(16, "LoRA alpha")
+    prefix_tokens: int = option(5, "prefix-tuning virtual tokens")
+    prompt_tokens: int = option(10, "prompt-tuning virtual tokens")
+    # data
+    data_dir: str | None = option(None, "folder with the task data (default: $ZOFO_DATA_DIR; absent: the Hugging Face Hub)")
+    n_train: int = option(1000, "training examples sampled")
+    n_val: int = option(500, "validation examples sampled (disjoint from train)")
+    n_test: int = option(1000, "test examples sampled from the official validation split")
+    max_length: int = option(512, "longest input in tokens (contexts are cut from the left)")
+    # evaluation
+    eval_batch_size: int = option(32, "rows per forward when scoring candidates")
+    max_new_tokens: int = option(50, "generation length for SQuAD/DROP")
+    zero_shot: bool = option(True, "also evaluate the model before training")
+    # where and how
+    dtype: str = option("fp32", "parameter dtype", ("fp32", "bf16", "fp16"))
+    device: str = option("auto", "cpu, cuda, cuda:N or auto")
+    out_dir: str | None = option(None, "run folder (default: runs/<task>-<method>-<peft>-seed<seed>)")
+
+    def resolved_loss(self, generative: bool) -> str:
+        if generative and self.loss == "candidates":
+            raise ValueError(f"task {self.task!r} is generative: its loss must be 'lm'")
+        if self.loss == "auto":
+            return "lm" if generative else "candidates"
+        return self.loss
+
+    def run_dir(self) -> Path:
+        if self.out_dir:
+            return Path(self.out_dir)
+        return Path("runs") / f"{self.task}-{self.method}-{self.peft}-seed{self.seed}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def config_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(TrainConfig))
+
+
+def make_config(base: dict | None = None, **overrides) -> TrainConfig:
+    """A TrainConfig from a dict (e.g. a YAML file) and overrides; unknown or invalid values name the field."""
+    values = {**(base or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    known = {f.name: f for f in config_fields()}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; allowed fields: {sorted(known)}")
+    for name, value in values.items():
+        choices = known[name].metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"config field {name!r} is {value!r}; allowed values: {list(choices)}")
+    return TrainConfig(**values)
+
+
+def load_config(path: str | Path, **overrides) -> TrainConfig:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    base = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(base, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of field: value")
+    return make_config(base, **overrides)

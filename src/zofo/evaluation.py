@@ -1,0 +1,79 @@
+"""Evaluation: candidate scoring, greedy generation, task metrics and validation loss."""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from .batches import TokenizedExample, chunks_by_rows, context_batch, option_batch
+from .losses import grouped_scores, option_scores
+from .metrics import compute_metric
+from .tasks import Task
+
+
+@torch.no_grad()
+def predict_options(model, examples: list[TokenizedExample], pad_id: int, max_rows: int = 32) -> list[int]:
+    """Index of the highest-scoring option of each example; several examples share one forward."""
+    device = model.device
+    predictions = [0] * len(examples)
+    for chunk in tqdm(chunks_by_rows(examples, max_rows), desc="scoring", leave=False, unit="batch"):
+        batch = option_batch([examples[i] for i in chunk], pad_id).to(device)
+        scores = grouped_scores(option_scores(model, batch), batch.options_per_example)
+        for i, prediction in zip(chunk, scores.argmax(-1).tolist()):
+            predictions[i] = prediction
+    return predictions
+
+
+@torch.no_grad()
+def generate_answers(
+    model, tokenizer, examples: list[TokenizedExample], batch_size: int = 16, max_new_tokens: int = 50
+) -> list[str]:
+    """Greedy decoding of each example's context, cut at the first newline."""
+    device = model.device
+    answers = [""] * len(examples)
+    order = chunks_by_rows([TokenizedExample(e.options[:1], 0) for e in examples], batch_size)
+    for chunk in tqdm(order, desc="generating", leave=False, unit="batch"):
+        inputs = {k: v.to(device) for k, v in context_batch([examples[i] for i in chunk], tokenizer.pad_token_id).items()}
+        output = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=["\n"], tokenizer=tokenizer,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        for i, text in zip(chunk, tokenizer.batch_decode(new_tokens, skip_special_tokens=True)):
+            answers[i] = text.split("\n")[0].strip()
+    return answers
+
+
+def evaluate(model, tokenizer, task: Task, examples: list[TokenizedExample], batch_size: int = 32,
+             max_new_tokens: int = 50) -> dict[str, float]:
+    """The task's metric(s) on `examples`: accuracy / macro-F1 by candidate scoring, F1 / EM by generation."""
+    was_training = model.training
+    model.eval()
+    try:
+        if task.generative:
+            predictions = generate_answers(model, tokenizer, examples, batch_size, max_new_tokens)
+            return compute_metric(task.metric, predictions, [list(e.answers) for e in examples])
+        predictions = predict_options(model, examples, tokenizer.pad_token_id, batch_size)
+        return compute_metric(task.metric, predictions, [e.label for e in examples])
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def mean_loss(model, loss_fn, examples: list[TokenizedExample], pad_id: int, gold_only: bool,
+              batch_size: int = 32) -> float:
+    """Average of the training loss over `examples` (the validation loss used to select checkpoints)."""
+    was_training = model.training
+    model.eval()
+    try:
+        total, count = 0.0, 0
+        rows_per_example = 1 if gold_only else max(len(e.options) for e in examples)
+        per_chunk = max(1, batch_size // rows_per_example)
+        for start in range(0, len(examples), per_chunk):
+            part = examples[start : start + per_chunk]
+            batch = option_batch(part, pad_id, gold_only=gold_only).to(model.device)
+            total += loss_fn(model, batch).item() * len(part)
+            count += len(part)
+        return total / count
+    finally:
+        model.train(was_training)

@@ -1,0 +1,67 @@
+"""Task losses on an OptionBatch, shared by every method (first-order, MeZO, Bilevel ZOFO).
+
+- "candidates": cross-entropy over the candidates' scores, each score the mean log-probability of the
+  candidate's tokens given its context (MeZO's classification loss).
+- "lm": mean cross-entropy of the gold continuation's tokens (the LM loss; the only choice for
+  generation tasks, and an option for multiple-choice tasks such as COPA).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .batches import OptionBatch
+
+LOSSES = ("candidates", "lm")
+
+
+def model_inputs(model, batch: OptionBatch) -> dict[str, torch.Tensor]:
+    """input_ids and attention_mask, plus position ids that start at 0 on the first real token of each
+    left-padded row (models with absolute positions such as GPT-2 would otherwise see shifted positions).
+    peft's prefix and prompt tuning ignore position ids, so none are passed to them."""
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    peft_config = getattr(model, "active_peft_config", None)
+    if peft_config is None or not peft_config.is_prompt_learning:
+        inputs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return inputs
+
+
+def continuation_logprobs(model, batch: OptionBatch) -> torch.Tensor:
+    """Log-probability of each of the last `tail` tokens of every row, [rows, tail] (0 where masked)."""
+    logits = model(**model_inputs(model, batch), logits_to_keep=batch.tail + 1).logits[:, :-1]
+    targets = batch.input_ids[:, -batch.tail:]
+    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return logprobs * batch.continuation_mask
+
+
+def option_scores(model, batch: OptionBatch) -> torch.Tensor:
+    """Mean log-probability of each row's continuation, [rows]."""
+    return continuation_logprobs(model, batch).sum(-1) / batch.continuation_mask.sum(-1)
+
+
+def grouped_scores(scores: torch.Tensor, options_per_example: list[int]) -> torch.Tensor:
+    """[rows] -> [examples, max options], padded with -inf."""
+    grouped = scores.new_full((len(options_per_example), max(options_per_example)), float("-inf"))
+    for i, part in enumerate(torch.split(scores, options_per_example)):
+        grouped[i, : len(part)] = part
+    return grouped
+
+
+def candidates_loss(model, batch: OptionBatch) -> torch.Tensor:
+    scores = grouped_scores(option_scores(model, batch), batch.options_per_example)
+    return F.cross_entropy(scores, batch.labels)
+
+
+def lm_loss(model, batch: OptionBatch) -> torch.Tensor:
+    """Token-mean NLL of the continuations; build the batch with gold_only=True."""
+    logprobs = continuation_logprobs(model, batch)
+    return -logprobs.sum() / batch.continuation_mask.sum()
+
+
+def loss_function(name: str):
+    if name == "candidates":
+        return candidates_loss
+    if name == "lm":
+        return lm_loss
+    raise ValueError(f"loss must be one of {LOSSES}, got {name!r}")

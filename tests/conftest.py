@@ -1,0 +1,26 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from zofo.models import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("ZOFO_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    assert DATA_DIR.is_dir(), f"task data not found at {DATA_DIR}; set ZOFO_DATA_DIR"
+    return DATA_DIR
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(2)
+
+
+def tiny(name: str = "tiny-llama", seed: int = 0, dtype: str = "fp32"):
+    """A fresh two-layer random model and its byte-level tokenizer, on the CPU."""
+    return load_model(name, dtype=dtype, device="cpu", seed=seed)

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from zofo.config import make_config
+from zofo.experiment import run_training
+from zofo.methods import first_order
+from zofo.models import load_model
+from zofo.runs import Run, read_log
+from zofo.training import prepare_data
+
+
+def small_config(tmp_path, **overrides):
+    values = dict(model="tiny-llama", task="sst2", n_train=8, n_val=8, n_test=16, batch_size=8, steps=30,
+                  eval_every=10, lr=1e-2, device="cpu", out_dir=str(tmp_path / "run"))
+    return make_config(**{**values, **overrides})
+
+
+# Soft prompts and prefixes move a random two-layer model's outputs slowly: larger steps, smaller margins.
+@pytest.mark.parametrize("peft, lr, margin", [("lora", 1e-2, 0.05), ("prefix", 1e-1, 0.02), ("prompt", 1e-1, 0.002)])
+def test_adam_on_the_adapter_fits_a_full_batch_and_leaves_the_base_frozen(tmp_path, data_dir, peft, lr, margin):
+    config = small_config(tmp_path, peft=peft, lr=lr, data_dir=str(data_dir))
+    torch.manual_seed(0)
+    model, tokenizer = load_model(config.model, device="cpu")
+    base = {name: p.detach().clone() for name, p in model.named_parameters()}
+    data = prepare_data(config, tokenizer)
+    model, selection = first_order.train(model, data, config, Run(config.run_dir(), config.to_dict()))
+
+    losses = [r["train_loss"] for r in read_log(config.run_dir() / "log.jsonl") if "train_loss" in r]
+    assert len(losses) == 30
+    assert losses[-1] < losses[0] - margin
+    for name, p in model.get_base_model().named_parameters():
+        if name in base:
+            assert torch.equal(p, base[name]), f"base weight {name} changed"
+
+
+def test_run_folder_keeps_the_validation_selected_adapter(tmp_path, data_dir):
+    config = small_config(tmp_path, data_dir=str(data_dir), n_train=32, steps=40, batch_size=4)
+    metrics = run_training(config)
+    folder = config.run_dir()
+
+    assert {"config.yaml", "log.jsonl", "metrics.json", "loss_curves.png", "adapter"} <= {p.name for p in folder.iterdir()}
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert saved["test"] == metrics["test"] and "accuracy" in saved["zero_shot"]
+    assert saved["data"]["sizes"] == {"train": 32, "validation": 8, "test": 16}
+
+    val = [(r["step"], r["val_loss"]) for r in read_log(folder / "log.jsonl") if "val_loss" in r]
+    assert [step for step, _ in val] == [10, 20, 30, 40]
+    best_step, best_loss = min(val, key=lambda item: item[1])
+    assert saved["best_step"] == best_step
+
+    # The saved adapter is the selected one: plain transformers + peft reproduce its validation loss.
+    model, tokenizer = load_model("tiny-llama", device="cpu")
+    model = PeftModel.from_pretrained(model, folder / "adapter").eval()
+    reloaded = prepare_data(config, tokenizer).validation_loss(model)
+    assert reloaded == pytest.approx(best_loss, rel=1e-5)

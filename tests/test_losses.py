@@ -1,0 +1,70 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zofo.batches import option_batch, tokenize_examples
+from zofo.evaluation import mean_loss, predict_options
+from zofo.losses import candidates_loss, lm_loss, option_scores
+from zofo.tasks import Example
+
+from conftest import tiny
+
+EXAMPLES = [
+    Example((("The film was a joy. It was", " great"), ("The film was a joy. It was", " terrible")), 0),
+    Example((("Dull", " great"), ("Dull", " terrible")), 1),
+    Example((("I lit a match so", " it burned."), ("I lit a match so", " the sea froze over.")), 0),
+]
+
+
+def unpadded_mean_logprob(model, context, continuation):
+    """Reference: one row, no padding, full logits."""
+    ids = torch.tensor([list(context) + list(continuation)])
+    logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    targets = ids[0, 1:]
+    token_logprobs = logprobs.gather(-1, targets[:, None])[:, 0]
+    return token_logprobs[-len(continuation):].mean()
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-opt", "tiny-gpt2"])
+def test_batched_left_padded_scores_equal_unpadded_scores(name):
+    model, tokenizer = tiny(name)
+    examples = tokenize_examples(EXAMPLES, tokenizer, 64)
+    batch = option_batch(examples, tokenizer.pad_token_id)
+    scores = option_scores(model, batch)
+    expected = torch.stack([unpadded_mean_logprob(model, c, a) for e in examples for c, a in e.options])
+    torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_candidates_loss_is_cross_entropy_over_option_scores():
+    model, tokenizer = tiny()
+    examples = tokenize_examples(EXAMPLES, tokenizer, 64)
+    batch = option_batch(examples, tokenizer.pad_token_id)
+    scores = option_scores(model, batch).view(3, 2)
+    torch.testing.assert_close(candidates_loss(model, batch), F.cross_entropy(scores, torch.tensor([0, 1, 0])))
+
+
+def test_lm_loss_is_token_mean_nll_of_the_gold_continuations():
+    model, tokenizer = tiny()
+    examples = tokenize_examples(EXAMPLES, tokenizer, 64)
+    gold = [e.options[e.label] for e in examples]
+    total = sum(-unpadded_mean_logprob(model, c, a) * len(a) for c, a in gold)
+    expected = total / sum(len(a) for _, a in gold)
+    loss = lm_loss(model, option_batch(examples, tokenizer.pad_token_id, gold_only=True))
+    torch.testing.assert_close(loss, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_predictions_do_not_depend_on_how_examples_are_batched():
+    model, tokenizer = tiny(seed=3)
+    examples = tokenize_examples(EXAMPLES * 3, tokenizer, 64)
+    one_by_one = predict_options(model, examples, tokenizer.pad_token_id, max_rows=1)
+    together = predict_options(model, examples, tokenizer.pad_token_id, max_rows=64)
+    assert one_by_one == together
+    scores = [[unpadded_mean_logprob(model, c, a) for c, a in e.options] for e in examples]
+    assert together == [max(range(len(s)), key=lambda i: s[i]) for s in scores]
+
+
+def test_validation_loss_averages_the_training_loss():
+    model, tokenizer = tiny()
+    examples = tokenize_examples(EXAMPLES, tokenizer, 64)
+    whole = candidates_loss(model, option_batch(examples, tokenizer.pad_token_id)).item()
+    assert mean_loss(model, candidates_loss, examples, tokenizer.pad_token_id, gold_only=False, batch_size=64) == pytest.approx(whole, rel=1e-5)
