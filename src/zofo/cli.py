@@ -2,6 +2,7 @@
 
     zofo train [--config FILE.yaml] [--task sst2 --method fo --peft lora ...]   train, write a run folder
     zofo eval  --task copa [--model M] [--adapter DIR]                          test metrics of a model
+    zofo replay RUN_DIR --output DIR                                            weights from base + trajectory
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("test", "validation"), default="test", help="which sample to evaluate (default: test)")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
     add_config_options(evaluate, EVAL_FIELDS)
+
+    rebuild = commands.add_parser("replay", help="rebuild a zeroth-order run's weights from the base model and its trajectory",
+                                  description="Rebuild the fine-tuned weights of a MeZO run from its config.yaml and "
+                                              "trajectory.jsonl alone (bit-identical in fp32 on the device type it ran on).")
+    rebuild.add_argument("run_dir", help="run folder with config.yaml and trajectory.jsonl")
+    rebuild.add_argument("--step", type=int, help="replay up to this step (default: the run's best step, else its last)")
+    rebuild.add_argument("--output", required=True, help="folder to save the rebuilt model (or adapter) to")
+    rebuild.add_argument("--device", help="device to rebuild on (default: the run's)")
     return parser
 
 
@@ -95,10 +104,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .methods.mezo import rebuild
+    from .models import load_model
+    from .zo import Trajectory
+
+    folder = Path(args.run_dir)
+    overrides = {"device": args.device} if args.device else {}
+    config = load_config(folder / "config.yaml", **overrides)
+    trajectory = Trajectory(folder / "trajectory.jsonl")
+    if not trajectory.path.exists():
+        raise FileNotFoundError(f"{trajectory.path} does not exist: only zeroth-order runs have a trajectory")
+    step = args.step
+    if step is None and (folder / "metrics.json").exists():
+        step = json.loads((folder / "metrics.json").read_text()).get("best_step")
+    model, space, *_ = rebuild(config, trajectory, until=step)
+    space.unpack()
+    model.save_pretrained(args.output)
+    if not hasattr(model, "peft_config"):
+        load_model(config.model, device="cpu")[1].save_pretrained(args.output)
+    print(f"replayed {len(trajectory.read(step))} steps of {trajectory.path} into {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval}[args.command](args)
+        return {"train": cmd_train, "eval": cmd_eval, "replay": cmd_replay}[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         # Configuration and data mistakes: a one-line message a person can act on, not a traceback.
         print(f"zofo {args.command}: error: {error}", file=sys.stderr)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-METHODS = ("fo",)
+METHODS = ("fo", "mezo")
 
 
 def option(default, help: str, choices=None):
@@ -19,8 +19,8 @@ def option(default, help: str, choices=None):
 class TrainConfig:
     # what is solved
     task: str = option("sst2", "task name (sst2, boolq, cb, copa, rte, wic, wsc, winogrande, multirc, record, squad, drop)")
-    method: str = option("fo", "training method: fo = first-order PEFT (Adam on the adapter, base frozen)", METHODS)
-    peft: str = option("lora", "adapter type", ("lora", "prefix", "prompt"))
+    method: str = option("fo", "training method: fo = first-order PEFT (Adam on the adapter, base frozen); mezo = zeroth-order SPSA on the whole model (--peft none) or on the adapter", METHODS)
+    peft: str = option("lora", "adapter type; none = no adapter (full-model MeZO)", ("none", "lora", "prefix", "prompt"))
     model: str = option("smollm2-135m-instruct", "bundled model name, tiny-gpt2/tiny-opt/tiny-llama, a local HF folder or a Hub id")
     hard_prompt: bool = option(True, "use the task's MeZO-style hard prompt (false: raw input fields, same candidates)")
     loss: str = option("auto", "training loss: candidates = cross-entropy over candidate scores, lm = LM loss on the answer tokens, auto = candidates unless the task is generative", ("auto", "candidates", "lm"))
@@ -28,8 +28,16 @@ class TrainConfig:
     steps: int = option(1000, "optimizer steps")
     lr: float = option(1e-4, "learning rate (constant)")
     batch_size: int = option(16, "training examples per step")
-    eval_every: int = option(100, "evaluate the validation loss every N steps (and at the last step)")
+    eval_every: int = option(100, "evaluate the validation loss (and checkpoint) every N steps and at the last step")
     seed: int = option(0, "seed for data sampling, initialisation and minibatches")
+    # zeroth-order engine
+    zo_eps: float = option(1e-3, "SPSA perturbation size ε")
+    zo_q: int = option(1, "SPSA perturbations averaged per step")
+    zo_one_sided: bool = option(False, "one-sided SPSA [f(θ+εu) − f(θ)]/ε instead of two-sided")
+    zo_optimizer: str = option("zo-sgd", "optimizer for the zeroth-order estimate", ("zo-sgd", "zo-sign-sgd", "zo-adam"))
+    zo_momentum: float = option(0.0, "ZO-SGD momentum (adds one fp32 copy of the parameters)")
+    zo_perturbation: str = option("in-place", "in-place: perturb θ itself, restore fused with the update (MeZO's memory, round-off drift); exact: perturb each module's weights only during its forward (θ changes only by updates; extra copies per forward)", ("in-place", "exact"))
+    weight_decay: float = option(0.0, "weight decay of the ZO optimizer (biases and norms excluded)")
     # adapters
     lora_r: int = option(8, "LoRA rank")
     lora_alpha: int = option(16, "LoRA alpha")
@@ -49,6 +57,8 @@ class TrainConfig:
     dtype: str = option("fp32", "parameter dtype", ("fp32", "bf16", "fp16"))
     device: str = option("auto", "cpu, cuda, cuda:N or auto")
     out_dir: str | None = option(None, "run folder (default: runs/<task>-<method>-<peft>-seed<seed>)")
+    resume: bool = option(False, "continue a killed zeroth-order run from its last checkpoint and trajectory")
+    save_model: bool = option(True, "save the full fine-tuned model (methods that change the base weights)")
 
     def resolved_loss(self, generative: bool) -> str:
         if generative and self.loss == "candidates":

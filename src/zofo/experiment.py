@@ -22,10 +22,12 @@ def device_name(device: torch.device) -> str:
 
 def run_training(config: TrainConfig) -> dict:
     train = get_method(config.method)
+    if config.resume and config.method == "fo":
+        raise ValueError("--resume is for zeroth-order runs (their trajectory rebuilds the weights); rerun fo from the start")
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(config.model, config.dtype, config.device, seed=config.seed)
     data = prepare_data(config, tokenizer)
-    run = Run(config.run_dir(), config.to_dict())
+    run = Run.resume(config.run_dir(), config.to_dict()) if config.resume else Run(config.run_dir(), config.to_dict())
     metrics = {
         "task": config.task, "method": config.method, "peft": config.peft, "model": config.model,
         "seed": config.seed, "hard_prompt": config.hard_prompt, "loss": data.loss_name,
@@ -47,6 +49,10 @@ def run_training(config: TrainConfig) -> dict:
 
     if hasattr(model, "peft_config"):
         model.save_pretrained(run.folder / "adapter")
+    elif config.save_model:  # the base weights themselves were trained
+        model.save_pretrained(run.folder / "model")
+        tokenizer.save_pretrained(run.folder / "model")
+    metrics["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     run.write_metrics(metrics)
     run.plot_losses()
     return metrics

@@ -22,7 +22,30 @@ class Run:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = self.folder / "log.jsonl"
+        self.checkpoint_path = self.folder / "checkpoint.json"
+        self.checkpoint: dict | None = None  # set when the run resumes
         self.log_path.write_text("")
+
+    @classmethod
+    def resume(cls, folder: str | Path, config: dict) -> "Run":
+        """Reopen a run folder at its last checkpoint: the log keeps the steps up to it."""
+        folder = Path(folder)
+        checkpoint_path = folder / "checkpoint.json"
+        if not checkpoint_path.exists():
+            raise FileNotFoundError(f"{checkpoint_path} does not exist: nothing to resume (drop --resume to start afresh)")
+        checkpoint = json.loads(checkpoint_path.read_text())
+        kept = [r for r in read_log(folder / "log.jsonl") if r["step"] <= checkpoint["step"]]
+        run = cls(folder, config)
+        for record in kept:
+            run.log(**record)
+        run.checkpoint = checkpoint
+        return run
+
+    def save_checkpoint(self, **state) -> None:
+        """Written after each evaluation; a resumed run restarts from here. Atomic (rename)."""
+        staging = self.checkpoint_path.with_suffix(".tmp")
+        staging.write_text(json.dumps(state))
+        staging.replace(self.checkpoint_path)
 
     def log(self, **record) -> None:
         for key, value in record.items():

@@ -1,9 +1,9 @@
 """Training methods. Each is one file with a `train(model, data, config, run)` function that reads
 like the paper's algorithm box and returns (model to evaluate, {"best_step", "best_val_loss", ...})."""
 
-from . import first_order
+from . import first_order, mezo
 
-METHODS = {"fo": first_order.train}
+METHODS = {"fo": first_order.train, "mezo": mezo.train}
 
 
 def get_method(name: str):

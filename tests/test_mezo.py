@@ -1,0 +1,92 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zofo.cli import main
+from zofo.runs import read_log
+
+from conftest import REPO
+
+
+def mezo_args(data_dir, out, *extra):
+    return ["train", "--method", "mezo", "--model", "tiny-llama", "--task", "sst2", "--data-dir", str(data_dir),
+            "--device", "cpu", "--n-train", "32", "--n-val", "8", "--n-test", "8", "--batch-size", "4",
+            "--lr", "1e-3", "--no-zero-shot", "--out-dir", str(out), *extra]
+
+
+def weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def assert_bit_identical(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name].view(torch.uint8), b[name].view(torch.uint8)), name
+
+
+def test_full_model_mezo_writes_a_trajectory_that_rebuilds_the_selected_weights(tmp_path, data_dir):
+    out = tmp_path / "run"
+    assert main(mezo_args(data_dir, out, "--peft", "none", "--steps", "20", "--eval-every", "5")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    trajectory = [json.loads(line) for line in (out / "trajectory.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in trajectory] == list(range(1, 21))
+    assert all(set(r) == {"step", "seed", "scalars", "lr"} for r in trajectory)
+    assert metrics["trajectory_bytes"] < metrics["model_bytes"] / 50
+    assert metrics["zo_optimizer_state_bytes"] == 0
+
+    # `zofo replay` rebuilds the saved (validation-selected) model bit for bit, from the base and the log.
+    assert main(["replay", str(out), "--output", str(tmp_path / "replayed")]) == 0
+    assert_bit_identical(weights(out / "model"), weights(tmp_path / "replayed"))
+    # And any other step: the last one differs from the selected one unless the last was best.
+    assert main(["replay", str(out), "--step", "20", "--output", str(tmp_path / "last")]) == 0
+    changed = any(not torch.equal(a, b) for a, b in zip(weights(out / "model").values(),
+                                                        weights(tmp_path / "last").values()))
+    assert changed == (metrics["best_step"] != 20)
+
+
+@pytest.mark.parametrize("peft", ["lora", "prefix", "prompt"])
+def test_mezo_on_adapter_parameters_moves_only_the_adapter(tmp_path, data_dir, peft):
+    out = tmp_path / peft
+    assert main(mezo_args(data_dir, out, "--peft", peft, "--steps", "6", "--eval-every", "3", "--lr", "1e-2")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    saved = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert not (out / "model").exists()
+    assert metrics["zo_parameters"] == sum(t.numel() for t in saved.values()) < 10_000
+    assert main(["replay", str(out), "--output", str(tmp_path / "replayed")]) == 0
+    assert_bit_identical(saved, load_file(tmp_path / "replayed" / "adapter_model.safetensors"))
+
+
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path, data_dir):
+    steps = ["--peft", "none", "--steps", "60", "--eval-every", "10", "--zo-optimizer", "zo-sgd", "--zo-momentum", "0.5"]
+    assert main(mezo_args(data_dir, tmp_path / "whole", *steps)) == 0
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "zofo", *mezo_args(data_dir, killed, *steps)]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trajectory = killed / "trajectory.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it between two checkpoints, mid-way
+        if trajectory.exists() and len(trajectory.read_text().splitlines()) >= 35:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    lines = len(trajectory.read_text().splitlines())
+    assert 35 <= lines < 60, "the run should have been killed mid-way"
+    assert json.loads((killed / "checkpoint.json").read_text())["step"] in (30, 40, 50)
+
+    assert main(mezo_args(data_dir, killed, *steps, "--resume")) == 0
+    assert_bit_identical(weights(tmp_path / "whole" / "model"), weights(killed / "model"))
+    records = read_log(killed / "log.jsonl")
+    assert [r["step"] for r in records if "train_loss" in r] == list(range(1, 61))
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads((killed / "metrics.json").read_text())
+    assert resumed["best_step"] == whole["best_step"] and resumed["test"] == whole["test"]
