@@ -218,3 +218,23 @@ def test_one_zo_sgd_step_lowers_the_loss_on_average():
                 view.copy_(theta[offset : offset + view.numel()])
                 offset += view.numel()
     assert sum(changes) / len(changes) < 0
+
+
+def test_fused_triton_kernel_adds_exactly_the_direction_it_regenerates():
+    pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86_64")
+    model, tokenizer = tiny()
+    space = ParameterSpace(model.named_parameters(), kernel="triton", bucket_numel=40_000)
+    assert space.kernel == "triton" and space.chunk_numel == 40_000
+    theta = flat_params(space)
+    u = direction_of(space, 11)
+    assert abs(u.std().item() - 1) < 0.02
+    space.add_direction(11, 0.5)
+    torch.testing.assert_close(flat_params(space), theta + 0.5 * u, atol=1e-6, rtol=0)
+
+    # A whole ZO-SGD step through the fused path: θ − lr·g·u, the restore fused.
+    space.add_direction(11, -0.5)
+    theta = flat_params(space)
+    estimate = SPSA(space, eps=1e-3).estimate(lm_objective(model, tokenizer), step_seed=2)
+    ZOSGD(space, lr=1e-2).step(estimate)
+    expected = theta - 1e-2 * estimate.scalars[0] * direction_of(space, estimate.seeds[0])
+    torch.testing.assert_close(flat_params(space), expected, atol=1e-6, rtol=0)

@@ -91,7 +91,7 @@ class ZOSGD(ZOOptimizer):
                 if seed == estimate.pending_seed:
                     scale += decay * estimate.pending_scale
                 if scale != 0.0:  # lr 0 and nothing pending: leave θ untouched
-                    view.add_(space.direction(seed, b, c, view.numel()), alpha=scale)
+                    space.add_to_chunk(seed, b, c, view, scale)
 
     def update(self, direction, bucket, part):
         buffer = self.state["momentum"][bucket][part]

@@ -18,6 +18,23 @@ from dataclasses import dataclass
 import torch
 
 MASK64 = (1 << 63) - 1
+TRITON_SEED_MASK = (1 << 31) - 1
+KERNELS = ("auto", "torch", "triton")
+
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """auto: the fused Triton kernel on a CUDA device when Triton is installed, else torch ops."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel != "auto":
+        return kernel
+    if device.type != "cuda":
+        return "torch"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "torch"
+    return "triton"
 
 
 def mix(*numbers: int) -> int:
@@ -47,13 +64,12 @@ class ParameterSpace:
     """θ as a list of flat buckets, with seeded Gaussian directions over them."""
 
     def __init__(self, named_parameters, pack: bool = True, bucket_numel: int = 1 << 27,
-                 chunk_numel: int = 1 << 24):
+                 chunk_numel: int | None = None, kernel: str = "auto"):
         named = [(n, p) for n, p in named_parameters]
         if not named:
             raise ValueError("a zeroth-order method needs at least one parameter to perturb")
         self.parameters = [p for _, p in named]
         self.names = [n for n, _ in named]
-        self.chunk_numel = chunk_numel
         self.numel = sum(p.numel() for p in self.parameters)
         self.buckets: list[Bucket] = []
         if pack:
@@ -65,6 +81,11 @@ class ParameterSpace:
         if len(devices) != 1:
             raise ValueError(f"all perturbed parameters must be on one device, found {sorted(map(str, devices))}")
         self.device = devices.pop()
+        self.kernel = resolve_kernel(kernel, self.device)
+        # The fused kernel needs no scratch tensor, so it takes whole buckets; the torch path draws u
+        # into a scratch chunk (64 MiB in fp32). The chunking is part of the random stream: replay
+        # uses the same kernel and chunk size as training.
+        self.chunk_numel = chunk_numel or (bucket_numel if self.kernel == "triton" else 1 << 24)
         self._generator = torch.Generator(device=self.device)
 
     def _pack(self, named, bucket_numel: int) -> None:
@@ -107,8 +128,21 @@ class ParameterSpace:
 
     def direction(self, seed: int, bucket: int, chunk: int, numel: int) -> torch.Tensor:
         """u restricted to one chunk, in fp32 (regenerated, never stored)."""
+        if self.kernel == "triton":
+            from . import kernels
+
+            return kernels.gaussian(numel, mix(seed, bucket, chunk) & TRITON_SEED_MASK, self.device)
         self._generator.manual_seed(mix(seed, bucket, chunk))
         return torch.randn(numel, generator=self._generator, device=self.device, dtype=torch.float32)
+
+    def add_to_chunk(self, seed: int, bucket: int, chunk: int, view: torch.Tensor, scale: float) -> None:
+        """view += scale·u for one chunk; fused into one kernel on a GPU with Triton."""
+        if self.kernel == "triton":
+            from . import kernels
+
+            kernels.add_gaussian_(view, mix(seed, bucket, chunk) & TRITON_SEED_MASK, scale)
+        else:
+            view.add_(self.direction(seed, bucket, chunk, view.numel()), alpha=scale)
 
     def add_direction(self, seed: int, scale: float) -> None:
         """θ ← θ + scale·u(seed), in place: one pass over θ."""
@@ -118,8 +152,7 @@ class ParameterSpace:
     def _add_to_bucket(self, seed: int, b: int, scale: float) -> None:
         flat = self.buckets[b].flat
         for c, start in enumerate(range(0, flat.numel(), self.chunk_numel)):
-            view = flat[start : start + self.chunk_numel]
-            view.add_(self.direction(seed, b, c, view.numel()), alpha=scale)
+            self.add_to_chunk(seed, b, c, flat[start : start + self.chunk_numel], scale)
 
     @contextmanager
     def perturbed_on_the_fly(self, model: torch.nn.Module, seed: int, scale: float):
