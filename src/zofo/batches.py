@@ -60,6 +60,13 @@ class OptionBatch:
     continuation_mask: torch.Tensor  # [rows, tail]: which of the last `tail` tokens are continuation tokens
     options_per_example: list[int]
     labels: torch.Tensor  # [examples]: index of the gold option within its example
+    adapter_names: list[str] | None = None  # per row: peft's mixed-adapter batches (LoRA)
+
+    def with_adapters(self, names_per_example: list[str]) -> "OptionBatch":
+        """The same batch with each example's rows routed through the named peft adapter."""
+        rows = [name for name, n in zip(names_per_example, self.options_per_example) for _ in range(n)]
+        return OptionBatch(self.input_ids, self.attention_mask, self.continuation_mask,
+                           self.options_per_example, self.labels, rows)
 
     @property
     def tail(self) -> int:
@@ -68,7 +75,7 @@ class OptionBatch:
     def to(self, device) -> "OptionBatch":
         return OptionBatch(
             self.input_ids.to(device), self.attention_mask.to(device), self.continuation_mask.to(device),
-            self.options_per_example, self.labels.to(device),
+            self.options_per_example, self.labels.to(device), self.adapter_names,
         )
 
 

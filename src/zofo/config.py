@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-METHODS = ("fo", "mezo")
+METHODS = ("fo", "mezo", "bilevel", "two-stage")
 
 
 def option(default, help: str, choices=None):
@@ -19,14 +19,18 @@ def option(default, help: str, choices=None):
 class TrainConfig:
     # what is solved
     task: str = option("sst2", "task name (sst2, boolq, cb, copa, rte, wic, wsc, winogrande, multirc, record, squad, drop)")
-    method: str = option("fo", "training method: fo = first-order PEFT (Adam on the adapter, base frozen); mezo = zeroth-order SPSA on the whole model (--peft none) or on the adapter", METHODS)
+    method: str = option("fo", "training method: fo = first-order PEFT (Adam on the adapter, base frozen); mezo = zeroth-order SPSA on the whole model (--peft none) or on the adapter; bilevel = Bilevel ZOFO (ZO on the base, first-order on the adapter, penalty λ); two-stage = first-order PEFT, then MeZO on the base with the adapter frozen", METHODS)
     peft: str = option("lora", "adapter type; none = no adapter (full-model MeZO)", ("none", "lora", "prefix", "prompt"))
     model: str = option("smollm2-135m-instruct", "bundled model name, tiny-gpt2/tiny-opt/tiny-llama, a local HF folder or a Hub id")
     hard_prompt: bool = option(True, "use the task's MeZO-style hard prompt (false: raw input fields, same candidates)")
     loss: str = option("auto", "training loss: candidates = cross-entropy over candidate scores, lm = LM loss on the answer tokens, auto = candidates unless the task is generative", ("auto", "candidates", "lm"))
     # optimisation
     steps: int = option(1000, "optimizer steps")
-    lr: float = option(1e-4, "learning rate (constant)")
+    lr: float = option(1e-4, "learning rate (constant) of the method's main optimizer: Adam on the adapter (fo), the ZO optimizer (mezo; θ in bilevel and in two-stage's second stage)")
+    lower_lr: float = option(1e-4, "bilevel: Adam learning rate of the lower adapter z; two-stage: of the first-stage adapter")
+    upper_lr: float = option(1e-4, "bilevel: Adam learning rate of the upper adapter φ")
+    bilevel_lambda: float = option(10.0, "bilevel: penalty weight λ")
+    bilevel_k: int = option(10, "bilevel: lower-level steps per upper step (steps count lower and upper steps together); two-stage: first-stage steps per second-stage step")
     batch_size: int = option(16, "training examples per step")
     eval_every: int = option(100, "evaluate the validation loss (and checkpoint) every N steps and at the last step")
     seed: int = option(0, "seed for data sampling, initialisation and minibatches")

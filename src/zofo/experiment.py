@@ -20,10 +20,30 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def trains_base_model(config: TrainConfig) -> bool:
+    return config.method in ("bilevel", "two-stage") or (config.method == "mezo" and config.peft == "none")
+
+
+def save_results(model, tokenizer, config: TrainConfig, run: Run) -> None:
+    """The adapter with peft's save_pretrained; the base weights, where the method trained them, as a
+    plain transformers folder (the adapter is taken off first, so `from_pretrained` loads θ alone)."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(run.folder / "adapter")
+    if trains_base_model(config) and config.save_model:
+        if not hasattr(model, "peft_config"):
+            base = model
+        elif model.active_peft_config.is_prompt_learning:
+            base = model.get_base_model()
+        else:
+            base = model.unload()  # removes the LoRA layers without merging them into θ
+        base.save_pretrained(run.folder / "model")
+        tokenizer.save_pretrained(run.folder / "model")
+
+
 def run_training(config: TrainConfig) -> dict:
     train = get_method(config.method)
-    if config.resume and config.method == "fo":
-        raise ValueError("--resume is for zeroth-order runs (their trajectory rebuilds the weights); rerun fo from the start")
+    if config.resume and config.method != "mezo":
+        raise ValueError("--resume is implemented for mezo runs (their trajectory rebuilds the weights); rerun from the start")
     torch.manual_seed(config.seed)
     model, tokenizer = load_model(config.model, config.dtype, config.device, seed=config.seed)
     data = prepare_data(config, tokenizer)
@@ -47,12 +67,8 @@ def run_training(config: TrainConfig) -> dict:
     metrics["test"] = data.test_metrics(model, tokenizer)
     print(f"test at best step {selection['best_step']}: {metrics['test']}", flush=True)
 
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(run.folder / "adapter")
-    elif config.save_model:  # the base weights themselves were trained
-        model.save_pretrained(run.folder / "model")
-        tokenizer.save_pretrained(run.folder / "model")
     metrics["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+    save_results(model, tokenizer, config, run)
     run.write_metrics(metrics)
     run.plot_losses()
     return metrics

@@ -21,6 +21,8 @@ def model_inputs(model, batch: OptionBatch) -> dict[str, torch.Tensor]:
     left-padded row (models with absolute positions such as GPT-2 would otherwise see shifted positions).
     peft's prefix and prompt tuning ignore position ids, so none are passed to them."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+    if batch.adapter_names is not None:
+        inputs["adapter_names"] = batch.adapter_names
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is None or not peft_config.is_prompt_learning:
         inputs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -48,15 +50,35 @@ def grouped_scores(scores: torch.Tensor, options_per_example: list[int]) -> torc
     return grouped
 
 
+def example_losses(model, batch: OptionBatch, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example loss numerators and weights: the loss of any group of examples is
+    values[group].sum() / weights[group].sum(). "candidates": cross-entropy per example, weight 1;
+    "lm": summed NLL of the gold continuation's tokens, weight = its token count (build the batch gold_only)."""
+    if loss == "candidates":
+        scores = grouped_scores(option_scores(model, batch), batch.options_per_example)
+        values = F.cross_entropy(scores, batch.labels, reduction="none")
+        return values, torch.ones_like(values)
+    if loss == "lm":
+        if any(n != 1 for n in batch.options_per_example):
+            raise ValueError("the LM loss needs a gold-only batch (one row per example)")
+        return -continuation_logprobs(model, batch).sum(-1), batch.continuation_mask.sum(-1).to(torch.float32)
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def group_means(values: torch.Tensor, weights: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
+    """The loss of each consecutive group of examples (sizes), e.g. [B_FT, B_P] in one batch."""
+    return [v.sum() / w.sum() for v, w in zip(torch.split(values, sizes), torch.split(weights, sizes))]
+
+
 def candidates_loss(model, batch: OptionBatch) -> torch.Tensor:
-    scores = grouped_scores(option_scores(model, batch), batch.options_per_example)
-    return F.cross_entropy(scores, batch.labels)
+    values, weights = example_losses(model, batch, "candidates")
+    return values.sum() / weights.sum()
 
 
 def lm_loss(model, batch: OptionBatch) -> torch.Tensor:
     """Token-mean NLL of the continuations; build the batch with gold_only=True."""
-    logprobs = continuation_logprobs(model, batch)
-    return -logprobs.sum() / batch.continuation_mask.sum()
+    values, weights = example_losses(model, batch, "lm")
+    return values.sum() / weights.sum()
 
 
 def loss_function(name: str):

@@ -1,0 +1,194 @@
+"""Bilevel ZOFO (the paper's Algorithm 2): zeroth-order on the base model θ at the upper level,
+first-order on the adapter at the lower level, tied by a penalty.
+
+    φ (upper adapter, "default") and z (lower adapter, "lower"): same PEFT type, same initial values
+    split the training sample 1 : 2 into D_FT and D_PEFT
+    for t = 1 .. T  (T = steps // (K + 1): lower and upper steps count together):
+        repeat K times:                                    # lower level: z ← argmin L(θ, z; D_PEFT)
+            B ~ D_PEFT;  z ← Adam_z.step(∇_z L(θ, z; B))
+        B_FT ~ D_FT,  B_P ~ D_PEFT                         # one pair of minibatches for the upper step
+        φ ← Adam_φ.step(∇_φ [L(θ, φ; B_FT) + λ·L(θ, φ; B_P)])      # exact gradient (z does not depend on φ)
+        g = SPSA of F(θ) = L(θ, φ; B_FT) + λ·(L(θ, φ; B_P) − L(θ, z; B_P)), at the new φ, seed s_t
+        θ ← ZO-optimizer.step(θ, g, u(s_t))
+    evaluate and save θ with φ
+
+φ is updated first and θ estimated at the new φ (ALGORITHM.md allows either order). With LoRA the
+three losses of F share one forward (peft's mixed-adapter batch); prefix and prompt tuning cannot
+mix adapters in a batch, so F costs two forwards there (φ on B_FT ∪ B_P, z on B_P).
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from tqdm.auto import tqdm
+
+from ..adapters import attach_adapter, peft_config
+from ..config import TrainConfig
+from ..losses import example_losses, group_means
+from ..models import load_model
+from ..runs import Run
+from ..training import BestCheckpoint, TaskData, check_finite
+from ..zo import SPSA, ParameterSpace, Trajectory, make_zo_optimizer, mix, replay
+
+UPPER, LOWER = "default", "lower"  # φ keeps peft's default name, so the saved adapter loads as usual
+
+
+def split_ft_peft(n: int, seed: int) -> tuple[list[int], list[int]]:
+    """Indices of D_FT (one third) and D_PEFT (two thirds), disjoint, shuffled with the seed."""
+    order = list(range(n))
+    random.Random(f"bilevel-split-{seed}").shuffle(order)
+    return order[: n // 3], order[n // 3 :]
+
+
+def adapter_parameters(model, name: str) -> list[torch.nn.Parameter]:
+    return [p for n, p in model.named_parameters() if f".{name}." in n]
+
+
+def base_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """θ: every weight of the base model, none of the adapters'."""
+    return [(n, p) for n, p in model.named_parameters() if "lora_" not in n and not n.startswith("prompt_encoder")]
+
+
+def bilevel_model(model, config: TrainConfig):
+    """The base model with φ and z attached, z starting from φ's initial values."""
+    torch.manual_seed(config.seed)
+    adapter = peft_config(config.peft, config.lora_r, config.lora_alpha, config.prefix_tokens, config.prompt_tokens)
+    model = attach_adapter(model, adapter, adapter_name=UPPER)
+    model.add_adapter(LOWER, adapter)
+    set_peft_model_state_dict(model, get_peft_model_state_dict(model, adapter_name=UPPER), adapter_name=LOWER)
+    for p in adapter_parameters(model, UPPER) + adapter_parameters(model, LOWER):
+        p.requires_grad_(True)
+    for _, p in base_parameters(model):
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def theta_engine(model, config: TrainConfig):
+    space = ParameterSpace(base_parameters(model), pack=config.zo_perturbation == "in-place")
+    spsa = SPSA(space, config.zo_eps, config.zo_q, two_sided=not config.zo_one_sided,
+                perturbation=config.zo_perturbation, model=model)
+    return space, spsa, make_zo_optimizer(config.zo_optimizer, space, config.lr, config.zo_momentum,
+                                          config.weight_decay)
+
+
+class UpperObjective:
+    """F(θ) = L(θ, φ; B_FT) + λ·(L(θ, φ; B_P) − L(θ, z; B_P)), with as few forwards as peft allows."""
+
+    def __init__(self, model, data: TaskData, ft: list, peft: list, lam: float, mixed_batches: bool):
+        self.model, self.data, self.lam = model, data, lam
+        self.sizes = [len(ft), len(peft)]
+        device = model.device
+        if mixed_batches:  # one forward: rows of B_FT and B_P through φ, B_P again through z
+            self.batches = [data.batch(ft + peft + peft, device).with_adapters(
+                [UPPER] * (len(ft) + len(peft)) + [LOWER] * len(peft))]
+        else:
+            self.batches = [data.batch(ft + peft, device), data.batch(peft, device)]
+
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L(θ,φ;B_FT), L(θ,φ;B_P), L(θ,z;B_P))."""
+        loss = self.data.loss_name
+        if len(self.batches) == 1:
+            return tuple(group_means(*example_losses(self.model, self.batches[0], loss), self.sizes + self.sizes[1:]))
+        self.model.set_adapter(UPPER)
+        ft_loss, p_loss = group_means(*example_losses(self.model, self.batches[0], loss), self.sizes)
+        self.model.set_adapter(LOWER)
+        (z_loss,) = group_means(*example_losses(self.model, self.batches[1], loss), self.sizes[1:])
+        self.model.set_adapter(UPPER)
+        return ft_loss, p_loss, z_loss
+
+    def __call__(self) -> float:
+        ft_loss, p_loss, z_loss = self.losses()
+        return (ft_loss + self.lam * (p_loss - z_loss)).item()
+
+
+def upper_steps(config: TrainConfig) -> int:
+    return max(1, config.steps // (config.bilevel_k + 1))
+
+
+class BilevelZOFO:
+    """The state of one Bilevel ZOFO run and its two kinds of step."""
+
+    def __init__(self, model, data: TaskData, config: TrainConfig):
+        self.model, self.data, self.config = bilevel_model(model, config), data, config
+        self.lam, self.mixed_batches = config.bilevel_lambda, config.peft == "lora"
+        self.space, self.spsa, self.theta_optimizer = theta_engine(self.model, config)
+        self.phi_optimizer = torch.optim.Adam(adapter_parameters(self.model, UPPER), lr=config.upper_lr)
+        self.z_optimizer = torch.optim.Adam(adapter_parameters(self.model, LOWER), lr=config.lower_lr)
+
+    def lower_step(self, peft_batch: list) -> float:
+        """z ← Adam_z.step(∇_z L(θ, z; B)), θ and φ untouched."""
+        self.model.set_adapter(LOWER)
+        loss = self.data.loss_fn()(self.model, self.data.batch(peft_batch, self.model.device))
+        loss.backward()
+        self.z_optimizer.step()
+        self.z_optimizer.zero_grad(set_to_none=True)
+        self.model.set_adapter(UPPER)
+        return loss.item()
+
+    def upper_step(self, ft_batch: list, peft_batch: list, seed: int):
+        """φ by its exact gradient, then θ by SPSA on F at the new φ; z untouched."""
+        model, data = self.model, self.data
+        ft_loss, p_loss = group_means(*example_losses(model, data.batch(ft_batch + peft_batch, model.device), data.loss_name),
+                                      [len(ft_batch), len(peft_batch)])
+        (ft_loss + self.lam * p_loss).backward()
+        self.phi_optimizer.step()
+        self.phi_optimizer.zero_grad(set_to_none=True)
+
+        objective = UpperObjective(model, data, ft_batch, peft_batch, self.lam, self.mixed_batches)
+        estimate = self.spsa.estimate(objective, seed)
+        self.theta_optimizer.step(estimate)
+        return ft_loss.item(), p_loss.item(), estimate
+
+    def forwards_per_upper_step(self) -> int:
+        """Forward passes of one upper step and its K lower steps (K + 1 of them with a backward)."""
+        evaluations_of_f = (2 if self.spsa.two_sided else 1) * self.spsa.q + (0 if self.spsa.two_sided else 1)
+        return self.config.bilevel_k + 1 + evaluations_of_f * (1 if self.mixed_batches else 2)
+
+
+def train(model, data: TaskData, config: TrainConfig, run: Run):
+    method = BilevelZOFO(model, data, config)
+    ft_indices, peft_indices = split_ft_peft(len(data.train), config.seed)
+    ft_sampler = data.sampler(config.batch_size, mix(config.seed, 1), ft_indices)
+    peft_sampler = data.sampler(config.batch_size, mix(config.seed, 2), peft_indices)
+    draw_ft = lambda: [data.train[ft_indices[i]] for i in ft_sampler.next()]
+    draw_peft = lambda: [data.train[peft_indices[i]] for i in peft_sampler.next()]
+    trajectory, best, best_upper_step = Trajectory(run.folder / "trajectory.jsonl"), BestCheckpoint(), 0
+    trajectory.start()
+    K, total = config.bilevel_k, upper_steps(config)
+
+    progress = tqdm(range(1, total + 1), desc=f"bilevel-{config.peft}", unit="upper step")
+    for t in progress:
+        lower_losses = [method.lower_step(draw_peft()) for _ in range(K)]
+        seed = mix(config.seed, t)
+        ft_loss, p_loss, estimate = method.upper_step(draw_ft(), draw_peft(), seed)
+        check_finite(estimate.loss, t, seed)
+        trajectory.append(t, seed, estimate, method.theta_optimizer.lr)
+
+        step = t * (K + 1)  # lower and upper steps counted together
+        run.log(step=step, train_loss=ft_loss, lower_loss=lower_losses[-1] if K else None,
+                penalty_phi=p_loss, upper_objective=estimate.loss)
+        if step // config.eval_every > (step - K - 1) // config.eval_every or t == total:
+            val_loss = data.validation_loss(method.model)
+            run.log(step=step, val_loss=val_loss)
+            if best.update(step, val_loss, get_peft_model_state_dict(method.model, adapter_name=UPPER)):
+                best_upper_step = t
+            progress.set_postfix(F=f"{estimate.loss:.3f}", val=f"{val_loss:.3f}", best=best.step)
+
+    forwards = method.forwards_per_upper_step()
+    # θ with φ at the selected step: φ from its copy, θ rebuilt from the base and the trajectory.
+    if best_upper_step != total:
+        del method
+        fresh, _ = load_model(config.model, config.dtype, config.device, seed=config.seed)
+        method = BilevelZOFO(fresh, data, config)
+        replay(trajectory, method.spsa, method.theta_optimizer, until=best_upper_step)
+    model = method.model
+    set_peft_model_state_dict(model, best.state, adapter_name=UPPER)
+    model.delete_adapter(LOWER)
+    model.set_adapter(UPPER)
+    method.space.unpack()
+    return model, {**best.summary(), "best_upper_step": best_upper_step, "upper_steps": total,
+                   "forwards_per_upper_step": forwards, "trajectory_bytes": trajectory.path.stat().st_size,
+                   "split": {"ft": len(ft_indices), "peft": len(peft_indices)}}

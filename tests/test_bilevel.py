@@ -1,0 +1,122 @@
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from zofo.config import make_config
+from zofo.experiment import run_training
+from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective, adapter_parameters, base_parameters, split_ft_peft
+from zofo.models import load_model
+from zofo.training import prepare_data
+from zofo.zo import SPSA, ZOSGD
+
+from conftest import tiny
+
+
+def small_config(data_dir, tmp_path, **overrides):
+    values = dict(model="tiny-llama", task="sst2", data_dir=str(data_dir), n_train=30, n_val=8, n_test=8,
+                  batch_size=4, device="cpu", lr=1e-3, lower_lr=1e-2, upper_lr=1e-2, bilevel_k=2,
+                  bilevel_lambda=10.0, out_dir=str(tmp_path / "run"))
+    return make_config(**{**values, **overrides})
+
+
+def snapshot(params):
+    return [p.detach().clone() for p in params]
+
+
+def moved(before, params):
+    return any(not torch.equal(a, p) for a, p in zip(before, params))
+
+
+def test_training_sample_splits_one_to_two_disjointly():
+    ft, peft = split_ft_peft(999, seed=3)
+    assert len(ft) == 333 and len(peft) == 666
+    assert set(ft).isdisjoint(peft) and set(ft) | set(peft) == set(range(999))
+    assert split_ft_peft(999, seed=3) == (ft, peft) and split_ft_peft(999, seed=4) != (ft, peft)
+
+
+@pytest.mark.parametrize("peft", ["lora", "prefix", "prompt"])
+def test_z_moves_only_in_lower_steps_and_phi_theta_only_in_upper_steps(data_dir, tmp_path, peft):
+    config = small_config(data_dir, tmp_path, peft=peft)
+    model, tokenizer = tiny()
+    data = prepare_data(config, tokenizer)
+    method = BilevelZOFO(model, data, config)
+    phi, z = adapter_parameters(method.model, UPPER), adapter_parameters(method.model, LOWER)
+    theta = [p for _, p in base_parameters(method.model)]
+    assert phi and z and len(phi) == len(z)
+    assert all(torch.equal(a, b) for a, b in zip(phi, z)), "φ and z start from the same values"
+
+    before = snapshot(phi), snapshot(z), snapshot(theta)
+    method.lower_step(data.train[:4])
+    assert moved(before[1], z) and not moved(before[0], phi) and not moved(before[2], theta)
+
+    before = snapshot(phi), snapshot(z), snapshot(theta)
+    method.upper_step(data.train[:4], data.train[4:8], seed=1)
+    assert moved(before[0], phi) and moved(before[2], theta) and not moved(before[1], z)
+    assert method.model.active_adapter == UPPER
+
+
+def test_with_lambda_zero_the_theta_estimate_is_mezos_on_the_ft_loss(data_dir, tmp_path):
+    config = small_config(data_dir, tmp_path, bilevel_lambda=0.0, zo_perturbation="exact")
+    model, tokenizer = tiny()
+    data = prepare_data(config, tokenizer)
+    method = BilevelZOFO(model, data, config)
+    method.lower_step(data.train[8:12])  # z ≠ φ, so the penalty terms would matter if λ did
+    ft, peft = data.train[:4], data.train[4:8]
+    bilevel = method.spsa.estimate(UpperObjective(method.model, data, ft, peft, 0.0, mixed_batches=True), 7)
+    loss_fn, batch = data.loss_fn(), data.batch(ft, "cpu")
+    mezo = method.spsa.estimate(lambda: loss_fn(method.model, batch).item(), 7)
+    assert bilevel.seeds == mezo.seeds
+    assert bilevel.scalars[0] == pytest.approx(mezo.scalars[0], rel=1e-3, abs=1e-4)
+
+    # With λ > 0 the penalty enters: F differs from L_FT.
+    penalised = UpperObjective(method.model, data, ft, peft, 10.0, mixed_batches=True)
+    ft_loss, p_loss, z_loss = penalised.losses()
+    assert penalised() == pytest.approx((ft_loss + 10 * (p_loss - z_loss)).item())
+    assert p_loss.item() != pytest.approx(z_loss.item())
+
+
+def test_mixed_adapter_batch_gives_the_three_losses_of_separate_forwards(data_dir, tmp_path):
+    config = small_config(data_dir, tmp_path)
+    model, tokenizer = tiny()
+    data = prepare_data(config, tokenizer)
+    method = BilevelZOFO(model, data, config)
+    for _ in range(2):
+        method.lower_step(data.train[8:12])
+    ft, peft = data.train[:4], data.train[4:8]
+    mixed = UpperObjective(method.model, data, ft, peft, 10.0, mixed_batches=True).losses()
+    separate = UpperObjective(method.model, data, ft, peft, 10.0, mixed_batches=False).losses()
+    torch.testing.assert_close(torch.stack(mixed), torch.stack(separate), atol=1e-5, rtol=1e-5)
+
+
+def test_bilevel_run_saves_theta_for_transformers_and_phi_for_peft(data_dir, tmp_path):
+    config = small_config(data_dir, tmp_path, method="bilevel", steps=12, eval_every=3, zero_shot=False)
+    metrics = run_training(config)
+    folder = tmp_path / "run"
+    assert metrics["upper_steps"] == 4 and metrics["split"] == {"ft": 10, "peft": 20}
+    assert metrics["forwards_per_upper_step"] == 2 + 1 + 2
+    theta = AutoModelForCausalLM.from_pretrained(folder / "model")  # plain transformers, no adapter inside
+    assert not any("lora" in name for name, _ in theta.named_parameters())
+    base, tokenizer = tiny()
+    assert any(not torch.equal(a, b) for a, b in zip(theta.parameters(), base.parameters())), "θ was trained"
+    model = PeftModel.from_pretrained(theta, folder / "adapter").eval()
+    reloaded = prepare_data(config, tokenizer).validation_loss(model)
+    assert reloaded == pytest.approx(metrics["best_val_loss"], rel=1e-5)
+    steps = [r["step"] for r in map(json.loads, (folder / "log.jsonl").read_text().splitlines()) if "train_loss" in r]
+    assert steps == [3, 6, 9, 12]
+
+
+def test_two_stage_tunes_the_prompt_then_theta_with_matched_step_counts(data_dir, tmp_path):
+    config = small_config(data_dir, tmp_path, method="two-stage", peft="prompt", steps=12, eval_every=3, zero_shot=False)
+    metrics = run_training(config)
+    folder = tmp_path / "run"
+    assert metrics["stage_steps"] == [8, 4]  # T = 12 // (K + 1) = 4 upper steps, T·K = 8 first-order steps
+    records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train_loss" in r] == list(range(1, 13))
+    assert len((folder / "trajectory.jsonl").read_text().splitlines()) == 4
+    theta = AutoModelForCausalLM.from_pretrained(folder / "model")
+    model = PeftModel.from_pretrained(theta, folder / "adapter").eval()
+    _, tokenizer = tiny()
+    assert prepare_data(config, tokenizer).validation_loss(model) == pytest.approx(metrics["best_val_loss"], rel=1e-5)
