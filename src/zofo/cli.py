@@ -3,6 +3,8 @@
     zofo train [--config FILE.yaml] [--task sst2 --method fo --peft lora ...]   train, write a run folder
     zofo eval  --task copa [--model M] [--adapter DIR]                          test metrics of a model
     zofo replay RUN_DIR --output DIR                                            weights from base + trajectory
+    zofo sweep CONFIG.yaml                                                      a grid of runs, resumable
+    zofo report RUNS... [--output DIR]                                          tables and plots from run folders
 """
 
 from __future__ import annotations
@@ -64,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--step", type=int, help="replay up to this step (default: the run's best step, else its last)")
     rebuild.add_argument("--output", required=True, help="folder to save the rebuilt model (or adapter) to")
     rebuild.add_argument("--device", help="device to rebuild on (default: the run's)")
+
+    sweep = commands.add_parser("sweep", help="run a grid of configs (seeds × hyperparameters), finished runs skipped",
+                                description="Run every combination of a sweep YAML (see configs/ and zofo/sweep.py), "
+                                            "several at once; runs whose folder holds metrics.json are not run again.")
+    sweep.add_argument("config", help="sweep YAML file with out_dir, parallel, base, variants, grid")
+    sweep.add_argument("--parallel", type=int, help="runs at once (default: the file's `parallel`, else 1)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs still to do and stop")
+
+    report = commands.add_parser("report", help="tables (markdown, CSV: mean ± std over seeds) and plots from run folders")
+    report.add_argument("runs", nargs="+", help="folders to search for finished runs")
+    report.add_argument("--output", help="folder for table.md, table.csv and the PNG plots (default: <first folder>/report)")
     return parser
 
 
@@ -129,10 +142,27 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import run_sweep
+
+    run_sweep(args.config, parallel=args.parallel, dry_run=args.dry_run)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+
+    write_report(args.runs, args.output or Path(args.runs[0]) / "report")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"train": cmd_train, "eval": cmd_eval, "replay": cmd_replay, "sweep": cmd_sweep, "report": cmd_report}
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "replay": cmd_replay}[args.command](args)
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError) as error:
         # Configuration and data mistakes: a one-line message a person can act on, not a traceback.
         print(f"zofo {args.command}: error: {error}", file=sys.stderr)

@@ -1,0 +1,182 @@
+"""`zofo report RUNS...`: tables (markdown and CSV, mean ± std over seeds) and plots from run folders.
+
+Runs are grouped by every config field that varies among them except the seed and the run folder;
+the task goes in the columns, the other varying fields (method, peft, hard_prompt, λ, K, ...) in the
+rows. Each cell is the test metric of the task (accuracy; macro-F1 for CB; F1 for SQuAD/DROP) at the
+validation-selected step, as mean ± standard deviation over seeds, with the number of seeds.
+Plots: validation-loss curves per task, and the metric against λ and against K where those vary.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from .runs import read_log
+from .tasks import get_task
+
+IGNORED = {"seed", "out_dir", "data_dir", "resume", "device"}
+# Fields that only some methods read: shown blank in the rows of the others.
+USED_BY = {"bilevel_lambda": {"bilevel"}, "bilevel_k": {"bilevel", "two-stage"}, "upper_lr": {"bilevel"},
+           "lower_lr": {"bilevel", "two-stage"}}
+for _zo_field in ("zo_eps", "zo_q", "zo_one_sided", "zo_optimizer", "zo_momentum", "zo_perturbation", "weight_decay"):
+    USED_BY[_zo_field] = {"mezo", "bilevel", "two-stage"}
+
+
+def shown(config: dict, field: str):
+    """The field's value, or None where the run's method does not use it (so rows do not split on it)."""
+    methods = USED_BY.get(field)
+    return config.get(field) if methods is None or config.get("method") in methods else None
+
+
+def find_runs(paths: list[str | Path]) -> list[dict]:
+    """Every finished run (a folder with config.yaml and metrics.json) under the given paths."""
+    runs = []
+    for path in map(Path, paths):
+        for metrics_path in sorted(path.rglob("metrics.json")):
+            folder = metrics_path.parent
+            if not (folder / "config.yaml").exists():
+                continue
+            config = yaml.safe_load((folder / "config.yaml").read_text())
+            metrics = json.loads(metrics_path.read_text())
+            metric = get_task(config["task"]).metric
+            runs.append({"folder": folder, "config": config, "metrics": metrics, "metric": metric,
+                         "test": metrics["test"][metric],
+                         "zero_shot": metrics.get("zero_shot", {}).get(metric)})
+    if not runs:
+        raise FileNotFoundError(f"no finished run (config.yaml + metrics.json) under {[str(p) for p in paths]}")
+    return runs
+
+
+def varying_fields(runs: list[dict]) -> list[str]:
+    keys = dict.fromkeys(k for run in runs for k in run["config"])
+    return [k for k in keys if k not in IGNORED and k != "task"
+            and len({repr(run["config"].get(k)) for run in runs}) > 1]
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return ""
+    mean, std = mean_std(values)
+    return f"{100 * mean:.1f} ± {100 * std:.1f} ({len(values)})"
+
+
+def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Header, markdown rows, and flat records (one per row × task) for the CSV."""
+    fields = varying_fields(runs)
+    tasks = sorted({run["config"]["task"] for run in runs})
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for run in runs:
+        key = tuple(shown(run["config"], f) for f in fields)
+        groups.setdefault(key, {}).setdefault(run["config"]["task"], []).append(run)
+    header = fields + tasks + (["average"] if len(tasks) > 1 else [])
+    rows, records = [], []
+    for key in sorted(groups, key=lambda k: tuple(map(str, k))):
+        row, means = ["" if v is None else str(v) for v in key], []
+        for task in tasks:
+            members = groups[key].get(task, [])
+            values = [m["test"] for m in members]
+            row.append(cell(values))
+            if values:
+                mean, std = mean_std(values)
+                means.append(mean)
+                zero = [m["zero_shot"] for m in members if m["zero_shot"] is not None]
+                records.append({**dict(zip(fields, key)), "task": task, "metric": members[0]["metric"],
+                                "mean": mean, "std": std, "seeds": len(values),
+                                "zero_shot_mean": statistics.fmean(zero) if zero else None,
+                                "seed_values": ";".join(f"{v:.4f}" for v in values)})
+        if len(tasks) > 1:
+            row.append(f"{100 * statistics.fmean(means):.1f}" if len(means) == len(tasks) else "")
+        rows.append(row)
+    return header, rows, records
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_val_curves(runs: list[dict], fields: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({run["config"]["task"] for run in runs})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        labels_seen = set()
+        for run in runs:
+            if run["config"]["task"] != task:
+                continue
+            points = [(r["step"], float(r["val_loss"])) for r in read_log(run["folder"] / "log.jsonl") if "val_loss" in r]
+            if not points:
+                continue
+            label = ", ".join(f"{f}={run['config'].get(f)}" for f in fields) or "run"
+            steps, values = zip(*points)
+            line = ax.plot(steps, values, lw=1, alpha=0.8, label=None if label in labels_seen else label)
+            labels_seen.add(label)
+        ax.set_title(task)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation loss")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_against(records: list[dict], field: str, path: Path) -> Path:
+    """The test metric (mean ± std over seeds) against a numeric config field, one line per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for task in sorted({r["task"] for r in records}):
+        points = sorted((float(r[field]), r["mean"], r["std"]) for r in records if r["task"] == task and r.get(field) is not None)
+        if points:
+            xs, means, stds = zip(*points)
+            ax.errorbar(xs, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o", capsize=3, label=task)
+    if field == "bilevel_lambda":
+        ax.set_xscale("log")
+    ax.set_xlabel({"bilevel_lambda": "λ", "bilevel_k": "K (lower steps per upper step)"}.get(field, field))
+    ax.set_ylabel("test metric (%)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_report(paths: list[str | Path], output: str | Path) -> Path:
+    runs = find_runs(paths)
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    header, rows, records = build_table(runs)
+    table = markdown(header, rows)
+    note = ("Test metric (%) at the validation-selected step: mean ± std over seeds (number of seeds). "
+            f"{len(runs)} runs from {', '.join(map(str, paths))}.\n\n")
+    (output / "table.md").write_text(note + table)
+    with open(output / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
+        writer.writeheader()
+        writer.writerows(records)
+    fields = varying_fields(runs)
+    plot_val_curves(runs, fields, output / "val_loss_curves.png")
+    for field in ("bilevel_lambda", "bilevel_k"):
+        if field in fields:
+            plot_against(records, field, output / f"metric_vs_{field}.png")
+    print(table)
+    print(f"report written to {output}")
+    return output

@@ -1,0 +1,83 @@
+import csv
+import json
+
+import pytest
+import yaml
+
+from zofo.cli import main
+from zofo.report import build_table, find_runs, write_report
+from zofo.sweep import expand, load_sweep, run_names
+
+
+def write_sweep(path, data_dir, out_dir, **extra):
+    sweep = {
+        "out_dir": str(out_dir), "parallel": 2,
+        "base": {"model": "tiny-llama", "task": "copa", "n_train": 8, "n_val": 4, "n_test": 4, "steps": 2,
+                 "eval_every": 2, "batch_size": 2, "device": "cpu", "data_dir": str(data_dir), "zero_shot": False},
+        "variants": [{"method": "mezo", "peft": "none", "lr": 1e-3}, {"method": "fo", "peft": "lora"}],
+        "grid": {"seed": [0, 1]}, **extra,
+    }
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def test_grid_times_variants_with_names_from_the_varying_fields(tmp_path, data_dir):
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0, 1], "task": ["copa", "cb"]}))
+    runs = expand(sweep)
+    assert len(runs) == 2 * 2 * 2
+    names = run_names(runs)
+    assert {"task=copa", "method=mezo", "peft=none", "lr=0.001", "seed=0"} in [set(n.split(",")) for n in names]
+    assert {"task=cb", "method=fo", "peft=lora", "seed=1"} in [set(n.split(",")) for n in names]
+    assert len(set(names)) == 8
+
+
+def test_a_bad_field_in_a_sweep_fails_before_anything_runs(tmp_path, data_dir):
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"sedd": [0]})
+    with pytest.raises(ValueError, match="sedd"):
+        expand(load_sweep(path))
+
+
+def test_sweep_runs_side_by_side_and_resumes_without_rerunning_finished_runs(tmp_path, data_dir, capsys):
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs")
+    assert main(["sweep", str(path)]) == 0
+    finished = sorted((tmp_path / "runs").glob("*/metrics.json"))
+    assert len(finished) == 4
+    stamps = {p: p.stat().st_mtime_ns for p in finished}
+    finished[0].unlink()  # as if the sweep had been killed before this run ended
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 0
+    assert "3 finished, 1 to run" in capsys.readouterr().out
+    for p in finished[1:]:
+        assert p.stat().st_mtime_ns == stamps[p], f"{p} was run again"
+    assert finished[0].exists()
+
+
+def fake_run(folder, task, method, seed, test, zero_shot, lam=None):
+    folder.mkdir(parents=True)
+    config = {"task": task, "method": method, "peft": "lora", "seed": seed, "bilevel_lambda": lam or 10.0}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    metric = "macro_f1" if task == "cb" else "accuracy"
+    (folder / "metrics.json").write_text(json.dumps({"test": {metric: test}, "zero_shot": {metric: zero_shot}}))
+    (folder / "log.jsonl").write_text("".join(json.dumps({"step": s, "val_loss": 1.0 / s}) + "\n" for s in (1, 2, 3)))
+
+
+def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (a, b) in enumerate([(0.80, 0.60), (0.90, 0.70), (0.85, 0.65)]):
+        fake_run(runs / f"sst2-mezo-{seed}", "sst2", "mezo", seed, a, 0.5)
+        fake_run(runs / f"cb-mezo-{seed}", "cb", "mezo", seed, b, 0.4)
+    for lam, value in ((1.0, 0.7), (100.0, 0.9)):
+        fake_run(runs / f"sst2-bilevel-{lam}", "sst2", "bilevel", 0, value, 0.5, lam=lam)
+    header, rows, records = build_table(find_runs([runs]))
+    assert header == ["method", "bilevel_lambda", "cb", "sst2", "average"]
+    mezo = next(row for row in rows if row[0] == "mezo")
+    assert mezo == ["mezo", "", "65.0 ± 5.0 (3)", "85.0 ± 5.0 (3)", "75.0"]
+    cb = next(r for r in records if r["task"] == "cb")
+    assert cb["metric"] == "macro_f1" and cb["zero_shot_mean"] == pytest.approx(0.4)
+
+    out = write_report([runs], tmp_path / "report")
+    assert "85.0 ± 5.0 (3)" in (out / "table.md").read_text()
+    with open(out / "table.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(records)
+    assert (out / "val_loss_curves.png").stat().st_size > 1000
+    assert (out / "metric_vs_bilevel_lambda.png").stat().st_size > 1000
