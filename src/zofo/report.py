@@ -52,10 +52,14 @@ def find_runs(paths: list[str | Path]) -> list[dict]:
     return runs
 
 
+FIRST = ("method", "peft", "hard_prompt")  # row labels read best in this order
+
+
 def varying_fields(runs: list[dict]) -> list[str]:
     keys = dict.fromkeys(k for run in runs for k in run["config"])
-    return [k for k in keys if k not in IGNORED and k != "task"
-            and len({repr(run["config"].get(k)) for run in runs}) > 1]
+    fields = [k for k in keys if k not in IGNORED and k != "task"
+              and len({repr(run["config"].get(k)) for run in runs}) > 1]
+    return sorted(fields, key=lambda k: FIRST.index(k) if k in FIRST else len(FIRST))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
