@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("config", help="sweep YAML file with out_dir, parallel, base, variants, grid")
     sweep.add_argument("--parallel", type=int, help="runs at once (default: the file's `parallel`, else 1)")
     sweep.add_argument("--dry-run", action="store_true", help="list the runs still to do and stop")
+    sweep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a config field in every run (repeatable), e.g. --set steps=500")
+    sweep.add_argument("--out-dir", help="folder of the runs (default: the file's out_dir)")
 
     report = commands.add_parser("report", help="tables (markdown, CSV: mean ± std over seeds) and plots from run folders")
     report.add_argument("runs", nargs="+", help="folders to search for finished runs")
@@ -145,7 +148,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
-    run_sweep(args.config, parallel=args.parallel, dry_run=args.dry_run)
+    from .sweep import parse_overrides
+
+    run_sweep(args.config, parallel=args.parallel, dry_run=args.dry_run, overrides=parse_overrides(args.set),
+              out_dir=args.out_dir)
     return 0
 
 

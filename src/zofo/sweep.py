@@ -46,14 +46,14 @@ def load_sweep(path: str | Path) -> dict:
     return sweep
 
 
-def expand(sweep: dict) -> list[dict]:
-    """Every run's config fields: base, then one variant, then one grid combination."""
+def expand(sweep: dict, overrides: dict | None = None) -> list[dict]:
+    """Every run's config fields: base, then one variant, then one grid combination, then overrides."""
     base, variants, grid = sweep.get("base") or {}, sweep.get("variants") or [{}], sweep.get("grid") or {}
     keys = list(grid)
     runs = []
     for variant in variants:
         for values in itertools.product(*(grid[k] for k in keys)):
-            fields = {**base, **variant, **dict(zip(keys, values))}
+            fields = {**base, **variant, **dict(zip(keys, values)), **(overrides or {})}
             make_config(fields)  # a bad field or value fails here, before anything runs
             runs.append(fields)
     return runs
@@ -69,10 +69,22 @@ def run_names(runs: list[dict]) -> list[str]:
     return names
 
 
-def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = False) -> list[Path]:
+def parse_overrides(pairs: list[str]) -> dict:
+    """["steps=500", "save_model=false"] -> {"steps": 500, "save_model": False} (values read as YAML)."""
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set takes field=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = False,
+              overrides: dict | None = None, out_dir: str | Path | None = None) -> list[Path]:
     sweep = load_sweep(path)
-    out_dir = Path(sweep.get("out_dir") or Path("runs") / Path(path).stem)
-    runs = expand(sweep)
+    out_dir = Path(out_dir or sweep.get("out_dir") or Path("runs") / Path(path).stem)
+    runs = expand(sweep, overrides)
     folders = [out_dir / name for name in run_names(runs)]
     todo = [(fields, folder) for fields, folder in zip(runs, folders) if not (folder / "metrics.json").exists()]
     print(f"{len(runs)} runs in {out_dir}: {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)

@@ -1,0 +1,149 @@
+"""Time and peak memory of one training step of each method, side by side in one run (Table 7 and
+Figure 5 of the paper, and the cost of a Bilevel ZOFO upper step).
+
+Random-init weights from a config; a synthetic classification batch (B examples, 2 candidates of one
+token, contexts of L tokens) through the library's own batches, losses and methods:
+  fo-lora       first-order LoRA: forward + backward + Adam on the adapter
+  fo-full       first-order full fine-tuning with Adam (memory reference)
+  mezo          SPSA + ZO-SGD on every base weight
+  bilevel-lora  K lower first-order steps + 1 upper step (φ Adam step, SPSA on F in one mixed forward);
+                reported per step with lower and upper steps counted together, and per upper step
+
+    python benchmarks/method_step.py configs/benchmarks/step_cost.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from zo_step import model_config  # noqa: E402
+
+from zofo.adapters import attach_adapter, peft_config, trainable_parameters  # noqa: E402
+from zofo.batches import TokenizedExample  # noqa: E402
+from zofo.config import make_config  # noqa: E402
+from zofo.methods.bilevel import BilevelZOFO  # noqa: E402
+from zofo.models import resolve_dtype  # noqa: E402
+from zofo.tasks import get_task  # noqa: E402
+from zofo.training import TaskData  # noqa: E402
+from zofo.zo import SPSA, ParameterSpace, ZOSGD  # noqa: E402
+
+
+def synthetic_data(vocab: int, batch: int, length: int, seed: int = 0) -> TaskData:
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for _ in range(4 * batch):
+        context = tuple(torch.randint(0, vocab, (length - 1,), generator=g).tolist())
+        a, b = torch.randint(0, vocab, (2,), generator=g).tolist()
+        examples.append(TokenizedExample(((context, (a,)), (context, (b,))), label=0))
+    return TaskData(task=get_task("sst2"), train=examples, validation=examples[:batch], test=examples[:batch],
+                    metadata={}, loss_name="candidates", pad_id=0)
+
+
+def fresh_model(spec):
+    with torch.device(spec["device"]):
+        model = AutoModelForCausalLM.from_config(model_config(spec["model"]), dtype=resolve_dtype(spec["dtype"]))
+    return model.eval()
+
+
+def step_fn(method: str, spec: dict, data: TaskData):
+    """A callable doing one step of `method` on a fresh model, and the number of steps it covers."""
+    model, device, B = fresh_model(spec), spec["device"], spec["batch_size"]
+    batch = data.batch(data.train[:B], device)
+    loss_fn = data.loss_fn()
+    if method in ("fo-lora", "fo-full"):
+        if method == "fo-lora":
+            model = attach_adapter(model, peft_config("lora"))
+        params = trainable_parameters(model) if method == "fo-lora" else list(model.parameters())
+        optimizer = torch.optim.Adam(params, lr=1e-5)
+
+        def step(i):
+            loss_fn(model, batch).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        return step, 1
+    if method == "mezo":
+        model.requires_grad_(False)
+        space = ParameterSpace(model.named_parameters())
+        spsa, sgd = SPSA(space, 1e-3), ZOSGD(space, 1e-7)
+        return (lambda i: sgd.step(spsa.estimate(lambda: loss_fn(model, batch).item(), i))), 1
+    if method == "bilevel-lora":
+        K = spec["bilevel_k"]
+        config = make_config(peft="lora", bilevel_k=K, lr=1e-7, lower_lr=1e-4, upper_lr=1e-4, device=str(device))
+        bilevel = BilevelZOFO(model, data, config)
+        ft, peft = data.train[:B], data.train[B : 2 * B]
+
+        def step(i):
+            for _ in range(K):
+                bilevel.lower_step(peft)
+            bilevel.upper_step(ft, peft, i)
+        step.forwards = bilevel.forwards_per_upper_step()
+        return step, K + 1
+    raise ValueError(f"unknown method {method!r}")
+
+
+def measure(method: str, spec: dict, data: TaskData) -> dict:
+    cuda = spec["device"].startswith("cuda")
+    step, covers = step_fn(method, spec, data)
+    for i in range(spec["warmup"]):
+        step(i)
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(spec["iters"]):
+        begin = time.perf_counter()
+        step(spec["warmup"] + i)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - begin) * 1e3)
+    result = {"method": method, "ms_per_call": statistics.median(times), "steps_per_call": covers,
+              "ms_per_step": statistics.median(times) / covers,
+              "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None}
+    if hasattr(step, "forwards"):
+        result["forwards_per_upper_step"] = step.forwards
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="YAML: model, dtype, device, batch_size, length, bilevel_k, methods, warmup, iters")
+    parser.add_argument("--output", help="append the results as one JSON line to this file")
+    args = parser.parse_args()
+    spec = {"dtype": "bf16", "device": "cuda" if torch.cuda.is_available() else "cpu", "warmup": 2, "iters": 5,
+            "bilevel_k": 20, "methods": ["fo-lora", "mezo", "bilevel-lora", "fo-full"],
+            **yaml.safe_load(Path(args.config).read_text())}
+    data = synthetic_data(model_config(spec["model"]).vocab_size, spec["batch_size"], spec["length"])
+    results = []
+    for method in spec["methods"]:
+        results.append(measure(method, spec, data))
+        if spec["device"].startswith("cuda"):
+            torch.cuda.empty_cache()
+    fo = next((r for r in results if r["method"] == "fo-lora"), None)
+    print(f"\n{spec['model']} {spec['dtype']}, batch {spec['batch_size']} x {spec['length']}, K = {spec['bilevel_k']}")
+    print("| method | ms / step | x fo-lora step | ms / call (steps) | peak GiB |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        ratio = r["ms_per_step"] / fo["ms_per_step"] if fo else float("nan")
+        peak = f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] else "n/a"
+        extra = f", {r['forwards_per_upper_step']} forwards per upper step" if "forwards_per_upper_step" in r else ""
+        print(f"| {r['method']} | {r['ms_per_step']:.1f} | {ratio:.2f} | {r['ms_per_call']:.1f} ({r['steps_per_call']}{extra}) | {peak} |")
+    if args.output:
+        with open(args.output, "a") as f:
+            f.write(json.dumps({"spec": spec, "results": results}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
