@@ -37,7 +37,7 @@ def test_train_then_eval_the_saved_adapter(tmp_path, data_dir, capsys):
     common = ["--model", "tiny-gpt2", "--task", "copa", "--data-dir", str(data_dir), "--device", "cpu",
               "--n-train", "8", "--n-val", "4", "--n-test", "8"]
     out = tmp_path / "run"
-    assert main(["train", *common, "--steps", "3", "--eval-every", "3", "--loss", "lm", "--out-dir", str(out)]) == 0
+    assert main(["train", *common, "--method", "fo", "--steps", "3", "--eval-every", "3", "--loss", "lm", "--out-dir", str(out)]) == 0
     trained = json.loads((out / "metrics.json").read_text())
     capsys.readouterr()
     assert main(["eval", *common, "--adapter", str(out / "adapter"), "--output", str(tmp_path / "e.json")]) == 0

@@ -13,7 +13,7 @@ from zofo.training import prepare_data
 
 
 def small_config(tmp_path, **overrides):
-    values = dict(model="tiny-llama", task="sst2", n_train=8, n_val=8, n_test=16, batch_size=8, steps=30,
+    values = dict(model="tiny-llama", method="fo", task="sst2", n_train=8, n_val=8, n_test=16, batch_size=8, steps=30,
                   eval_every=10, lr=1e-2, device="cpu", out_dir=str(tmp_path / "run"))
     return make_config(**{**values, **overrides})
 

@@ -34,7 +34,7 @@ def test_real_model_knows_which_copa_option_is_plausible(smollm, data_dir):
 
 
 def test_first_order_lora_lowers_the_validation_loss_of_the_real_model(tmp_path, data_dir):
-    config = make_config(task="sst2", data_dir=str(data_dir), n_train=64, n_val=16, n_test=16, steps=8,
+    config = make_config(task="sst2", method="fo", data_dir=str(data_dir), n_train=64, n_val=16, n_test=16, steps=8,
                          batch_size=8, eval_every=4, lr=1e-3, device="cpu", zero_shot=False,
                          out_dir=str(tmp_path / "run"))
     model, tokenizer = load_model(BUNDLED_MODEL, device="cpu")
@@ -42,3 +42,21 @@ def test_first_order_lora_lowers_the_validation_loss_of_the_real_model(tmp_path,
     metrics = run_training(config)
     assert metrics["best_val_loss"] < before - 0.05
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_bilevel_zofo_on_the_real_model_saves_theta_and_phi(tmp_path, data_dir):
+    """Two upper steps (K = 10) of Bilevel ZOFO with LoRA on COPA; θ loads with plain transformers."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    config = make_config(task="copa", method="bilevel", peft="lora", data_dir=str(data_dir), n_train=48, n_val=16,
+                         n_test=16, steps=22, bilevel_k=10, eval_every=11, batch_size=4, device="cpu",
+                         zero_shot=False, out_dir=str(tmp_path / "run"))
+    metrics = run_training(config)
+    assert metrics["upper_steps"] == 2 and metrics["forwards_per_upper_step"] == 10 + 1 + 2
+    theta = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
+    base, tokenizer = load_model(BUNDLED_MODEL, device="cpu")
+    changed = sum(not torch.equal(a, b) for a, b in zip(theta.parameters(), base.parameters()))
+    assert changed > 100, "θ moved by SPSA"
+    model = PeftModel.from_pretrained(theta, tmp_path / "run" / "adapter").eval()
+    assert prepare_data(config, tokenizer).validation_loss(model) == pytest.approx(metrics["best_val_loss"], rel=1e-4)

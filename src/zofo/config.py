@@ -17,22 +17,25 @@ def option(default, help: str, choices=None):
 
 @dataclass
 class TrainConfig:
+    """The defaults are `make demo`'s job: Bilevel ZOFO with LoRA on SST-2 and the bundled SmolLM2-135M,
+    small enough for a CPU (20 upper steps with K = 10); configs/ hold the paper's settings."""
+
     # what is solved
     task: str = option("sst2", "task name (sst2, boolq, cb, copa, rte, wic, wsc, winogrande, multirc, record, squad, drop)")
-    method: str = option("fo", "training method: fo = first-order PEFT (Adam on the adapter, base frozen); mezo = zeroth-order SPSA on the whole model (--peft none) or on the adapter; bilevel = Bilevel ZOFO (ZO on the base, first-order on the adapter, penalty λ); two-stage = first-order PEFT, then MeZO on the base with the adapter frozen", METHODS)
+    method: str = option("bilevel", "training method: fo = first-order PEFT (Adam on the adapter, base frozen); mezo = zeroth-order SPSA on the whole model (--peft none) or on the adapter; bilevel = Bilevel ZOFO (ZO on the base, first-order on the adapter, penalty λ); two-stage = first-order PEFT, then MeZO on the base with the adapter frozen", METHODS)
     peft: str = option("lora", "adapter type; none = no adapter (full-model MeZO)", ("none", "lora", "prefix", "prompt"))
     model: str = option("smollm2-135m-instruct", "bundled model name, tiny-gpt2/tiny-opt/tiny-llama, a local HF folder or a Hub id")
     hard_prompt: bool = option(True, "use the task's MeZO-style hard prompt (false: raw input fields, same candidates)")
     loss: str = option("auto", "training loss: candidates = cross-entropy over candidate scores, lm = LM loss on the answer tokens, auto = candidates unless the task is generative", ("auto", "candidates", "lm"))
     # optimisation
-    steps: int = option(1000, "optimizer steps")
-    lr: float = option(1e-4, "learning rate (constant) of the method's main optimizer: Adam on the adapter (fo), the ZO optimizer (mezo; θ in bilevel and in two-stage's second stage)")
-    lower_lr: float = option(1e-4, "bilevel: Adam learning rate of the lower adapter z; two-stage: of the first-stage adapter")
-    upper_lr: float = option(1e-4, "bilevel: Adam learning rate of the upper adapter φ")
+    steps: int = option(220, "training steps (bilevel and two-stage: lower and upper steps counted together)")
+    lr: float = option(1e-5, "learning rate (constant) of the method's main optimizer: Adam on the adapter (fo), the ZO optimizer (mezo; θ in bilevel and in two-stage's second stage)")
+    lower_lr: float = option(5e-4, "bilevel: Adam learning rate of the lower adapter z; two-stage: of the first-stage adapter")
+    upper_lr: float = option(5e-4, "bilevel: Adam learning rate of the upper adapter φ")
     bilevel_lambda: float = option(10.0, "bilevel: penalty weight λ")
     bilevel_k: int = option(10, "bilevel: lower-level steps per upper step (steps count lower and upper steps together); two-stage: first-stage steps per second-stage step")
-    batch_size: int = option(16, "training examples per step")
-    eval_every: int = option(100, "evaluate the validation loss (and checkpoint) every N steps and at the last step")
+    batch_size: int = option(8, "training examples per step (bilevel: per minibatch, B_FT and B_P each)")
+    eval_every: int = option(55, "evaluate the validation loss (and checkpoint) every N steps and at the last step")
     seed: int = option(0, "seed for data sampling, initialisation and minibatches")
     # zeroth-order engine
     zo_eps: float = option(1e-3, "SPSA perturbation size ε")
@@ -50,7 +53,7 @@ class TrainConfig:
     # data
     data_dir: str | None = option(None, "folder with the task data (default: $ZOFO_DATA_DIR; absent: the Hugging Face Hub)")
     n_train: int = option(1000, "training examples sampled")
-    n_val: int = option(500, "validation examples sampled (disjoint from train)")
+    n_val: int = option(200, "validation examples sampled (disjoint from train; the paper: 500)")
     n_test: int = option(1000, "test examples sampled from the official validation split")
     max_length: int = option(512, "longest input in tokens (contexts are cut from the left)")
     # evaluation
