@@ -120,3 +120,21 @@ def test_two_stage_tunes_the_prompt_then_theta_with_matched_step_counts(data_dir
     model = PeftModel.from_pretrained(theta, folder / "adapter").eval()
     _, tokenizer = tiny()
     assert prepare_data(config, tokenizer).validation_loss(model) == pytest.approx(metrics["best_val_loss"], rel=1e-5)
+
+
+def test_phi_gradient_is_the_gradient_of_the_ft_loss_plus_lambda_times_the_peft_loss(data_dir, tmp_path):
+    config = small_config(data_dir, tmp_path, bilevel_lambda=3.0)
+    model, tokenizer = tiny()
+    data = prepare_data(config, tokenizer)
+    method = BilevelZOFO(model, data, config)
+    phi = adapter_parameters(method.model, UPPER)
+    for p in adapter_parameters(method.model, UPPER):  # LoRA B starts at 0: move φ off it
+        torch.nn.init.normal_(p, std=0.1)
+    ft, peft = data.train[:4], data.train[4:8]
+    loss_fn = data.loss_fn()
+    reference = loss_fn(method.model, data.batch(ft, "cpu")) + 3.0 * loss_fn(method.model, data.batch(peft, "cpu"))
+    expected = torch.autograd.grad(reference, phi)
+    method.phi_gradient(ft, peft)
+    for p, g in zip(phi, expected):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
+    assert all(p.grad is None for p in adapter_parameters(method.model, LOWER))

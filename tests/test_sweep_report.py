@@ -69,9 +69,9 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
     for lam, value in ((1.0, 0.7), (100.0, 0.9)):
         fake_run(runs / f"sst2-bilevel-{lam}", "sst2", "bilevel", 0, value, 0.5, lam=lam)
     header, rows, records = build_table(find_runs([runs]))
-    assert header == ["method", "bilevel_lambda", "cb", "sst2", "average"]
+    assert header == ["method", "peft", "bilevel_lambda", "cb", "sst2", "average"]
     mezo = next(row for row in rows if row[0] == "mezo")
-    assert mezo == ["mezo", "", "65.0 ± 5.0 (3)", "85.0 ± 5.0 (3)", "75.0"]
+    assert mezo == ["mezo", "lora", "", "65.0 ± 5.0 (3)", "85.0 ± 5.0 (3)", "75.0"]
     cb = next(r for r in records if r["task"] == "cb")
     assert cb["metric"] == "macro_f1" and cb["zero_shot_mean"] == pytest.approx(0.4)
 

@@ -58,7 +58,7 @@ FIRST = ("method", "peft", "hard_prompt")  # row labels read best in this order
 def varying_fields(runs: list[dict]) -> list[str]:
     keys = dict.fromkeys(k for run in runs for k in run["config"])
     fields = [k for k in keys if k not in IGNORED and k != "task"
-              and len({repr(run["config"].get(k)) for run in runs}) > 1]
+              and (k in ("method", "peft") or len({repr(run["config"].get(k)) for run in runs}) > 1)]
     return sorted(fields, key=lambda k: FIRST.index(k) if k in FIRST else len(FIRST))
 
 
@@ -116,6 +116,8 @@ def plot_val_curves(runs: list[dict], fields: list[str], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     tasks = sorted({run["config"]["task"] for run in runs})
+    label_of = lambda run: ", ".join(f"{f}={shown(run['config'], f)}" for f in fields if shown(run["config"], f) is not None) or "run"
+    colors = {label: f"C{i % 10}" for i, label in enumerate(sorted({label_of(run) for run in runs}))}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         labels_seen = set()
@@ -125,9 +127,9 @@ def plot_val_curves(runs: list[dict], fields: list[str], path: Path) -> Path:
             points = [(r["step"], float(r["val_loss"])) for r in read_log(run["folder"] / "log.jsonl") if "val_loss" in r]
             if not points:
                 continue
-            label = ", ".join(f"{f}={run['config'].get(f)}" for f in fields) or "run"
+            label = label_of(run)  # one colour per group: its seeds share it
             steps, values = zip(*points)
-            line = ax.plot(steps, values, lw=1, alpha=0.8, label=None if label in labels_seen else label)
+            ax.plot(steps, values, lw=1, alpha=0.8, color=colors[label], label=None if label in labels_seen else label)
             labels_seen.add(label)
         ax.set_title(task)
         ax.set_xlabel("step")

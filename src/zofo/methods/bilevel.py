@@ -128,19 +128,26 @@ class BilevelZOFO:
         self.model.set_adapter(UPPER)
         return loss.item()
 
+    def phi_gradient(self, ft_batch: list, peft_batch: list) -> tuple[float, float]:
+        """Accumulate ∇_φ [L(θ,φ;B_FT) + λ·L(θ,φ;B_P)] in φ's .grad, as two backward passes: the
+        activations held at once are those of one minibatch, as in a first-order PEFT step."""
+        model, data, loss_fn = self.model, self.data, self.data.loss_fn()
+        ft_loss = loss_fn(model, data.batch(ft_batch, model.device))
+        ft_loss.backward()
+        p_loss = loss_fn(model, data.batch(peft_batch, model.device))
+        (self.lam * p_loss).backward()
+        return ft_loss.item(), p_loss.item()
+
     def upper_step(self, ft_batch: list, peft_batch: list, seed: int):
         """φ by its exact gradient, then θ by SPSA on F at the new φ; z untouched."""
-        model, data = self.model, self.data
-        ft_loss, p_loss = group_means(*example_losses(model, data.batch(ft_batch + peft_batch, model.device), data.loss_name),
-                                      [len(ft_batch), len(peft_batch)])
-        (ft_loss + self.lam * p_loss).backward()
+        ft_loss, p_loss = self.phi_gradient(ft_batch, peft_batch)
         self.phi_optimizer.step()
         self.phi_optimizer.zero_grad(set_to_none=True)
 
-        objective = UpperObjective(model, data, ft_batch, peft_batch, self.lam, self.mixed_batches)
+        objective = UpperObjective(self.model, self.data, ft_batch, peft_batch, self.lam, self.mixed_batches)
         estimate = self.spsa.estimate(objective, seed)
         self.theta_optimizer.step(estimate)
-        return ft_loss.item(), p_loss.item(), estimate
+        return ft_loss, p_loss, estimate
 
     def forwards_per_upper_step(self) -> int:
         """Forward passes of one upper step and its K lower steps (K + 1 of them with a backward)."""
