@@ -6,8 +6,9 @@ token, contexts of L tokens) through the library's own batches, losses and metho
   fo-lora       first-order LoRA: forward + backward + Adam on the adapter
   fo-full       first-order full fine-tuning with Adam (memory reference)
   mezo          SPSA + ZO-SGD on every base weight
-  bilevel-lora  K lower first-order steps + 1 upper step (φ Adam step, SPSA on F in one mixed forward);
-                reported per step with lower and upper steps counted together, and per upper step
+  bilevel-lora  K lower first-order steps + 1 upper step (φ Adam step, SPSA on F in two forwards);
+                reported per step with lower and upper steps counted together
+  bilevel-lora-mixed  the same with F's three losses in one peft mixed-adapter forward
 
     python benchmarks/method_step.py configs/benchmarks/step_cost.yaml
 """
@@ -79,9 +80,10 @@ def step_fn(method: str, spec: dict, data: TaskData):
         space = ParameterSpace(model.named_parameters())
         spsa, sgd = SPSA(space, 1e-3), ZOSGD(space, 1e-7)
         return (lambda i: sgd.step(spsa.estimate(lambda: loss_fn(model, batch).item(), i))), 1
-    if method == "bilevel-lora":
+    if method in ("bilevel-lora", "bilevel-lora-mixed"):
         K = spec["bilevel_k"]
-        config = make_config(peft="lora", bilevel_k=K, lr=1e-7, lower_lr=1e-4, upper_lr=1e-4, device=str(device))
+        config = make_config(peft="lora", bilevel_k=K, lr=1e-7, lower_lr=1e-4, upper_lr=1e-4, device=str(device),
+                             bilevel_mixed_batch=method.endswith("mixed"))
         bilevel = BilevelZOFO(model, data, config)
         ft, peft = data.train[:B], data.train[B : 2 * B]
 
@@ -123,7 +125,7 @@ def main():
     parser.add_argument("--output", help="append the results as one JSON line to this file")
     args = parser.parse_args()
     spec = {"dtype": "bf16", "device": "cuda" if torch.cuda.is_available() else "cpu", "warmup": 2, "iters": 5,
-            "bilevel_k": 20, "methods": ["fo-lora", "mezo", "bilevel-lora", "fo-full"],
+            "bilevel_k": 20, "methods": ["fo-lora", "mezo", "bilevel-lora", "bilevel-lora-mixed", "fo-full"],
             **yaml.safe_load(Path(args.config).read_text())}
     data = synthetic_data(model_config(spec["model"]).vocab_size, spec["batch_size"], spec["length"])
     results = []

@@ -96,7 +96,7 @@ def test_bilevel_run_saves_theta_for_transformers_and_phi_for_peft(data_dir, tmp
     metrics = run_training(config)
     folder = tmp_path / "run"
     assert metrics["upper_steps"] == 4 and metrics["split"] == {"ft": 10, "peft": 20}
-    assert metrics["forwards_per_upper_step"] == 2 + 1 + 2
+    assert metrics["forwards_per_upper_step"] == 2 + 1 + 2 * 2
     theta = AutoModelForCausalLM.from_pretrained(folder / "model")  # plain transformers, no adapter inside
     assert not any("lora" in name for name, _ in theta.named_parameters())
     base, tokenizer = tiny()

@@ -12,9 +12,9 @@ first-order on the adapter at the lower level, tied by a penalty.
         θ ← ZO-optimizer.step(θ, g, u(s_t))
     evaluate and save θ with φ
 
-φ is updated first and θ estimated at the new φ (ALGORITHM.md allows either order). With LoRA the
-three losses of F share one forward (peft's mixed-adapter batch); prefix and prompt tuning cannot
-mix adapters in a batch, so F costs two forwards there (φ on B_FT ∪ B_P, z on B_P).
+φ is updated first and θ estimated at the new φ (ALGORITHM.md allows either order). F's three losses
+cost two forwards (φ on B_FT ∪ B_P, z on B_P); with LoRA, `bilevel_mixed_batch` puts all three in one
+forward through peft's mixed-adapter batch (the same rows; slower in our measurements, see config).
 """
 
 from __future__ import annotations
@@ -113,7 +113,9 @@ class BilevelZOFO:
 
     def __init__(self, model, data: TaskData, config: TrainConfig):
         self.model, self.data, self.config = bilevel_model(model, config), data, config
-        self.lam, self.mixed_batches = config.bilevel_lambda, config.peft == "lora"
+        if config.bilevel_mixed_batch and config.peft != "lora":
+            raise ValueError("bilevel_mixed_batch needs peft lora: peft mixes adapters in one batch only for LoRA")
+        self.lam, self.mixed_batches = config.bilevel_lambda, config.bilevel_mixed_batch
         self.space, self.spsa, self.theta_optimizer = theta_engine(self.model, config)
         self.phi_optimizer = torch.optim.Adam(adapter_parameters(self.model, UPPER), lr=config.upper_lr)
         self.z_optimizer = torch.optim.Adam(adapter_parameters(self.model, LOWER), lr=config.lower_lr)
