@@ -16,7 +16,6 @@ token, contexts of L tokens) through the library's own batches, losses and metho
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys

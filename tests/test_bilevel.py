@@ -8,9 +8,7 @@ from transformers import AutoModelForCausalLM
 from zofo.config import make_config
 from zofo.experiment import run_training
 from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective, adapter_parameters, base_parameters, split_ft_peft
-from zofo.models import load_model
 from zofo.training import prepare_data
-from zofo.zo import SPSA, ZOSGD
 
 from conftest import tiny
 

@@ -68,9 +68,7 @@ class ParameterSpace:
         named = [(n, p) for n, p in named_parameters]
         if not named:
             raise ValueError("a zeroth-order method needs at least one parameter to perturb")
-        self.parameters = [p for _, p in named]
-        self.names = [n for n, _ in named]
-        self.numel = sum(p.numel() for p in self.parameters)
+        self.numel = sum(p.numel() for _, p in named)
         self.buckets: list[Bucket] = []
         if pack:
             self._pack(named, bucket_numel)
