@@ -124,7 +124,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .methods.mezo import rebuild
-    from .models import load_model
+    from .models import load_tokenizer
     from .zo import Trajectory
 
     folder = Path(args.run_dir)
@@ -140,7 +140,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     space.unpack()
     model.save_pretrained(args.output)
     if not hasattr(model, "peft_config"):
-        load_model(config.model, device="cpu")[1].save_pretrained(args.output)
+        load_tokenizer(config.model).save_pretrained(args.output)
     print(f"replayed {len(trajectory.read(step))} steps of {trajectory.path} into {args.output}")
     return 0
 

@@ -61,16 +61,24 @@ def load_model(
     (random weights drawn with `seed`), a local folder, or a Hub id.
     """
     torch_dtype = resolve_dtype(dtype)
+    tokenizer = load_tokenizer(name)
     if name in TINY_MODELS:
-        tokenizer = byte_tokenizer()
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(tiny_config(name, tokenizer), dtype=torch_dtype)
     else:
-        folder = bundled_model_folder() if name == BUNDLED_MODEL else name
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_folder(name), dtype=torch_dtype)
     set_special_tokens(model, tokenizer)
     return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def model_folder(name: str) -> Path | str:
+    """Where `from_pretrained` finds a named model: the converted bundled folder, or the name itself."""
+    return bundled_model_folder() if name == BUNDLED_MODEL else name
+
+
+def load_tokenizer(name: str = BUNDLED_MODEL) -> PreTrainedTokenizerFast:
+    """The tokenizer of a model name, without its weights."""
+    return byte_tokenizer() if name in TINY_MODELS else AutoTokenizer.from_pretrained(model_folder(name))
 
 
 def set_special_tokens(model: PreTrainedModel, tokenizer) -> None:

@@ -41,8 +41,9 @@ class TaskData:
     def train_batch(self, indices: list[int], device) -> OptionBatch:
         return self.batch([self.train[i] for i in indices], device)
 
-    def sampler(self, batch_size: int, seed: int, examples: list[TokenizedExample] | None = None) -> MinibatchSampler:
-        return MinibatchSampler(len(self.train if examples is None else examples), batch_size, seed)
+    def sampler(self, batch_size: int, seed: int, size: int | None = None) -> MinibatchSampler:
+        """Minibatches of indices into the training set (or into a subset of `size` examples)."""
+        return MinibatchSampler(len(self.train) if size is None else size, batch_size, seed)
 
     def validation_loss(self, model) -> float:
         return mean_loss(model, self.loss_fn(), self.validation, self.pad_id, self.gold_only, self.eval_batch_size)

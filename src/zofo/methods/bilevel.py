@@ -31,7 +31,8 @@ from ..losses import example_losses, group_means
 from ..models import load_model
 from ..runs import Run
 from ..training import BestCheckpoint, TaskData, check_finite
-from ..zo import SPSA, ParameterSpace, Trajectory, make_zo_optimizer, mix, replay
+from ..zo import Trajectory, mix, replay
+from .mezo import zo_machinery
 
 UPPER, LOWER = "default", "lower"  # φ keeps peft's default name, so the saved adapter loads as usual
 
@@ -67,11 +68,8 @@ def bilevel_model(model, config: TrainConfig):
 
 
 def theta_engine(model, config: TrainConfig):
-    space = ParameterSpace(base_parameters(model), pack=config.zo_perturbation == "in-place")
-    spsa = SPSA(space, config.zo_eps, config.zo_q, two_sided=not config.zo_one_sided,
-                perturbation=config.zo_perturbation, model=model)
-    return space, spsa, make_zo_optimizer(config.zo_optimizer, space, config.lr, config.zo_momentum,
-                                          config.weight_decay)
+    """SPSA and the ZO optimizer over θ, the adapters left out."""
+    return zo_machinery(model, base_parameters(model), config)
 
 
 class UpperObjective:
@@ -160,8 +158,8 @@ class BilevelZOFO:
 def train(model, data: TaskData, config: TrainConfig, run: Run):
     method = BilevelZOFO(model, data, config)
     ft_indices, peft_indices = split_ft_peft(len(data.train), config.seed)
-    ft_sampler = data.sampler(config.batch_size, mix(config.seed, 1), ft_indices)
-    peft_sampler = data.sampler(config.batch_size, mix(config.seed, 2), peft_indices)
+    ft_sampler = data.sampler(config.batch_size, mix(config.seed, 1), len(ft_indices))
+    peft_sampler = data.sampler(config.batch_size, mix(config.seed, 2), len(peft_indices))
     draw_ft = lambda: [data.train[ft_indices[i]] for i in ft_sampler.next()]
     draw_peft = lambda: [data.train[peft_indices[i]] for i in peft_sampler.next()]
     trajectory, best, best_upper_step = Trajectory(run.folder / "trajectory.jsonl"), BestCheckpoint(), 0

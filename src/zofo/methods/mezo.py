@@ -36,14 +36,19 @@ def zo_parameters(model, config: TrainConfig):
     return model.eval(), named
 
 
-def zo_engine(model, config: TrainConfig):
-    """(model, space, estimator, optimizer) for a fresh start point of this config."""
-    model, named = zo_parameters(model, config)
-    space = ParameterSpace(named, pack=config.zo_perturbation == "in-place")
+def zo_machinery(model, named_parameters, config: TrainConfig):
+    """(space, estimator, optimizer) over `named_parameters`, as the config's zo_* fields say."""
+    space = ParameterSpace(named_parameters, pack=config.zo_perturbation == "in-place")
     spsa = SPSA(space, config.zo_eps, config.zo_q, two_sided=not config.zo_one_sided,
                 perturbation=config.zo_perturbation, model=model)
     optimizer = make_zo_optimizer(config.zo_optimizer, space, config.lr, config.zo_momentum, config.weight_decay)
-    return model, space, spsa, optimizer
+    return space, spsa, optimizer
+
+
+def zo_engine(model, config: TrainConfig):
+    """(model, space, estimator, optimizer) for a fresh start point of this config."""
+    model, named = zo_parameters(model, config)
+    return (model, *zo_machinery(model, named, config))
 
 
 def rebuild(config: TrainConfig, trajectory: Trajectory, until: int | None):
