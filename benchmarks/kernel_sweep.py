@@ -1,5 +1,5 @@
 """Tuning sweep for the fused add-Gaussian kernel of zofo.zo.kernels: block size, Philox rounds and
-warps, timed on one 2^27-element bf16 tensor against a plain read-modify-write (run on a GPU)."""
+warps, exact or approximate Box-Muller, timed on one 2^27-element bf16 tensor against a plain read-modify-write (run on a GPU)."""
 
 import itertools
 import sys
@@ -38,6 +38,7 @@ def milliseconds(fn, reps=20):
 x = torch.zeros(1 << 27, dtype=torch.bfloat16, device="cuda")
 n = x.numel()
 print("bandwidth floor (scale copy):", milliseconds(lambda: _scale[(triton.cdiv(n, 4096),)](x, n, 1.0, BLOCK=4096)), "ms per 2^27 bf16")
-for block, rounds, warps in itertools.product([256, 512, 1024, 2048], [10, 7], [4, 8]):
-    ms = milliseconds(lambda: _add_gaussian[(triton.cdiv(n, 4 * block),)](x, n, 123, 1e-3, BLOCK=block, ROUNDS=rounds, num_warps=warps))
-    print(f"BLOCK {block} rounds {rounds} warps {warps}: {ms:.3f} ms per 2^27 bf16  (x10 = OPT-1.3B pass)")
+for fast, block, rounds, warps in itertools.product([False, True], [512, 1024, 2048], [10, 7], [4, 8]):
+    ms = milliseconds(lambda: _add_gaussian[(triton.cdiv(n, 4 * block),)](
+        x, n, 123, 1e-3, BLOCK=block, ROUNDS=rounds, FAST_MATH=fast, num_warps=warps))
+    print(f"fast_math {fast} BLOCK {block} rounds {rounds} warps {warps}: {ms:.3f} ms per 2^27 bf16  (x10 = OPT-1.3B pass)")

@@ -61,16 +61,15 @@ def fresh_model(spec):
 def step_fn(method: str, spec: dict, data: TaskData):
     """A callable doing one step of `method` on a fresh model, and the number of steps it covers."""
     model, device, B = fresh_model(spec), spec["device"], spec["batch_size"]
-    batch = data.batch(data.train[:B], device)
-    loss_fn = data.loss_fn()
+    examples, loss_fn = data.train[:B], data.loss_fn()
     if method in ("fo-lora", "fo-full"):
         if method == "fo-lora":
             model = attach_adapter(model, peft_config("lora"))
         params = trainable_parameters(model) if method == "fo-lora" else list(model.parameters())
         optimizer = torch.optim.Adam(params, lr=1e-5)
 
-        def step(i):
-            loss_fn(model, batch).backward()
+        def step(i):  # as the trainer does it: the batch is built from examples every step
+            loss_fn(model, data.batch(examples, device)).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         return step, 1
@@ -78,7 +77,11 @@ def step_fn(method: str, spec: dict, data: TaskData):
         model.requires_grad_(False)
         space = ParameterSpace(model.named_parameters())
         spsa, sgd = SPSA(space, 1e-3), ZOSGD(space, 1e-7)
-        return (lambda i: sgd.step(spsa.estimate(lambda: loss_fn(model, batch).item(), i))), 1
+
+        def step(i):
+            batch = data.batch(examples, device)
+            sgd.step(spsa.estimate(lambda: loss_fn(model, batch).item(), i))
+        return step, 1
     if method in ("bilevel-lora", "bilevel-lora-mixed"):
         K = spec["bilevel_k"]
         config = make_config(peft="lora", bilevel_k=K, lr=1e-7, lower_lr=1e-4, upper_lr=1e-4, device=str(device),
@@ -87,12 +90,24 @@ def step_fn(method: str, spec: dict, data: TaskData):
         ft, peft = data.train[:B], data.train[B : 2 * B]
 
         def step(i):
-            for _ in range(K):
-                bilevel.lower_step(peft)
+            bilevel.lower_level([peft] * K)
             bilevel.upper_step(ft, peft, i)
         step.forwards = bilevel.forwards_per_upper_step()
+        # the two kinds of step timed alone, to show where an upper cycle's time goes
+        step.parts = {"lower_step": lambda i: bilevel.lower_level([peft]), "upper_step": lambda i: bilevel.upper_step(ft, peft, i)}
         return step, K + 1
     raise ValueError(f"unknown method {method!r}")
+
+
+def median_ms(fn, spec: dict, cuda: bool) -> float:
+    times = []
+    for i in range(spec["iters"]):
+        begin = time.perf_counter()
+        fn(spec["warmup"] + i)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - begin) * 1e3)
+    return statistics.median(times)
 
 
 def measure(method: str, spec: dict, data: TaskData) -> dict:
@@ -103,18 +118,13 @@ def measure(method: str, spec: dict, data: TaskData) -> dict:
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(spec["iters"]):
-        begin = time.perf_counter()
-        step(spec["warmup"] + i)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - begin) * 1e3)
-    result = {"method": method, "ms_per_call": statistics.median(times), "steps_per_call": covers,
-              "ms_per_step": statistics.median(times) / covers,
+    ms = median_ms(step, spec, cuda)
+    result = {"method": method, "ms_per_call": ms, "steps_per_call": covers, "ms_per_step": ms / covers,
               "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None}
     if hasattr(step, "forwards"):
         result["forwards_per_upper_step"] = step.forwards
+    for name, part in getattr(step, "parts", {}).items():
+        result[f"ms_per_{name}"] = median_ms(part, spec, cuda)
     return result
 
 
@@ -140,7 +150,8 @@ def main():
         ratio = r["ms_per_step"] / fo["ms_per_step"] if fo else float("nan")
         peak = f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] else "n/a"
         extra = f", {r['forwards_per_upper_step']} forwards per upper step" if "forwards_per_upper_step" in r else ""
-        print(f"| {r['method']} | {r['ms_per_step']:.1f} | {ratio:.2f} | {r['ms_per_call']:.1f} ({r['steps_per_call']}{extra}) | {peak} |")
+        parts = "".join(f", {key[7:]} alone {value:.1f} ms" for key, value in r.items() if key.startswith("ms_per_") and key.endswith("_step") and key != "ms_per_step")
+        print(f"| {r['method']} | {r['ms_per_step']:.1f} | {ratio:.2f} | {r['ms_per_call']:.1f} ({r['steps_per_call']}{extra}{parts}) | {peak} |")
     if args.output:
         with open(args.output, "a") as f:
             f.write(json.dumps({"spec": spec, "results": results}) + "\n")

@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # On the GPU with the real SmolLM2 (see scripts/gpu_setup.sh): the reduced Table 1 and Table 2 (LoRA)
-# sweeps side by side, their reports, and one archive of the run folders (no weights) in $OUT.
+# sweeps side by side, into results/<sweep>/runs of this copy of the tree so that the runs already
+# committed there are skipped; their reports, and one archive of the run folders (no weights) in $OUT.
 source scripts/gpu_setup.sh
-RUNS=/tmp/runs; mkdir -p $RUNS; OUT=${OUT:-.}
+OUT=${OUT:-.}
+export OMP_NUM_THREADS=1  # 18 processes share 16 cores; each only launches GPU kernels
 python3 -m zofo eval --task copa --n-test 10 > /dev/null 2>&1   # converts the bundled model once
-for sweep in table1 table2-lora; do
-  timeout ${SWEEP_SECONDS:-500} python3 -m zofo sweep configs/reduced/$sweep.yaml --out-dir $RUNS/$sweep > $RUNS/$sweep.log 2>&1 &
-done
+timeout ${SWEEP_SECONDS:-540} python3 -m zofo sweep configs/reduced/table1.yaml --out-dir results/table1/runs --parallel 4 > $OUT/table1.log 2>&1 &
+timeout ${SWEEP_SECONDS:-540} python3 -m zofo sweep configs/reduced/table2-lora.yaml --out-dir results/table2-lora/runs --parallel 14 > $OUT/table2-lora.log 2>&1 &
 wait
 for sweep in table1 table2-lora; do
-  tail -2 $RUNS/$sweep.log
-  python3 -m zofo report $RUNS/$sweep --output $RUNS/$sweep/report 2>&1 | tail -30
+  tail -3 $OUT/$sweep.log
+  python3 -m zofo report results/$sweep/runs --output /tmp/report-$sweep 2>&1 | tail -30
 done
-tar czf $OUT/runs.tgz --exclude=adapter --exclude=model -C $RUNS .
+tar czf $OUT/runs.tgz --exclude=adapter --exclude=model results/table1/runs results/table2-lora/runs

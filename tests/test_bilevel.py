@@ -47,8 +47,9 @@ def test_z_moves_only_in_lower_steps_and_phi_theta_only_in_upper_steps(data_dir,
     assert all(torch.equal(a, b) for a, b in zip(phi, z)), "φ and z start from the same values"
 
     before = snapshot(phi), snapshot(z), snapshot(theta)
-    method.lower_step(data.train[:4])
+    method.lower_level([data.train[:4]])
     assert moved(before[1], z) and not moved(before[0], phi) and not moved(before[2], theta)
+    assert method.model.active_adapter == UPPER
 
     before = snapshot(phi), snapshot(z), snapshot(theta)
     method.upper_step(data.train[:4], data.train[4:8], seed=1)
@@ -61,7 +62,7 @@ def test_with_lambda_zero_the_theta_estimate_is_mezos_on_the_ft_loss(data_dir, t
     model, tokenizer = tiny()
     data = prepare_data(config, tokenizer)
     method = BilevelZOFO(model, data, config)
-    method.lower_step(data.train[8:12])  # z ≠ φ, so the penalty terms would matter if λ did
+    method.lower_level([data.train[8:12]])  # z ≠ φ, so the penalty terms would matter if λ did
     ft, peft = data.train[:4], data.train[4:8]
     bilevel = method.spsa.estimate(UpperObjective(method.model, data, ft, peft, 0.0, mixed_batches=True), 7)
     loss_fn, batch = data.loss_fn(), data.batch(ft, "cpu")
@@ -82,7 +83,7 @@ def test_mixed_adapter_batch_gives_the_three_losses_of_separate_forwards(data_di
     data = prepare_data(config, tokenizer)
     method = BilevelZOFO(model, data, config)
     for _ in range(2):
-        method.lower_step(data.train[8:12])
+        method.lower_level([data.train[8:12]])
     ft, peft = data.train[:4], data.train[4:8]
     mixed = UpperObjective(method.model, data, ft, peft, 10.0, mixed_batches=True).losses()
     separate = UpperObjective(method.model, data, ft, peft, 10.0, mixed_batches=False).losses()

@@ -118,15 +118,20 @@ class BilevelZOFO:
         self.phi_optimizer = torch.optim.Adam(adapter_parameters(self.model, UPPER), lr=config.upper_lr)
         self.z_optimizer = torch.optim.Adam(adapter_parameters(self.model, LOWER), lr=config.lower_lr)
 
-    def lower_step(self, peft_batch: list) -> float:
-        """z ← Adam_z.step(∇_z L(θ, z; B)), θ and φ untouched."""
+    def lower_level(self, peft_batches: list[list]) -> list[torch.Tensor]:
+        """K steps z ← Adam_z.step(∇_z L(θ, z; B)), one per minibatch B of D_PEFT; θ and φ untouched.
+        z stays the active adapter for all K steps: peft's set_adapter walks every module (milliseconds
+        on a 24-layer model), and the losses stay on the device so that no step waits for the host."""
         self.model.set_adapter(LOWER)
-        loss = self.data.loss_fn()(self.model, self.data.batch(peft_batch, self.model.device))
-        loss.backward()
-        self.z_optimizer.step()
-        self.z_optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for peft_batch in peft_batches:
+            loss = self.data.loss_fn()(self.model, self.data.batch(peft_batch, self.model.device))
+            loss.backward()
+            self.z_optimizer.step()
+            self.z_optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
         self.model.set_adapter(UPPER)
-        return loss.item()
+        return losses
 
     def phi_gradient(self, ft_batch: list, peft_batch: list) -> tuple[float, float]:
         """Accumulate ∇_φ [L(θ,φ;B_FT) + λ·L(θ,φ;B_P)] in φ's .grad, as two backward passes: the
@@ -168,14 +173,14 @@ def train(model, data: TaskData, config: TrainConfig, run: Run):
 
     progress = tqdm(range(1, total + 1), desc=f"bilevel-{config.peft}", unit="upper step")
     for t in progress:
-        lower_losses = [method.lower_step(draw_peft()) for _ in range(K)]
+        lower_losses = method.lower_level([draw_peft() for _ in range(K)])
         seed = mix(config.seed, t)
         ft_loss, p_loss, estimate = method.upper_step(draw_ft(), draw_peft(), seed)
         check_finite(estimate.loss, t, seed)
         trajectory.append(t, seed, estimate, method.theta_optimizer.lr)
 
         step = t * (K + 1)  # lower and upper steps counted together
-        run.log(step=step, train_loss=ft_loss, lower_loss=lower_losses[-1] if K else None,
+        run.log(step=step, train_loss=ft_loss, lower_loss=lower_losses[-1].item() if K else None,
                 penalty_phi=p_loss, upper_objective=estimate.loss)
         if step // config.eval_every > (step - K - 1) // config.eval_every or t == total:
             val_loss = data.validation_loss(method.model)

@@ -2,21 +2,47 @@
 
 A pass over θ then reads and writes each weight once and nothing else (no u in memory, one
 launch per bucket), which is the floor of a perturbation pass. u comes from Triton's counter-based
-Philox generator, tl.randn(seed, offset), so any slice can be regenerated alone.
+Philox generator (tl.randint4x(seed, offset)), so any slice can be regenerated alone.
 Set TRITON_INTERPRET=1 to run these kernels on the CPU (slowly), as the tests do.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 BLOCK = 1024  # Philox counters per program; each gives 4 normals, so a program covers 4·BLOCK elements
 WARPS = 8
 # Philox4x32-7 (Salmon et al. 2011: passes BigCrush); 10 rounds cost ~10% more per pass on an H200
 # (benchmarks/kernel_sweep.py), where the pass is bound by Philox and Box-Muller arithmetic, not memory.
 ROUNDS = 7
+# Box-Muller with the GPU's approximate log2/sin/cos units instead of libdevice's exact-rounded ones,
+# which cost more than the memory traffic. Their error (~1e-6 absolute) does not matter for a random
+# direction; the interpreter cannot run them, so it uses Triton's exact tl.randn4x.
+FAST_MATH = os.environ.get("TRITON_INTERPRET") != "1"
+
+
+@triton.jit
+def _randn4x(seed, offsets, ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr):
+    if FAST_MATH:
+        i0, i1, i2, i3 = tl.randint4x(seed, offsets, ROUNDS)
+        a0, a1 = _normal_pair(tl.random.uint_to_uniform_float(i0), tl.random.uint_to_uniform_float(i1))
+        a2, a3 = _normal_pair(tl.random.uint_to_uniform_float(i2), tl.random.uint_to_uniform_float(i3))
+        return a0, a1, a2, a3
+    else:
+        return tl.randn4x(seed, offsets, ROUNDS)
+
+
+@triton.jit
+def _normal_pair(u1, u2):
+    # r = sqrt(-2 ln u1) = sqrt(-2 ln2 · log2 u1); the angle spans [-π, π), where sin.approx is accurate.
+    r = tl.sqrt(-1.3862943611198906 * libdevice.fast_log2f(tl.maximum(1.0e-7, u1)))
+    angle = 6.283185307179586 * (u2 - 0.5)
+    return r * libdevice.fast_cosf(angle), r * libdevice.fast_sinf(angle)
 
 
 @triton.jit
@@ -27,12 +53,12 @@ def _add_block(x_ptr, offsets, n, scale, u):
 
 
 @triton.jit
-def _add_gaussian(x_ptr, n, seed, scale, BLOCK: tl.constexpr, ROUNDS: tl.constexpr):
+def _add_gaussian(x_ptr, n, seed, scale, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr):
     # One Philox call yields four normals (randn4x): element pid·4B + k·B + j takes output k of
     # counter pid·B + j. Four times fewer Philox rounds than tl.randn per element, and coalesced.
     pid = tl.program_id(0)
     lane = tl.arange(0, BLOCK)
-    u0, u1, u2, u3 = tl.randn4x(seed, pid * BLOCK + lane, ROUNDS)
+    u0, u1, u2, u3 = _randn4x(seed, pid * BLOCK + lane, ROUNDS, FAST_MATH)
     base = pid * 4 * BLOCK + lane
     _add_block(x_ptr, base, n, scale, u0)
     _add_block(x_ptr, base + BLOCK, n, scale, u1)
@@ -41,10 +67,10 @@ def _add_gaussian(x_ptr, n, seed, scale, BLOCK: tl.constexpr, ROUNDS: tl.constex
 
 
 @triton.jit
-def _gaussian(u_ptr, n, seed, BLOCK: tl.constexpr, ROUNDS: tl.constexpr):
+def _gaussian(u_ptr, n, seed, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr):
     pid = tl.program_id(0)
     lane = tl.arange(0, BLOCK)
-    u0, u1, u2, u3 = tl.randn4x(seed, pid * BLOCK + lane, ROUNDS)
+    u0, u1, u2, u3 = _randn4x(seed, pid * BLOCK + lane, ROUNDS, FAST_MATH)
     base = pid * 4 * BLOCK + lane
     tl.store(u_ptr + base, u0, mask=base < n)
     tl.store(u_ptr + base + BLOCK, u1, mask=base + BLOCK < n)
@@ -60,11 +86,11 @@ def _grid(numel: int) -> tuple[int]:
 
 def add_gaussian_(x: torch.Tensor, seed: int, scale: float) -> None:
     """x += scale·u(seed), in place; x contiguous and 1-D."""
-    _add_gaussian[_grid(x.numel())](x, x.numel(), seed, scale, BLOCK=BLOCK, ROUNDS=ROUNDS, num_warps=WARPS)
+    _add_gaussian[_grid(x.numel())](x, x.numel(), seed, scale, BLOCK=BLOCK, ROUNDS=ROUNDS, FAST_MATH=FAST_MATH, num_warps=WARPS)
 
 
 def gaussian(numel: int, seed: int, device) -> torch.Tensor:
     """u(seed) as an fp32 tensor: the same numbers add_gaussian_ adds."""
     u = torch.empty(numel, dtype=torch.float32, device=device)
-    _gaussian[_grid(numel)](u, numel, seed, BLOCK=BLOCK, ROUNDS=ROUNDS, num_warps=WARPS)
+    _gaussian[_grid(numel)](u, numel, seed, BLOCK=BLOCK, ROUNDS=ROUNDS, FAST_MATH=FAST_MATH, num_warps=WARPS)
     return u
