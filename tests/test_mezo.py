@@ -35,7 +35,8 @@ def test_full_model_mezo_writes_a_trajectory_that_rebuilds_the_selected_weights(
     out = tmp_path / "run"
     assert main(mezo_args(data_dir, out, "--peft", "none", "--steps", "20", "--eval-every", "5")) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    trajectory = [json.loads(line) for line in (out / "trajectory.jsonl").read_text().splitlines()]
+    header, *trajectory = [json.loads(line) for line in (out / "trajectory.jsonl").read_text().splitlines()]
+    assert "torch cpu generator" in header["directions"]
     assert [r["step"] for r in trajectory] == list(range(1, 21))
     assert all(set(r) == {"step", "seed", "scalars", "lr"} for r in trajectory)
     assert metrics["trajectory_bytes"] < metrics["model_bytes"] / 50
@@ -90,3 +91,21 @@ def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_run(tmp_path
     whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     resumed = json.loads((killed / "metrics.json").read_text())
     assert resumed["best_step"] == whole["best_step"] and resumed["test"] == whole["test"]
+
+
+def test_replay_refuses_a_log_from_another_direction_generator(tmp_path):
+    from zofo.zo import SPSA, ZOSGD, ParameterSpace, Trajectory, replay
+
+    lin = torch.nn.Linear(4, 3)
+    space = ParameterSpace(lin.named_parameters())
+    spsa, sgd = SPSA(space, 1e-3), ZOSGD(space, 1e-2)
+    trajectory = Trajectory(tmp_path / "trajectory.jsonl")
+    trajectory.start(space.directions)
+    estimate = spsa.estimate(lambda: lin.weight.sum().item(), 3)
+    trajectory.append(1, 3, estimate, sgd.lr)
+    assert len(trajectory.read()) == 1 and space.directions in trajectory.path.read_text()
+    assert replay(trajectory, spsa, sgd) == 1
+
+    other = ParameterSpace(torch.nn.Linear(4, 3).named_parameters(), chunk_numel=5)
+    with pytest.raises(ValueError, match="directions"):
+        replay(trajectory, SPSA(other, 1e-3), ZOSGD(other, 1e-2))

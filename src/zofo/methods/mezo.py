@@ -73,10 +73,10 @@ def train(model, data: TaskData, config: TrainConfig, run: Run):
         model, space, spsa, optimizer = rebuild(config, trajectory, until=checkpoint["step"])
         for _ in range(checkpoint["step"]):  # the sampler's draws are a function of the step count
             sampler.next()
-        trajectory.start(keep_until=checkpoint["step"])
+        trajectory.start(space.directions, keep_until=checkpoint["step"])
     else:
         model, space, spsa, optimizer = zo_engine(model, config)
-        trajectory.start()
+        trajectory.start(space.directions)
     loss_fn = data.loss_fn()
 
     progress = tqdm(range(first_step, config.steps + 1), desc=f"mezo-{config.peft}", unit="step",

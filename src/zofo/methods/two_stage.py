@@ -39,7 +39,7 @@ def train(model, data: TaskData, config: TrainConfig, run: Run):
 
     space, spsa, optimizer = theta_engine(model, config)
     trajectory, best = Trajectory(run.folder / "trajectory.jsonl"), BestCheckpoint()
-    trajectory.start()
+    trajectory.start(spsa.space.directions)
     best.update(0, first["best_val_loss"], {})
     loss_fn, sampler = data.loss_fn(), data.sampler(config.batch_size, mix(config.seed, 3))
     progress = tqdm(range(1, T + 1), desc=f"two-stage mezo on θ ({config.peft} frozen)", unit="step")

@@ -86,6 +86,18 @@ class ParameterSpace:
         self.chunk_numel = chunk_numel or (bucket_numel if self.kernel == "triton" else 1 << 24)
         self._generator = torch.Generator(device=self.device)
 
+    @property
+    def directions(self) -> str:
+        """What decides the stream of u for a seed; a trajectory replays only under the same one."""
+        if self.kernel == "triton":
+            from . import kernels
+
+            box_muller = "approximate" if kernels.FAST_MATH else "exact"
+            rng = f"Philox4x32-{kernels.ROUNDS}, {box_muller} Box-Muller, block {kernels.BLOCK}"
+        else:
+            rng = f"torch {self.device.type} generator"
+        return f"{self.kernel} ({rng}), chunks of {self.chunk_numel}, {self.numel} parameters in {len(self.buckets)} buckets"
+
     def _pack(self, named, bucket_numel: int) -> None:
         groups: dict[tuple, list] = {}
         for name, p in named:

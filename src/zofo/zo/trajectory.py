@@ -8,6 +8,7 @@ the same device the rebuilt weights are bit-identical. A fine-tuned model can be
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from .optimizers import ZOOptimizer
@@ -18,10 +19,12 @@ class Trajectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def start(self, keep_until: int = 0) -> None:
-        """Begin writing; a resumed run keeps the steps up to its checkpoint and drops the rest."""
+    def start(self, directions: str, keep_until: int = 0) -> None:
+        """Begin writing, the first line naming the direction generator (ParameterSpace.directions);
+        a resumed run keeps the steps up to its checkpoint and drops the rest."""
         kept = [r for r in self.read() if r["step"] <= keep_until] if keep_until else []
         with self.path.open("w") as f:
+            f.write(json.dumps({"directions": directions}) + "\n")
             for record in kept:
                 f.write(json.dumps(record) + "\n")
 
@@ -34,11 +37,24 @@ class Trajectory:
             return []
         with self.path.open() as f:
             records = [json.loads(line) for line in f if line.strip()]
-        return [r for r in records if until is None or r["step"] <= until]
+        return [r for r in records if "step" in r and (until is None or r["step"] <= until)]
+
+    def check(self, directions: str) -> None:
+        """Refuse to replay under another direction generator: the weights would silently differ."""
+        with self.path.open() as f:
+            first = json.loads(f.readline() or "{}")
+        if "directions" not in first:
+            warnings.warn(f"{self.path} does not name its direction generator (written by an older zofo); "
+                          f"replaying with {directions}", stacklevel=2)
+        elif first["directions"] != directions:
+            raise ValueError(f"{self.path} was written with directions from {first['directions']}, but this "
+                             f"machine draws them from {directions}: replay on the device (and zofo version) "
+                             "that trained it, e.g. --device cuda for a GPU run")
 
 
 def replay(trajectory: Trajectory, spsa: SPSA, optimizer: ZOOptimizer, until: int | None = None) -> int:
     """Apply the logged steps (up to `until`) to θ; returns the last step replayed."""
+    trajectory.check(spsa.space.directions)
     last = 0
     for record in trajectory.read(until):
         optimizer.lr = record["lr"]
