@@ -110,7 +110,23 @@ def median_ms(fn, spec: dict, cuda: bool) -> float:
     return statistics.median(times)
 
 
-def measure(method: str, spec: dict, data: TaskData) -> dict:
+def profile(method: str, step, spec: dict, path: str) -> None:
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        step(10_000)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    device_key = "device_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    with open(path, "a") as f:
+        f.write(f"\n## {method}\nlabelled phases (host ms, device ms, calls):\n")
+        for e in events:
+            if e.key.startswith("bilevel."):
+                f.write(f"  {e.key}: {e.cpu_time_total / 1e3:.1f}, {getattr(e, 'device_time_total', 0) / 1e3:.1f}, {e.count}\n")
+        f.write(events.table(sort_by=device_key, row_limit=25) + "\n")
+
+
+def measure(method: str, spec: dict, data: TaskData, profile_path: str | None = None) -> dict:
     cuda = spec["device"].startswith("cuda")
     step, covers = step_fn(method, spec, data)
     for i in range(spec["warmup"]):
@@ -125,6 +141,8 @@ def measure(method: str, spec: dict, data: TaskData) -> dict:
         result["forwards_per_upper_step"] = step.forwards
     for name, part in getattr(step, "parts", {}).items():
         result[f"ms_per_{name}"] = median_ms(part, spec, cuda)
+    if profile_path:
+        profile(method, step, spec, profile_path)
     return result
 
 
@@ -132,6 +150,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML: model, dtype, device, batch_size, length, bilevel_k, methods, warmup, iters")
     parser.add_argument("--output", help="append the results as one JSON line to this file")
+    parser.add_argument("--profile", metavar="FILE", help="also profile one call of each method with torch.profiler "
+                        "and write the busiest operations and the library's labelled phases (bilevel.*) to FILE")
     args = parser.parse_args()
     spec = {"dtype": "bf16", "device": "cuda" if torch.cuda.is_available() else "cpu", "warmup": 2, "iters": 5,
             "bilevel_k": 20, "methods": ["fo-lora", "mezo", "bilevel-lora", "bilevel-lora-mixed", "fo-full"],
@@ -139,7 +159,7 @@ def main():
     data = synthetic_data(model_config(spec["model"]).vocab_size, spec["batch_size"], spec["length"])
     results = []
     for method in spec["methods"]:
-        results.append(measure(method, spec, data))
+        results.append(measure(method, spec, data, args.profile))
         if spec["device"].startswith("cuda"):
             torch.cuda.empty_cache()
     fo = next((r for r in results if r["method"] == "fo-lora"), None)

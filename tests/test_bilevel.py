@@ -114,7 +114,7 @@ def test_two_stage_tunes_the_prompt_then_theta_with_matched_step_counts(data_dir
     assert metrics["stage_steps"] == [8, 4]  # T = 12 // (K + 1) = 4 upper steps, T·K = 8 first-order steps
     records = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "train_loss" in r] == list(range(1, 13))
-    assert len((folder / "trajectory.jsonl").read_text().splitlines()) == 4
+    assert len((folder / "trajectory.jsonl").read_text().splitlines()) == 1 + 4  # the header, 4 upper steps
     theta = AutoModelForCausalLM.from_pretrained(folder / "model")
     model = PeftModel.from_pretrained(theta, folder / "adapter").eval()
     _, tokenizer = tiny()

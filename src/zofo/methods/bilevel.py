@@ -23,6 +23,7 @@ import random
 
 import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from ..adapters import attach_adapter, peft_config
@@ -122,15 +123,16 @@ class BilevelZOFO:
         """K steps z ← Adam_z.step(∇_z L(θ, z; B)), one per minibatch B of D_PEFT; θ and φ untouched.
         z stays the active adapter for all K steps: peft's set_adapter walks every module (milliseconds
         on a 24-layer model), and the losses stay on the device so that no step waits for the host."""
-        self.model.set_adapter(LOWER)
-        losses = []
-        for peft_batch in peft_batches:
-            loss = self.data.loss_fn()(self.model, self.data.batch(peft_batch, self.model.device))
-            loss.backward()
-            self.z_optimizer.step()
-            self.z_optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach())
-        self.model.set_adapter(UPPER)
+        with record_function("bilevel.lower_level"):
+            self.model.set_adapter(LOWER)
+            losses = []
+            for peft_batch in peft_batches:
+                loss = self.data.loss_fn()(self.model, self.data.batch(peft_batch, self.model.device))
+                loss.backward()
+                self.z_optimizer.step()
+                self.z_optimizer.zero_grad(set_to_none=True)
+                losses.append(loss.detach())
+            self.model.set_adapter(UPPER)
         return losses
 
     def phi_gradient(self, ft_batch: list, peft_batch: list) -> tuple[float, float]:
@@ -145,13 +147,15 @@ class BilevelZOFO:
 
     def upper_step(self, ft_batch: list, peft_batch: list, seed: int):
         """φ by its exact gradient, then θ by SPSA on F at the new φ; z untouched."""
-        ft_loss, p_loss = self.phi_gradient(ft_batch, peft_batch)
-        self.phi_optimizer.step()
-        self.phi_optimizer.zero_grad(set_to_none=True)
-
-        objective = UpperObjective(self.model, self.data, ft_batch, peft_batch, self.lam, self.mixed_batches)
-        estimate = self.spsa.estimate(objective, seed)
-        self.theta_optimizer.step(estimate)
+        with record_function("bilevel.phi_step"):  # the labels show in torch.profiler traces
+            ft_loss, p_loss = self.phi_gradient(ft_batch, peft_batch)
+            self.phi_optimizer.step()
+            self.phi_optimizer.zero_grad(set_to_none=True)
+        with record_function("bilevel.theta_estimate"):
+            objective = UpperObjective(self.model, self.data, ft_batch, peft_batch, self.lam, self.mixed_batches)
+            estimate = self.spsa.estimate(objective, seed)
+        with record_function("bilevel.theta_update"):
+            self.theta_optimizer.step(estimate)
         return ft_loss, p_loss, estimate
 
     def forwards_per_upper_step(self) -> int:
@@ -168,7 +172,7 @@ def train(model, data: TaskData, config: TrainConfig, run: Run):
     draw_ft = lambda: [data.train[ft_indices[i]] for i in ft_sampler.next()]
     draw_peft = lambda: [data.train[peft_indices[i]] for i in peft_sampler.next()]
     trajectory, best, best_upper_step = Trajectory(run.folder / "trajectory.jsonl"), BestCheckpoint(), 0
-    trajectory.start()
+    trajectory.start(method.space.directions)
     K, total = config.bilevel_k, upper_steps(config)
 
     progress = tqdm(range(1, total + 1), desc=f"bilevel-{config.peft}", unit="upper step")
