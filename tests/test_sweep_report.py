@@ -72,6 +72,7 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
     assert header == ["method", "peft", "bilevel_lambda", "cb", "sst2", "average"]
     mezo = next(row for row in rows if row[0] == "mezo")
     assert mezo == ["mezo", "lora", "", "65.0 ± 5.0 (3)", "85.0 ± 5.0 (3)", "75.0"]
+    assert rows[0] == ["zero-shot", "", "", "40.0 ± 0.0 (3)", "50.0 ± 0.0 (5)", ""]  # the base model, every run's
     cb = next(r for r in records if r["task"] == "cb")
     assert cb["metric"] == "macro_f1" and cb["zero_shot_mean"] == pytest.approx(0.4)
 

@@ -10,21 +10,26 @@ Plots: validation-loss curves per task, and the metric against λ and against K 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import statistics
 from pathlib import Path
 
 import yaml
 
+from .config import TrainConfig
 from .runs import read_log
 from .tasks import get_task
 
 IGNORED = {"seed", "out_dir", "data_dir", "resume", "device"}
 # Fields that only some methods read: shown blank in the rows of the others.
 USED_BY = {"bilevel_lambda": {"bilevel"}, "bilevel_k": {"bilevel", "two-stage"}, "upper_lr": {"bilevel"},
-           "lower_lr": {"bilevel", "two-stage"}}
+           "lower_lr": {"bilevel", "two-stage"}, "bilevel_mixed_batch": {"bilevel"}}
 for _zo_field in ("zo_eps", "zo_q", "zo_one_sided", "zo_optimizer", "zo_momentum", "zo_perturbation", "weight_decay"):
     USED_BY[_zo_field] = {"mezo", "bilevel", "two-stage"}
+
+
+DEFAULTS = dataclasses.asdict(TrainConfig())
 
 
 def shown(config: dict, field: str):
@@ -41,7 +46,8 @@ def find_runs(paths: list[str | Path]) -> list[dict]:
             folder = metrics_path.parent
             if not (folder / "config.yaml").exists():
                 continue
-            config = yaml.safe_load((folder / "config.yaml").read_text())
+            # a field added since the run was made takes its default, which is what the run used
+            config = {**DEFAULTS, **yaml.safe_load((folder / "config.yaml").read_text())}
             metrics = json.loads(metrics_path.read_text())
             metric = get_task(config["task"]).metric
             runs.append({"folder": folder, "config": config, "metrics": metrics, "metric": metric,
@@ -100,7 +106,21 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict
         if len(tasks) > 1:
             row.append(f"{100 * statistics.fmean(means):.1f}" if len(means) == len(tasks) else "")
         rows.append(row)
-    return header, rows, records
+    return header, zero_shot_rows(runs, fields, tasks) + rows, records
+
+
+def zero_shot_rows(runs: list[dict], fields: list[str], tasks: list[str]) -> list[list[str]]:
+    """The base model before training (each run's zero-shot test), one row per prompt setting."""
+    rows = []
+    for prompt in sorted({run["config"].get("hard_prompt") for run in runs}, key=str):
+        label = {"method": "zero-shot", "hard_prompt": str(prompt) if "hard_prompt" in fields else ""}
+        row = [label.get(f, "") for f in fields]
+        for task in tasks:
+            row.append(cell([r["zero_shot"] for r in runs if r["config"]["task"] == task and r["zero_shot"] is not None
+                             and r["config"].get("hard_prompt") == prompt]))
+        if any(row[len(fields):]):
+            rows.append(row + ([""] if len(tasks) > 1 else []))
+    return rows
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
