@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU with the real SmolLM2 (see scripts/gpu_setup.sh): the reduced Table 1 and Table 2 (LoRA)
 # sweeps side by side, into results/<sweep>/runs of this copy of the tree so that the runs already
+# Afterwards, here: scripts/collect_runs.sh <files_at>/runs.tgz, before the next call, or it reruns them.
 # committed there are skipped; their reports, and one archive of the run folders (no weights) in $OUT.
 source scripts/gpu_setup.sh
 OUT=${OUT:-.}
