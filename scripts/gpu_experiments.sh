@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU with the real SmolLM2 (see scripts/gpu_setup.sh): the reduced Table 1 and Table 2 (LoRA)
 # sweeps side by side, into results/<sweep>/runs of this copy of the tree so that the runs already
-# Afterwards, here: scripts/collect_runs.sh <files_at>/runs.tgz, before the next call, or it reruns them.
 # committed there are skipped; their reports, and one archive of the run folders (no weights) in $OUT.
+# Afterwards, here: scripts/collect_runs.sh <files_at>/runs.tgz, before the next call, or it reruns them.
 source scripts/gpu_setup.sh
 OUT=${OUT:-.}
 export OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # many processes share 16 cores and one GPU
