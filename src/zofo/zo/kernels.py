@@ -17,12 +17,13 @@ from triton.language.extra import libdevice
 
 BLOCK = 1024  # Philox counters per program; each gives 4 normals, so a program covers 4·BLOCK elements
 WARPS = 8
-# Philox4x32-7 (Salmon et al. 2011: passes BigCrush); 10 rounds cost ~10% more per pass on an H200
-# (benchmarks/kernel_sweep.py), where the pass is bound by Philox and Box-Muller arithmetic, not memory.
+# Philox4x32-7 (Salmon et al. 2011: passes BigCrush); 10 rounds cost 18% more per pass on an H200
+# (0.181 against 0.154 ms per 2^27 bf16 weights, benchmarks/kernel_sweep.py; the copy floor is 0.137).
 ROUNDS = 7
-# Box-Muller with the GPU's approximate log2/sin/cos units instead of libdevice's exact-rounded ones,
-# which cost more than the memory traffic. Their error (~1e-6 absolute) does not matter for a random
-# direction; the interpreter cannot run them, so it uses Triton's exact tl.randn4x.
+# Box-Muller with the GPU's approximate log2/sin/cos units instead of the precise ones tl.randn uses,
+# which cost more than the memory traffic (0.291 ms a pass). Their error (at most 1.1e-4 against the
+# exact draws, measured on an H200) does not matter for a random direction; the interpreter cannot run
+# them, so it uses Triton's exact tl.randn4x.
 FAST_MATH = os.environ.get("TRITON_INTERPRET") != "1"
 
 
