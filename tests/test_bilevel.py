@@ -57,6 +57,25 @@ def test_z_moves_only_in_lower_steps_and_phi_theta_only_in_upper_steps(data_dir,
     assert method.model.active_adapter == UPPER
 
 
+def test_an_upper_cycle_switches_adapters_four_times(data_dir, tmp_path):
+    # peft's set_adapter walks every module: K lower steps switch to z and back once, and F's two
+    # evaluations begin with whichever adapter the previous one left active.
+    config = small_config(data_dir, tmp_path)
+    model, tokenizer = tiny()
+    data = prepare_data(config, tokenizer)
+    method = BilevelZOFO(model, data, config)
+    switches = []
+    set_adapter = method.model.set_adapter
+    method.model.set_adapter = lambda name, *args, **kwargs: (switches.append(name), set_adapter(name, *args, **kwargs))
+    method.lower_level([data.train[8:12]] * 3)
+    method.upper_step(data.train[:4], data.train[4:8], seed=1)
+    assert switches == [LOWER, UPPER, LOWER, UPPER] and method.model.active_adapter == UPPER
+
+    method.spsa.two_sided, method.spsa.q = False, 2  # three evaluations of F: φ is made active again
+    method.upper_step(data.train[:4], data.train[4:8], seed=2)
+    assert method.model.active_adapter == UPPER
+
+
 def test_with_lambda_zero_the_theta_estimate_is_mezos_on_the_ft_loss(data_dir, tmp_path):
     config = small_config(data_dir, tmp_path, bilevel_lambda=0.0, zo_perturbation="exact")
     model, tokenizer = tiny()

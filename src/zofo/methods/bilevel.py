@@ -68,6 +68,12 @@ def bilevel_model(model, config: TrainConfig):
     return model.eval()
 
 
+def activate(model, name: str) -> None:
+    """Make `name` the active adapter; peft's set_adapter walks every module, so skip it when it is."""
+    if model.active_adapter != name:
+        model.set_adapter(name)
+
+
 def theta_engine(model, config: TrainConfig):
     """SPSA and the ZO optimizer over θ, the adapters left out."""
     return zo_machinery(model, base_parameters(model), config)
@@ -91,11 +97,21 @@ class UpperObjective:
         loss = self.data.loss_name
         if len(self.batches) == 1:
             return tuple(group_means(*example_losses(self.model, self.batches[0], loss), self.sizes + self.sizes[1:]))
-        self.model.set_adapter(UPPER)
-        ft_loss, p_loss = group_means(*example_losses(self.model, self.batches[0], loss), self.sizes)
-        self.model.set_adapter(LOWER)
-        (z_loss,) = group_means(*example_losses(self.model, self.batches[1], loss), self.sizes[1:])
-        self.model.set_adapter(UPPER)
+
+        def through_phi():
+            activate(self.model, UPPER)
+            return group_means(*example_losses(self.model, self.batches[0], loss), self.sizes)
+
+        def through_z():
+            activate(self.model, LOWER)
+            return group_means(*example_losses(self.model, self.batches[1], loss), self.sizes[1:])
+
+        # Begin with the adapter left active by the previous evaluation: F at θ+εu and θ−εu then
+        # switch adapters twice in all, not four times.
+        if self.model.active_adapter == LOWER:
+            (z_loss,), (ft_loss, p_loss) = through_z(), through_phi()
+        else:
+            (ft_loss, p_loss), (z_loss,) = through_phi(), through_z()
         return ft_loss, p_loss, z_loss
 
     def __call__(self) -> float:
@@ -124,7 +140,7 @@ class BilevelZOFO:
         z stays the active adapter for all K steps: peft's set_adapter walks every module (milliseconds
         on a 24-layer model), and the losses stay on the device so that no step waits for the host."""
         with record_function("bilevel.lower_level"):
-            self.model.set_adapter(LOWER)
+            activate(self.model, LOWER)
             losses = []
             for peft_batch in peft_batches:
                 loss = self.data.loss_fn()(self.model, self.data.batch(peft_batch, self.model.device))
@@ -132,7 +148,7 @@ class BilevelZOFO:
                 self.z_optimizer.step()
                 self.z_optimizer.zero_grad(set_to_none=True)
                 losses.append(loss.detach())
-            self.model.set_adapter(UPPER)
+            activate(self.model, UPPER)
         return losses
 
     def phi_gradient(self, ft_batch: list, peft_batch: list) -> tuple[float, float]:
@@ -154,6 +170,7 @@ class BilevelZOFO:
         with record_function("bilevel.theta_estimate"):
             objective = UpperObjective(self.model, self.data, ft_batch, peft_batch, self.lam, self.mixed_batches)
             estimate = self.spsa.estimate(objective, seed)
+            activate(self.model, UPPER)  # an odd number of evaluations of F leaves z active
         with record_function("bilevel.theta_update"):
             self.theta_optimizer.step(estimate)
         return ft_loss, p_loss, estimate
