@@ -39,6 +39,11 @@ def peft_config(
     raise ValueError(f"peft must be one of {PEFT_TYPES}, got {peft!r}")
 
 
+
+def adapter_of(config) -> PeftConfig:
+    """The adapter a TrainConfig asks for (its peft, lora_*, prefix_tokens and prompt_tokens fields)."""
+    return peft_config(config.peft, config.lora_r, config.lora_alpha, config.prefix_tokens, config.prompt_tokens)
+
 def attach_adapter(model, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
     """Wrap `model` with a trainable adapter; the base weights are frozen by peft."""
     return get_peft_model(model, config, adapter_name=adapter_name)

@@ -146,9 +146,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import run_sweep
-
-    from .sweep import parse_overrides
+    from .sweep import parse_overrides, run_sweep
 
     run_sweep(args.config, parallel=args.parallel, dry_run=args.dry_run, overrides=parse_overrides(args.set),
               out_dir=args.out_dir)

@@ -33,7 +33,7 @@ class TrainConfig:
     lower_lr: float = option(5e-4, "bilevel: Adam learning rate of the lower adapter z; two-stage: of the first-stage adapter")
     upper_lr: float = option(5e-4, "bilevel: Adam learning rate of the upper adapter φ")
     bilevel_lambda: float = option(10.0, "bilevel: penalty weight λ")
-    bilevel_mixed_batch: bool = option(False, "bilevel with LoRA: evaluate F's three losses in one forward through peft's mixed-adapter batch (adapter_names) instead of two forwards (φ on B_FT ∪ B_P, z on B_P). The rows are the same; on the CPU both cost the same, and on a GPU peft indexes every LoRA layer's sub-batches from Python lists (host-to-device copies in each layer)")
+    bilevel_mixed_batch: bool = option(False, "bilevel with LoRA: evaluate F's three losses in one forward through peft's mixed-adapter batch (adapter_names) instead of two forwards (φ on B_FT ∪ B_P, z on B_P). The rows are the same; it measured no faster on the CPU or on an H200 (results/README.md)")
     bilevel_k: int = option(10, "bilevel: lower-level steps per upper step (steps count lower and upper steps together); two-stage: first-stage steps per second-stage step")
     batch_size: int = option(8, "training examples per step (bilevel: per minibatch, B_FT and B_P each)")
     eval_every: int = option(55, "evaluate the validation loss (and checkpoint) every N steps and at the last step")

@@ -26,7 +26,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from ..adapters import attach_adapter, peft_config
+from ..adapters import adapter_of, attach_adapter
 from ..config import TrainConfig
 from ..losses import example_losses, group_means
 from ..models import load_model
@@ -57,7 +57,7 @@ def base_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
 def bilevel_model(model, config: TrainConfig):
     """The base model with φ and z attached, z starting from φ's initial values."""
     torch.manual_seed(config.seed)
-    adapter = peft_config(config.peft, config.lora_r, config.lora_alpha, config.prefix_tokens, config.prompt_tokens)
+    adapter = adapter_of(config)
     model = attach_adapter(model, adapter, adapter_name=UPPER)
     model.add_adapter(LOWER, adapter)
     set_peft_model_state_dict(model, get_peft_model_state_dict(model, adapter_name=UPPER), adapter_name=LOWER)

@@ -14,15 +14,14 @@ import torch
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from ..adapters import attach_adapter, peft_config, trainable_parameters
+from ..adapters import adapter_of, attach_adapter, trainable_parameters
 from ..config import TrainConfig
 from ..runs import Run
 from ..training import BestCheckpoint, TaskData, check_finite
 
 
 def train(model, data: TaskData, config: TrainConfig, run: Run):
-    model = attach_adapter(model, peft_config(config.peft, config.lora_r, config.lora_alpha,
-                                              config.prefix_tokens, config.prompt_tokens))
+    model = attach_adapter(model, adapter_of(config))
     model.eval()  # no dropout, as in MeZO: the same network in training and evaluation
     optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr)
     loss_fn, sampler, best = data.loss_fn(), data.sampler(config.batch_size, config.seed), BestCheckpoint()

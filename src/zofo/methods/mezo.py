@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from ..adapters import attach_adapter, peft_config
+from ..adapters import adapter_of, attach_adapter
 from ..config import TrainConfig
 from ..models import load_model
 from ..runs import Run
@@ -27,8 +27,7 @@ def zo_parameters(model, config: TrainConfig):
     """The model to train and the named parameters SPSA perturbs (no autograd anywhere)."""
     if config.peft != "none":
         torch.manual_seed(config.seed)  # the same adapter initialisation in training, replay and resume
-        model = attach_adapter(model, peft_config(config.peft, config.lora_r, config.lora_alpha,
-                                                  config.prefix_tokens, config.prompt_tokens))
+        model = attach_adapter(model, adapter_of(config))
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     else:
         named = list(model.named_parameters())
@@ -73,10 +72,9 @@ def train(model, data: TaskData, config: TrainConfig, run: Run):
         model, space, spsa, optimizer = rebuild(config, trajectory, until=checkpoint["step"])
         for _ in range(checkpoint["step"]):  # the sampler's draws are a function of the step count
             sampler.next()
-        trajectory.start(space.directions, keep_until=checkpoint["step"])
     else:
         model, space, spsa, optimizer = zo_engine(model, config)
-        trajectory.start(space.directions)
+    trajectory.start(space.directions, keep_until=first_step - 1)
     loss_fn = data.loss_fn()
 
     progress = tqdm(range(first_step, config.steps + 1), desc=f"mezo-{config.peft}", unit="step",

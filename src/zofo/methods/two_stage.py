@@ -14,7 +14,7 @@ import dataclasses
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from tqdm.auto import tqdm
 
-from ..adapters import attach_adapter, peft_config
+from ..adapters import adapter_of, attach_adapter
 from ..config import TrainConfig
 from ..models import load_model
 from ..runs import Run
@@ -25,9 +25,7 @@ from .bilevel import theta_engine, upper_steps
 
 
 def frozen_adapter(model):
-    for name, p in model.named_parameters():
-        p.requires_grad_(False)
-    return model.eval()
+    return model.requires_grad_(False).eval()
 
 
 def train(model, data: TaskData, config: TrainConfig, run: Run):
@@ -39,7 +37,7 @@ def train(model, data: TaskData, config: TrainConfig, run: Run):
 
     space, spsa, optimizer = theta_engine(model, config)
     trajectory, best = Trajectory(run.folder / "trajectory.jsonl"), BestCheckpoint()
-    trajectory.start(spsa.space.directions)
+    trajectory.start(space.directions)
     best.update(0, first["best_val_loss"], {})
     loss_fn, sampler = data.loss_fn(), data.sampler(config.batch_size, mix(config.seed, 3))
     progress = tqdm(range(1, T + 1), desc=f"two-stage mezo on θ ({config.peft} frozen)", unit="step")
@@ -60,8 +58,7 @@ def train(model, data: TaskData, config: TrainConfig, run: Run):
     if best.step != T:  # rebuild θ at the selected step from the base and the trajectory
         del model, space, spsa, optimizer
         fresh, _ = load_model(config.model, config.dtype, config.device, seed=config.seed)
-        model = frozen_adapter(attach_adapter(fresh, peft_config(config.peft, config.lora_r, config.lora_alpha,
-                                                                  config.prefix_tokens, config.prompt_tokens)))
+        model = frozen_adapter(attach_adapter(fresh, adapter_of(config)))
         set_peft_model_state_dict(model, adapter_state)
         space, spsa, optimizer = theta_engine(model, config)
         replay(trajectory, spsa, optimizer, until=best.step)

@@ -132,9 +132,14 @@ class ParameterSpace:
 
     def chunks(self):
         """(bucket index, chunk index, view of θ) for every chunk of every bucket."""
-        for b, bucket in enumerate(self.buckets):
-            for c, start in enumerate(range(0, bucket.flat.numel(), self.chunk_numel)):
-                yield b, c, bucket.flat[start : start + self.chunk_numel]
+        for b in range(len(self.buckets)):
+            for c, view in self._bucket_chunks(b):
+                yield b, c, view
+
+    def _bucket_chunks(self, b: int):
+        flat = self.buckets[b].flat
+        for c, start in enumerate(range(0, flat.numel(), self.chunk_numel)):
+            yield c, flat[start : start + self.chunk_numel]
 
     def direction(self, seed: int, bucket: int, chunk: int, numel: int) -> torch.Tensor:
         """u restricted to one chunk, in fp32 (regenerated, never stored)."""
@@ -156,13 +161,12 @@ class ParameterSpace:
 
     def add_direction(self, seed: int, scale: float) -> None:
         """θ ← θ + scale·u(seed), in place: one pass over θ."""
-        for b in range(len(self.buckets)):
-            self._add_to_bucket(seed, b, scale)
+        for b, c, view in self.chunks():
+            self.add_to_chunk(seed, b, c, view, scale)
 
     def _add_to_bucket(self, seed: int, b: int, scale: float) -> None:
-        flat = self.buckets[b].flat
-        for c, start in enumerate(range(0, flat.numel(), self.chunk_numel)):
-            self.add_to_chunk(seed, b, c, flat[start : start + self.chunk_numel], scale)
+        for c, view in self._bucket_chunks(b):
+            self.add_to_chunk(seed, b, c, view, scale)
 
     @contextmanager
     def perturbed_on_the_fly(self, model: torch.nn.Module, seed: int, scale: float):
