@@ -34,7 +34,8 @@ from zo_step import model_config  # noqa: E402
 from zofo.adapters import attach_adapter, peft_config, trainable_parameters  # noqa: E402
 from zofo.batches import TokenizedExample  # noqa: E402
 from zofo.config import make_config  # noqa: E402
-from zofo.methods.bilevel import BilevelZOFO  # noqa: E402
+from zofo.losses import example_losses  # noqa: E402
+from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective, activate  # noqa: E402
 from zofo.models import resolve_dtype  # noqa: E402
 from zofo.tasks import get_task  # noqa: E402
 from zofo.training import TaskData  # noqa: E402
@@ -93,10 +94,45 @@ def step_fn(method: str, spec: dict, data: TaskData):
             bilevel.lower_level([peft] * K)
             bilevel.upper_step(ft, peft, i)
         step.forwards = bilevel.forwards_per_upper_step()
-        # the two kinds of step timed alone, to show where an upper cycle's time goes
-        step.parts = {"lower_step": lambda i: bilevel.lower_level([peft]), "upper_step": lambda i: bilevel.upper_step(ft, peft, i)}
+        step.parts = upper_step_parts(bilevel, ft, peft, method.endswith("mixed"))
         return step, K + 1
     raise ValueError(f"unknown method {method!r}")
+
+
+def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, mixed: bool) -> dict:
+    """The two kinds of step timed alone, and the pieces of an upper step, to show where its time goes."""
+    model, data, device = bilevel.model, bilevel.data, bilevel.model.device
+    loss_fn, loss_name = data.loss_fn(), data.loss_name
+    both = data.batch(ft + peft, device)
+    one = data.batch(ft, device)
+
+    def switch(i):  # z then φ again: two of peft's set_adapter walks
+        activate(bilevel.model, LOWER)
+        activate(bilevel.model, UPPER)
+
+    def forward(batch):
+        def run(i):
+            with torch.no_grad():
+                return example_losses(model, batch, loss_name)[0].sum().item()
+        return run
+
+    def forward_backward(i):
+        loss_fn(model, data.batch(ft, device)).backward()
+
+    def phi_gradient_and_adam(i):
+        bilevel.phi_gradient(ft, peft)
+        bilevel.phi_optimizer.step()
+        bilevel.phi_optimizer.zero_grad(set_to_none=True)
+
+    def f_once(i):
+        UpperObjective(model, data, ft, peft, bilevel.lam, mixed)()
+        activate(bilevel.model, UPPER)
+
+    return {"lower_step": lambda i: bilevel.lower_level([peft]), "upper_step": lambda i: bilevel.upper_step(ft, peft, i),
+            "phi_gradient_and_adam": phi_gradient_and_adam,
+            "f_evaluation": f_once, "theta_pass": lambda i: bilevel.space.add_direction(i, 0.0),
+            "forward_no_grad_16": forward(one), "forward_no_grad_32": forward(both), "forward_backward_16": forward_backward,
+            "build_batch_32": lambda i: data.batch(ft + peft, device), "adapter_switch_x2": switch}
 
 
 def median_ms(fn, spec: dict, cuda: bool) -> float:
@@ -170,8 +206,11 @@ def main():
         ratio = r["ms_per_step"] / fo["ms_per_step"] if fo else float("nan")
         peak = f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] else "n/a"
         extra = f", {r['forwards_per_upper_step']} forwards per upper step" if "forwards_per_upper_step" in r else ""
-        parts = "".join(f", {key[7:]} alone {value:.1f} ms" for key, value in r.items() if key.startswith("ms_per_") and key.endswith("_step") and key != "ms_per_step")
-        print(f"| {r['method']} | {r['ms_per_step']:.1f} | {ratio:.2f} | {r['ms_per_call']:.1f} ({r['steps_per_call']}{extra}{parts}) | {peak} |")
+        print(f"| {r['method']} | {r['ms_per_step']:.1f} | {ratio:.2f} | {r['ms_per_call']:.1f} ({r['steps_per_call']}{extra}) | {peak} |")
+    for r in results:
+        parts = ", ".join(f"{key[7:]} {value:.1f}" for key, value in r.items() if key.startswith("ms_per_") and key not in ("ms_per_step", "ms_per_call"))
+        if parts:
+            print(f"{r['method']}, parts timed alone (ms): {parts}")
     if args.output:
         with open(args.output, "a") as f:
             f.write(json.dumps({"spec": spec, "results": results}) + "\n")
