@@ -6,9 +6,12 @@ token, contexts of L tokens) through the library's own batches, losses and metho
   fo-lora       first-order LoRA: forward + backward + Adam on the adapter
   fo-full       first-order full fine-tuning with Adam (memory reference)
   mezo          SPSA + ZO-SGD on every base weight
-  bilevel-lora  K lower first-order steps + 1 upper step (φ Adam step, SPSA on F in two forwards);
-                reported per step with lower and upper steps counted together
-  bilevel-lora-mixed  the same with F's three losses in one peft mixed-adapter forward
+  bilevel-lora  K lower first-order steps + 1 upper step (φ Adam step, then two-sided SPSA on F, each
+                F in two model calls); reported per step with lower and upper steps counted together;
+                its upper step is also timed piece by piece
+  bilevel-lora-mixed  the same with F's three losses in one peft mixed-adapter call
+  bilevel-lora-same-point  the authors' variant: one-sided SPSA at the old φ, F(θ) reusing the losses
+                of φ's gradient passes (bilevel_order same-point, zo_one_sided)
 
     python benchmarks/method_step.py configs/benchmarks/step_cost.yaml
 """
@@ -83,24 +86,29 @@ def step_fn(method: str, spec: dict, data: TaskData):
             batch = data.batch(examples, device)
             sgd.step(spsa.estimate(lambda: loss_fn(model, batch).item(), i))
         return step, 1
-    if method in ("bilevel-lora", "bilevel-lora-mixed"):
+    if method in BILEVEL_VARIANTS:
         K = spec["bilevel_k"]
         config = make_config(peft="lora", bilevel_k=K, lr=1e-7, lower_lr=1e-4, upper_lr=1e-4, device=str(device),
-                             bilevel_mixed_batch=method.endswith("mixed"))
+                             **BILEVEL_VARIANTS[method])
         bilevel = BilevelZOFO(model, data, config)
         ft, peft = data.train[:B], data.train[B : 2 * B]
 
         def step(i):
             bilevel.lower_level([peft] * K)
             bilevel.upper_step(ft, peft, i)
-        step.forwards = bilevel.forwards_per_upper_step()
-        step.parts = upper_step_parts(bilevel, ft, peft, method.endswith("mixed"))
+        step.forwards = bilevel.forward_passes_per_upper_cycle()
+        step.parts = upper_step_parts(bilevel, ft, peft, pieces=method == "bilevel-lora")
         return step, K + 1
     raise ValueError(f"unknown method {method!r}")
 
 
-def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, mixed: bool) -> dict:
-    """The two kinds of step timed alone, and the pieces of an upper step, to show where its time goes."""
+BILEVEL_VARIANTS = {"bilevel-lora": {}, "bilevel-lora-mixed": {"bilevel_mixed_batch": True},
+                    "bilevel-lora-same-point": {"bilevel_order": "same-point", "zo_one_sided": True}}
+
+
+def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, pieces: bool) -> dict:
+    """The two kinds of step timed alone and, with `pieces`, the pieces of an upper step, to show where
+    its time goes (B = the batch size)."""
     model, data, device = bilevel.model, bilevel.data, bilevel.model.device
     loss_fn, loss_name = data.loss_fn(), data.loss_name
     both = data.batch(ft + peft, device)
@@ -121,18 +129,19 @@ def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, mixed: bool) ->
 
     def phi_gradient_and_adam(i):
         bilevel.phi_gradient(ft, peft)
-        bilevel.phi_optimizer.step()
-        bilevel.phi_optimizer.zero_grad(set_to_none=True)
+        bilevel.phi_update()
 
     def f_once(i):
-        UpperObjective(model, data, ft, peft, bilevel.lam, mixed)()
+        UpperObjective(model, data, ft, peft, bilevel.lam, bilevel.layout)()
         activate(bilevel.model, UPPER)
 
-    return {"lower_step": lambda i: bilevel.lower_level([peft]), "upper_step": lambda i: bilevel.upper_step(ft, peft, i),
-            "phi_gradient_and_adam": phi_gradient_and_adam,
+    steps = {"lower_step": lambda i: bilevel.lower_level([peft]), "upper_step": lambda i: bilevel.upper_step(ft, peft, i)}
+    if not pieces:
+        return steps
+    return {**steps, "phi_gradient_and_adam": phi_gradient_and_adam,
             "f_evaluation": f_once, "theta_pass": lambda i: bilevel.space.add_direction(i, 0.0),
-            "forward_no_grad_16": forward(one), "forward_no_grad_32": forward(both), "forward_backward_16": forward_backward,
-            "build_batch_32": lambda i: data.batch(ft + peft, device), "adapter_switch_x2": switch}
+            "forward_no_grad_B": forward(one), "forward_no_grad_2B": forward(both), "forward_backward_B": forward_backward,
+            "build_batch_2B": lambda i: data.batch(ft + peft, device), "adapter_switch_x2": switch}
 
 
 def median_ms(fn, spec: dict, cuda: bool) -> float:
@@ -174,7 +183,7 @@ def measure(method: str, spec: dict, data: TaskData, profile_path: str | None = 
     result = {"method": method, "ms_per_call": ms, "steps_per_call": covers, "ms_per_step": ms / covers,
               "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None}
     if hasattr(step, "forwards"):
-        result["forwards_per_upper_step"] = step.forwards
+        result["forward_passes_per_upper_cycle"] = step.forwards
     for name, part in getattr(step, "parts", {}).items():
         result[f"ms_per_{name}"] = median_ms(part, spec, cuda)
     if profile_path:
@@ -190,7 +199,7 @@ def main():
                         "and write the busiest operations and the library's labelled phases (bilevel.*) to FILE")
     args = parser.parse_args()
     spec = {"dtype": "bf16", "device": "cuda" if torch.cuda.is_available() else "cpu", "warmup": 2, "iters": 5,
-            "bilevel_k": 20, "methods": ["fo-lora", "mezo", "bilevel-lora", "bilevel-lora-mixed", "fo-full"],
+            "bilevel_k": 20, "methods": ["fo-lora", "mezo", *BILEVEL_VARIANTS, "fo-full"],
             **yaml.safe_load(Path(args.config).read_text())}
     data = synthetic_data(model_config(spec["model"]).vocab_size, spec["batch_size"], spec["length"])
     results = []
@@ -205,7 +214,7 @@ def main():
     for r in results:
         ratio = r["ms_per_step"] / fo["ms_per_step"] if fo else float("nan")
         peak = f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] else "n/a"
-        extra = f", {r['forwards_per_upper_step']} forwards per upper step" if "forwards_per_upper_step" in r else ""
+        extra = f", {r['forward_passes_per_upper_cycle']} minibatch forwards" if "forward_passes_per_upper_cycle" in r else ""
         print(f"| {r['method']} | {r['ms_per_step']:.1f} | {ratio:.2f} | {r['ms_per_call']:.1f} ({r['steps_per_call']}{extra}) | {peak} |")
     for r in results:
         parts = ", ".join(f"{key[7:]} {value:.1f}" for key, value in r.items() if key.startswith("ms_per_") and key not in ("ms_per_step", "ms_per_call"))

@@ -83,20 +83,20 @@ def test_with_lambda_zero_the_theta_estimate_is_mezos_on_the_ft_loss(data_dir, t
     method = BilevelZOFO(model, data, config)
     method.lower_level([data.train[8:12]])  # z ≠ φ, so the penalty terms would matter if λ did
     ft, peft = data.train[:4], data.train[4:8]
-    bilevel = method.spsa.estimate(UpperObjective(method.model, data, ft, peft, 0.0, mixed_batches=True), 7)
+    bilevel = method.spsa.estimate(UpperObjective(method.model, data, ft, peft, 0.0, "mixed"), 7)
     loss_fn, batch = data.loss_fn(), data.batch(ft, "cpu")
     mezo = method.spsa.estimate(lambda: loss_fn(method.model, batch).item(), 7)
     assert bilevel.seeds == mezo.seeds
     assert bilevel.scalars[0] == pytest.approx(mezo.scalars[0], rel=1e-3, abs=1e-4)
 
     # With λ > 0 the penalty enters: F differs from L_FT.
-    penalised = UpperObjective(method.model, data, ft, peft, 10.0, mixed_batches=True)
+    penalised = UpperObjective(method.model, data, ft, peft, 10.0, "mixed")
     ft_loss, p_loss, z_loss = penalised.losses()
     assert penalised() == pytest.approx((ft_loss + 10 * (p_loss - z_loss)).item())
     assert p_loss.item() != pytest.approx(z_loss.item())
 
 
-def test_mixed_adapter_batch_gives_the_three_losses_of_separate_forwards(data_dir, tmp_path):
+def test_every_layout_of_f_gives_the_same_three_losses(data_dir, tmp_path):
     config = small_config(data_dir, tmp_path)
     model, tokenizer = tiny()
     data = prepare_data(config, tokenizer)
@@ -104,9 +104,10 @@ def test_mixed_adapter_batch_gives_the_three_losses_of_separate_forwards(data_di
     for _ in range(2):
         method.lower_level([data.train[8:12]])
     ft, peft = data.train[:4], data.train[4:8]
-    mixed = UpperObjective(method.model, data, ft, peft, 10.0, mixed_batches=True).losses()
-    separate = UpperObjective(method.model, data, ft, peft, 10.0, mixed_batches=False).losses()
-    torch.testing.assert_close(torch.stack(mixed), torch.stack(separate), atol=1e-5, rtol=1e-5)
+    layouts = {layout: torch.stack(UpperObjective(method.model, data, ft, peft, 10.0, layout).losses())
+               for layout in UpperObjective.LAYOUTS}
+    for losses in layouts.values():
+        torch.testing.assert_close(losses, layouts["concatenated"], atol=1e-5, rtol=1e-5)
 
 
 def test_bilevel_run_saves_theta_for_transformers_and_phi_for_peft(data_dir, tmp_path):
@@ -114,7 +115,7 @@ def test_bilevel_run_saves_theta_for_transformers_and_phi_for_peft(data_dir, tmp
     metrics = run_training(config)
     folder = tmp_path / "run"
     assert metrics["upper_steps"] == 4 and metrics["split"] == {"ft": 10, "peft": 20}
-    assert metrics["forwards_per_upper_step"] == 2 + 1 + 2 * 2
+    assert metrics["forward_passes_per_upper_cycle"] == 2 + 2 + 2 * 3  # K lower, φ's two, F twice
     theta = AutoModelForCausalLM.from_pretrained(folder / "model")  # plain transformers, no adapter inside
     assert not any("lora" in name for name, _ in theta.named_parameters())
     base, tokenizer = tiny()
@@ -156,3 +157,60 @@ def test_phi_gradient_is_the_gradient_of_the_ft_loss_plus_lambda_times_the_peft_
     for p, g in zip(phi, expected):
         torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
     assert all(p.grad is None for p in adapter_parameters(method.model, LOWER))
+
+
+def rows_forwarded(model) -> list[int]:
+    """Rows of every forward through the model's embeddings, appended as they happen."""
+    rows = []
+    model.get_input_embeddings().register_forward_hook(lambda module, args, out: rows.append(args[0].shape[0]))
+    return rows
+
+
+@pytest.mark.parametrize("order, one_sided", [("phi-first", False), ("same-point", True), ("same-point", False)])
+def test_forward_passes_per_upper_cycle_counts_the_rows_forwarded(data_dir, tmp_path, order, one_sided):
+    config = small_config(data_dir, tmp_path, bilevel_order=order, zo_one_sided=one_sided)
+    model, tokenizer = tiny()
+    data = prepare_data(config, tokenizer)
+    method = BilevelZOFO(model, data, config)
+    rows = rows_forwarded(method.model)
+    method.lower_level([data.train[8:12]] * config.bilevel_k)
+    method.upper_step(data.train[:4], data.train[4:8], seed=1)
+    # SST-2: 2 candidate rows per example, 4 examples per minibatch
+    assert sum(rows) == method.forward_passes_per_upper_cycle() * 4 * 2
+    assert method.forward_passes_per_upper_cycle() == {("phi-first", False): 10, ("same-point", True): 8,
+                                                       ("same-point", False): 10}[(order, one_sided)]
+
+
+def test_same_point_estimates_theta_at_the_old_phi_and_reuses_phi_s_losses_for_f_at_theta(data_dir, tmp_path):
+    # Two identical methods: one runs the upper step, the other recomputes every piece at the same point.
+    config = small_config(data_dir, tmp_path, bilevel_order="same-point", zo_one_sided=True, zo_perturbation="exact")
+    methods = []
+    for _ in range(2):
+        model, tokenizer = tiny()
+        data = prepare_data(config, tokenizer)
+        methods.append(BilevelZOFO(model, data, config))
+        for p in adapter_parameters(methods[-1].model, UPPER):  # LoRA B starts at 0: move φ off it
+            torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(p.numel()))
+        methods[-1].lower_level([data.train[8:12]])
+    method, reference = methods
+    ft, peft = data.train[:4], data.train[4:8]
+
+    expected = reference.spsa.estimate(UpperObjective(reference.model, data, ft, peft, 10.0), 5)  # at the old φ
+    reference.phi_gradient(ft, peft)
+    reference.phi_update()
+    _, _, estimate = method.upper_step(ft, peft, seed=5)
+    assert estimate.scalars[0] == pytest.approx(expected.scalars[0], rel=1e-4, abs=1e-4)
+    assert estimate.losses == pytest.approx(expected.losses, rel=1e-5)
+    for a, b in zip(adapter_parameters(method.model, UPPER), adapter_parameters(reference.model, UPPER)):
+        torch.testing.assert_close(a, b)  # φ's update does not depend on the order
+
+    # phi-first would have estimated F at the new φ: a different number
+    at_new_phi = reference.spsa.estimate(UpperObjective(reference.model, data, ft, peft, 10.0), 5)
+    assert at_new_phi.losses[0] != pytest.approx(expected.losses[0], rel=1e-6)
+
+
+def test_mixed_batches_cannot_be_combined_with_reused_phi_forwards(data_dir, tmp_path):
+    config = small_config(data_dir, tmp_path, bilevel_order="same-point", zo_one_sided=True, bilevel_mixed_batch=True)
+    model, tokenizer = tiny()
+    with pytest.raises(ValueError, match="same-point"):
+        BilevelZOFO(model, prepare_data(config, tokenizer), config)

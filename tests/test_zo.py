@@ -95,6 +95,21 @@ def test_estimate_is_the_finite_difference_along_the_regenerated_direction(two_s
     assert names == [n for n, _ in model.named_parameters()]
 
 
+def test_a_given_f_at_theta_replaces_its_evaluation_in_one_sided_spsa():
+    model, tokenizer = tiny()
+    objective, calls = lm_objective(model, tokenizer), []
+    counted = lambda: (calls.append(1), objective())[1]
+    space = ParameterSpace(model.named_parameters(), pack=False)
+    spsa = SPSA(space, eps=1e-3, q=2, two_sided=False, perturbation="exact", model=model)
+    fresh = spsa.estimate(counted, step_seed=3)
+    assert len(calls) == 3
+    calls.clear()
+    given = spsa.estimate(counted, step_seed=3, at_theta=objective())
+    assert len(calls) == 2 and given.scalars == fresh.scalars and given.losses == fresh.losses
+    with pytest.raises(ValueError, match="one-sided"):
+        SPSA(space, eps=1e-3).estimate(counted, step_seed=3, at_theta=1.0)
+
+
 def test_objective_need_not_be_differentiable():
     model, tokenizer = tiny()
     inputs = tokenizer(["abcabcabcabc"], return_tensors="pt")

@@ -34,6 +34,7 @@ class TrainConfig:
     upper_lr: float = option(5e-4, "bilevel: Adam learning rate of the upper adapter φ")
     bilevel_lambda: float = option(10.0, "bilevel: penalty weight λ")
     bilevel_mixed_batch: bool = option(False, "bilevel with LoRA: evaluate F's three losses in one forward through peft's mixed-adapter batch (adapter_names) instead of two forwards (φ on B_FT ∪ B_P, z on B_P). The rows are the same; it measured no faster on the CPU or on an H200 (results/README.md)")
+    bilevel_order: str = option("phi-first", "bilevel: order within an upper step. phi-first = update φ, then estimate θ's SPSA at the new φ (ALGORITHM.md's box); same-point = estimate θ at the old φ and update both from that point (the authors' code); with --zo-one-sided, F(θ) then reuses the losses of φ's gradient passes and costs one minibatch forward instead of three", ("phi-first", "same-point"))
     bilevel_k: int = option(10, "bilevel: lower-level steps per upper step (steps count lower and upper steps together); two-stage: first-stage steps per second-stage step")
     batch_size: int = option(8, "training examples per step (bilevel: per minibatch, B_FT and B_P each)")
     eval_every: int = option(55, "evaluate the validation loss (and checkpoint) every N steps and at the last step")

@@ -24,7 +24,8 @@ from .tasks import get_task
 IGNORED = {"seed", "out_dir", "data_dir", "resume", "device"}
 # Fields that only some methods read: shown blank in the rows of the others.
 USED_BY = {"bilevel_lambda": {"bilevel"}, "bilevel_k": {"bilevel", "two-stage"}, "upper_lr": {"bilevel"},
-           "lower_lr": {"bilevel", "two-stage"}, "bilevel_mixed_batch": {"bilevel"}}
+           "lower_lr": {"bilevel", "two-stage"}, "bilevel_mixed_batch": {"bilevel"},
+           "bilevel_order": {"bilevel"}}
 for _zo_field in ("zo_eps", "zo_q", "zo_one_sided", "zo_optimizer", "zo_momentum", "zo_perturbation", "weight_decay"):
     USED_BY[_zo_field] = {"mezo", "bilevel", "two-stage"}
 

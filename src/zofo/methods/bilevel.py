@@ -12,9 +12,14 @@ first-order on the adapter at the lower level, tied by a penalty.
         θ ← ZO-optimizer.step(θ, g, u(s_t))
     evaluate and save θ with φ
 
-φ is updated first and θ estimated at the new φ (ALGORITHM.md allows either order). F's three losses
-cost two forwards (φ on B_FT ∪ B_P, z on B_P); with LoRA, `bilevel_mixed_batch` puts all three in one
-forward through peft's mixed-adapter batch (the same rows; slower in our measurements, see config).
+`bilevel_order` makes the order within an upper step explicit (ALGORITHM.md allows either):
+    phi-first   (the box above) φ is updated first and θ estimated at the new φ.
+    same-point  (the authors' code) F is estimated at the old φ and both are updated from that point.
+                With one-sided SPSA, F(θ) = L(θ,φ;B_FT) + λ·(L(θ,φ;B_P) − L(θ,z;B_P)) then takes its
+                first two losses from the forwards of φ's gradient: one minibatch forward (z on B_P)
+                instead of three.
+F's three losses cost two model calls (φ on B_FT ∪ B_P, z on B_P); with LoRA, `bilevel_mixed_batch` puts
+all three in one call through peft's mixed-adapter batch (the same rows; slower in our measurements).
 """
 
 from __future__ import annotations
@@ -80,42 +85,56 @@ def theta_engine(model, config: TrainConfig):
 
 
 class UpperObjective:
-    """F(θ) = L(θ, φ; B_FT) + λ·(L(θ, φ; B_P) − L(θ, z; B_P)), with as few forwards as peft allows."""
+    """F(θ) = L(θ, φ; B_FT) + λ·(L(θ, φ; B_P) − L(θ, z; B_P)), with as few model calls as peft allows.
 
-    def __init__(self, model, data: TaskData, ft: list, peft: list, lam: float, mixed_batches: bool):
+    layout: "concatenated" (φ on B_FT ∪ B_P, z on B_P: two calls), "mixed" (all three in one call
+    through peft's mixed-adapter batch, LoRA only) or "separate" (one call per minibatch, the shapes
+    of φ's gradient passes, so that a loss taken from those passes compares like with like)."""
+
+    LAYOUTS = ("concatenated", "mixed", "separate")
+
+    def __init__(self, model, data: TaskData, ft: list, peft: list, lam: float, layout: str = "concatenated"):
+        if layout not in self.LAYOUTS:
+            raise ValueError(f"layout must be one of {self.LAYOUTS}, got {layout!r}")
         self.model, self.data, self.lam = model, data, lam
-        self.sizes = [len(ft), len(peft)]
-        device = model.device
-        if mixed_batches:  # one forward: rows of B_FT and B_P through φ, B_P again through z
-            self.batches = [data.batch(ft + peft + peft, device).with_adapters(
-                [UPPER] * (len(ft) + len(peft)) + [LOWER] * len(peft))]
+        nf, npf, device = len(ft), len(peft), model.device
+        # (adapter, batch, sizes of its groups of examples); the groups in order are B_FT·φ, B_P·φ, B_P·z
+        if layout == "mixed":
+            names = [UPPER] * (nf + npf) + [LOWER] * npf
+            self.calls = [(None, data.batch(ft + peft + peft, device).with_adapters(names), [nf, npf, npf])]
+        elif layout == "separate":
+            self.calls = [(UPPER, data.batch(ft, device), [nf]), (UPPER, data.batch(peft, device), [npf])]
         else:
-            self.batches = [data.batch(ft + peft, device), data.batch(peft, device)]
+            self.calls = [(UPPER, data.batch(ft + peft, device), [nf, npf])]
+        if layout != "mixed":
+            self.calls.append((LOWER, data.batch(peft, device), [npf]))
+
+    def _losses_of(self, calls) -> list[torch.Tensor]:
+        losses = []
+        for adapter, batch, sizes in calls:
+            if adapter is not None:
+                activate(self.model, adapter)
+            losses += group_means(*example_losses(self.model, batch, self.data.loss_name), sizes)
+        return losses
 
     def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(L(θ,φ;B_FT), L(θ,φ;B_P), L(θ,z;B_P))."""
-        loss = self.data.loss_name
-        if len(self.batches) == 1:
-            return tuple(group_means(*example_losses(self.model, self.batches[0], loss), self.sizes + self.sizes[1:]))
-
-        def through_phi():
-            activate(self.model, UPPER)
-            return group_means(*example_losses(self.model, self.batches[0], loss), self.sizes)
-
-        def through_z():
-            activate(self.model, LOWER)
-            return group_means(*example_losses(self.model, self.batches[1], loss), self.sizes[1:])
-
         # Begin with the adapter left active by the previous evaluation: F at θ+εu and θ−εu then
         # switch adapters twice in all, not four times.
-        if self.model.active_adapter == LOWER:
-            (z_loss,), (ft_loss, p_loss) = through_z(), through_phi()
-        else:
-            (ft_loss, p_loss), (z_loss,) = through_phi(), through_z()
-        return ft_loss, p_loss, z_loss
+        if len(self.calls) > 1 and self.model.active_adapter == LOWER:
+            z_loss, *phi_losses = self._losses_of(self.calls[-1:]) + self._losses_of(self.calls[:-1])
+            return (*phi_losses, z_loss)
+        return tuple(self._losses_of(self.calls))
 
     def __call__(self) -> float:
         ft_loss, p_loss, z_loss = self.losses()
+        return (ft_loss + self.lam * (p_loss - z_loss)).item()
+
+    def given_phi_losses(self, ft_loss: torch.Tensor, p_loss: torch.Tensor) -> float:
+        """F at the current θ from L(θ,φ;B_FT) and L(θ,φ;B_P) already computed: only z's forward runs."""
+        if self.calls[-1][0] != LOWER:
+            raise ValueError("the mixed layout evaluates z's loss only together with φ's")
+        (z_loss,) = self._losses_of(self.calls[-1:])
         return (ft_loss + self.lam * (p_loss - z_loss)).item()
 
 
@@ -126,11 +145,21 @@ def upper_steps(config: TrainConfig) -> int:
 class BilevelZOFO:
     """The state of one Bilevel ZOFO run and its two kinds of step."""
 
+    ORDERS = ("phi-first", "same-point")
+
     def __init__(self, model, data: TaskData, config: TrainConfig):
-        self.model, self.data, self.config = bilevel_model(model, config), data, config
         if config.bilevel_mixed_batch and config.peft != "lora":
             raise ValueError("bilevel_mixed_batch needs peft lora: peft mixes adapters in one batch only for LoRA")
-        self.lam, self.mixed_batches = config.bilevel_lambda, config.bilevel_mixed_batch
+        if config.bilevel_order not in self.ORDERS:
+            raise ValueError(f"bilevel_order must be one of {self.ORDERS}, got {config.bilevel_order!r}")
+        # same-point with one-sided SPSA: F(θ) takes φ's two losses from the forwards of φ's gradient
+        self.reuse_phi_forwards = config.bilevel_order == "same-point" and config.zo_one_sided
+        if self.reuse_phi_forwards and config.bilevel_mixed_batch:
+            raise ValueError("bilevel_mixed_batch cannot be combined with bilevel_order same-point and "
+                             "zo_one_sided: F(θ) then reuses φ's gradient passes, one minibatch each")
+        self.model, self.data, self.config = bilevel_model(model, config), data, config
+        self.lam = config.bilevel_lambda
+        self.layout = "mixed" if config.bilevel_mixed_batch else "separate" if self.reuse_phi_forwards else "concatenated"
         self.space, self.spsa, self.theta_optimizer = theta_engine(self.model, config)
         self.phi_optimizer = torch.optim.Adam(adapter_parameters(self.model, UPPER), lr=config.upper_lr)
         self.z_optimizer = torch.optim.Adam(adapter_parameters(self.model, LOWER), lr=config.lower_lr)
@@ -151,34 +180,45 @@ class BilevelZOFO:
             activate(self.model, UPPER)
         return losses
 
-    def phi_gradient(self, ft_batch: list, peft_batch: list) -> tuple[float, float]:
+    def phi_gradient(self, ft_batch: list, peft_batch: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate ∇_φ [L(θ,φ;B_FT) + λ·L(θ,φ;B_P)] in φ's .grad, as two backward passes: the
-        activations held at once are those of one minibatch, as in a first-order PEFT step."""
+        activations held at once are those of one minibatch, as in a first-order PEFT step.
+        Returns the two losses, detached."""
         model, data, loss_fn = self.model, self.data, self.data.loss_fn()
         ft_loss = loss_fn(model, data.batch(ft_batch, model.device))
         ft_loss.backward()
         p_loss = loss_fn(model, data.batch(peft_batch, model.device))
         (self.lam * p_loss).backward()
-        return ft_loss.item(), p_loss.item()
+        return ft_loss.detach(), p_loss.detach()
+
+    def phi_update(self) -> None:
+        self.phi_optimizer.step()
+        self.phi_optimizer.zero_grad(set_to_none=True)
 
     def upper_step(self, ft_batch: list, peft_batch: list, seed: int):
-        """φ by its exact gradient, then θ by SPSA on F at the new φ; z untouched."""
-        with record_function("bilevel.phi_step"):  # the labels show in torch.profiler traces
+        """φ by its exact gradient and θ by SPSA on F, in the configured order; z untouched."""
+        with record_function("bilevel.phi_gradient"):  # the labels show in torch.profiler traces
             ft_loss, p_loss = self.phi_gradient(ft_batch, peft_batch)
-            self.phi_optimizer.step()
-            self.phi_optimizer.zero_grad(set_to_none=True)
+        if self.config.bilevel_order == "phi-first":
+            self.phi_update()
         with record_function("bilevel.theta_estimate"):
-            objective = UpperObjective(self.model, self.data, ft_batch, peft_batch, self.lam, self.mixed_batches)
-            estimate = self.spsa.estimate(objective, seed)
+            objective = UpperObjective(self.model, self.data, ft_batch, peft_batch, self.lam, self.layout)
+            at_theta = objective.given_phi_losses(ft_loss, p_loss) if self.reuse_phi_forwards else None
+            estimate = self.spsa.estimate(objective, seed, at_theta=at_theta)
             activate(self.model, UPPER)  # an odd number of evaluations of F leaves z active
+        if self.config.bilevel_order == "same-point":
+            self.phi_update()  # from the gradient at the point where F was estimated
         with record_function("bilevel.theta_update"):
             self.theta_optimizer.step(estimate)
-        return ft_loss, p_loss, estimate
+        return ft_loss.item(), p_loss.item(), estimate
 
-    def forwards_per_upper_step(self) -> int:
-        """Forward passes of one upper step and its K lower steps (K + 1 of them with a backward)."""
-        evaluations_of_f = (2 if self.spsa.two_sided else 1) * self.spsa.q + (0 if self.spsa.two_sided else 1)
-        return self.config.bilevel_k + 1 + evaluations_of_f * (1 if self.mixed_batches else 2)
+    def forward_passes_per_upper_cycle(self) -> int:
+        """Forward passes over one minibatch each (a lower batch, B_FT or B_P) in one upper step and its
+        K lower steps, however they are grouped into model calls; K + 2 of them carry a backward."""
+        q, two_sided = self.spsa.q, self.spsa.two_sided
+        points = 2 * q if two_sided else q + 1  # evaluations of F, three minibatch forwards each
+        reused = 2 if self.reuse_phi_forwards else 0  # F(θ)'s φ losses come from φ's gradient passes
+        return self.config.bilevel_k + 2 + 3 * points - reused
 
 
 def train(model, data: TaskData, config: TrainConfig, run: Run):
@@ -210,7 +250,7 @@ def train(model, data: TaskData, config: TrainConfig, run: Run):
                 best_upper_step = t
             progress.set_postfix(F=f"{estimate.loss:.3f}", val=f"{val_loss:.3f}", best=best.step)
 
-    forwards = method.forwards_per_upper_step()
+    forwards = method.forward_passes_per_upper_cycle()
     # θ with φ at the selected step: φ from its copy, θ rebuilt from the base and the trajectory.
     if best_upper_step != total:
         del method
@@ -223,5 +263,5 @@ def train(model, data: TaskData, config: TrainConfig, run: Run):
     model.set_adapter(UPPER)
     method.space.unpack()
     return model, {**best.summary(), "best_upper_step": best_upper_step, "upper_steps": total,
-                   "forwards_per_upper_step": forwards, "trajectory_bytes": trajectory.path.stat().st_size,
+                   "forward_passes_per_upper_cycle": forwards, "trajectory_bytes": trajectory.path.stat().st_size,
                    "split": {"ft": len(ft_indices), "peft": len(peft_indices)}}

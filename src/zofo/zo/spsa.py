@@ -56,12 +56,15 @@ class SPSA:
         return [mix(step_seed, i) for i in range(self.q)]
 
     @torch.no_grad()
-    def estimate(self, objective: Callable[[], float], step_seed: int) -> Estimate:
+    def estimate(self, objective: Callable[[], float], step_seed: int, at_theta: float | None = None) -> Estimate:
+        """at_theta: f(θ) when the caller already has it (one-sided only), so that it is not evaluated again."""
+        if at_theta is not None and self.two_sided:
+            raise ValueError("at_theta is f(θ), which only one-sided SPSA uses")
         seeds, scalars, losses = self.seeds(step_seed), [], []
         evaluate = self._evaluate_exact if self.perturbation == "exact" else self._evaluate_in_place
         base = None
         if not self.two_sided:
-            base = float(objective())
+            base = float(objective()) if at_theta is None else float(at_theta)
             losses.append(base)
         estimate = Estimate(seeds, scalars, losses)
         for i, seed in enumerate(seeds):
