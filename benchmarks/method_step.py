@@ -13,6 +13,10 @@ token, contexts of L tokens) through the library's own batches, losses and metho
   bilevel-lora-same-point  the authors' variant: one-sided SPSA at the old φ, F(θ) reusing the losses
                 of φ's gradient passes (bilevel_order same-point, zo_one_sided)
 
+Every method is built first (its own model, its peak memory counted from before that model existed),
+then all are timed in `rounds`, each round timing every method in turn; the ratio to fo-lora is taken
+within each round, so that a drift of the machine during the run reaches every method alike.
+
     python benchmarks/method_step.py configs/benchmarks/step_cost.yaml
 """
 
@@ -171,54 +175,75 @@ def profile(method: str, step, spec: dict, path: str) -> None:
         f.write(events.table(sort_by=device_key, row_limit=25) + "\n")
 
 
-def measure(method: str, spec: dict, data: TaskData, profile_path: str | None = None) -> dict:
-    cuda = spec["device"].startswith("cuda")
+def build(method: str, spec: dict, data: TaskData, cuda: bool) -> dict:
+    """The method's step on its own fresh model, warmed up; its peak memory counted from before its model
+    existed (the other methods' models stay resident but idle, so they add a constant)."""
+    before = torch.cuda.memory_allocated() if cuda else 0
     step, covers = step_fn(method, spec, data)
     for i in range(spec["warmup"]):
         step(i)
+    peak = None
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    ms = median_ms(step, spec, cuda)
-    result = {"method": method, "ms_per_call": ms, "steps_per_call": covers, "ms_per_step": ms / covers,
-              "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None}
-    if hasattr(step, "forwards"):
-        result["forward_passes_per_upper_cycle"] = step.forwards
-    for name, part in getattr(step, "parts", {}).items():
-        result[f"ms_per_{name}"] = median_ms(part, spec, cuda)
-    if profile_path:
-        profile(method, step, spec, profile_path)
-    return result
+        step(spec["warmup"])
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - before
+    return {"method": method, "step": step, "steps_per_call": covers, "peak_bytes": peak, "ms_per_call_by_round": []}
+
+
+def measure(spec: dict, data: TaskData, profile_path: str | None = None) -> list[dict]:
+    """Every method built first, then timed in rounds, each round timing every method in turn: a drift of
+    the machine during the run (clocks, the allocator, garbage collection) then reaches every method
+    alike, and each round gives its own ratio to fo-lora."""
+    cuda = spec["device"].startswith("cuda")
+    built = [build(method, spec, data, cuda) for method in spec["methods"]]
+    for _ in range(spec["rounds"]):
+        for b in built:
+            b["ms_per_call_by_round"].append(median_ms(b["step"], spec, cuda))
+    results = []
+    for b in built:
+        step = b.pop("step")
+        rounds = b["ms_per_call_by_round"]
+        result = {**b, "ms_per_call": statistics.median(rounds), "ms_per_step": statistics.median(rounds) / b["steps_per_call"]}
+        if hasattr(step, "forwards"):
+            result["forward_passes_per_upper_cycle"] = step.forwards
+        result["parts_ms"] = {name: median_ms(part, spec, cuda) for name, part in getattr(step, "parts", {}).items()}
+        if profile_path:
+            profile(b["method"], step, spec, profile_path)
+        results.append(result)
+    return results
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML: model, dtype, device, batch_size, length, bilevel_k, methods, warmup, iters")
+    parser.add_argument("config", help="YAML: model, dtype, device, batch_size, length, bilevel_k, methods, warmup, iters, rounds")
     parser.add_argument("--output", help="append the results as one JSON line to this file")
     parser.add_argument("--profile", metavar="FILE", help="also profile one call of each method with torch.profiler "
                         "and write the busiest operations and the library's labelled phases (bilevel.*) to FILE")
     args = parser.parse_args()
-    spec = {"dtype": "bf16", "device": "cuda" if torch.cuda.is_available() else "cpu", "warmup": 2, "iters": 5,
+    spec = {"dtype": "bf16", "device": "cuda" if torch.cuda.is_available() else "cpu", "warmup": 2, "iters": 5, "rounds": 3,
             "bilevel_k": 20, "methods": ["fo-lora", "mezo", *BILEVEL_VARIANTS, "fo-full"],
             **yaml.safe_load(Path(args.config).read_text())}
     data = synthetic_data(model_config(spec["model"]).vocab_size, spec["batch_size"], spec["length"])
-    results = []
-    for method in spec["methods"]:
-        results.append(measure(method, spec, data, args.profile))
-        if spec["device"].startswith("cuda"):
-            torch.cuda.empty_cache()
+    results = measure(spec, data, args.profile)
     fo = next((r for r in results if r["method"] == "fo-lora"), None)
-    print(f"\n{spec['model']} {spec['dtype']}, batch {spec['batch_size']} x {spec['length']}, K = {spec['bilevel_k']}")
-    print("| method | ms / step | x fo-lora step | ms / call (steps) | peak GiB |")
+    for r in results:  # each round's ratio to the fo-lora step timed in the same round
+        r["x_fo_lora_by_round"] = [ms / r["steps_per_call"] / fo_ms for ms, fo_ms in
+                                   zip(r["ms_per_call_by_round"], fo["ms_per_call_by_round"])] if fo else []
+    print(f"\n{spec['model']} {spec['dtype']}, batch {spec['batch_size']} x {spec['length']}, K = {spec['bilevel_k']}, "
+          f"{spec['rounds']} rounds of {spec['iters']} calls per method")
+    print("| method | ms / step (median of rounds) | x fo-lora step, median (each round) | ms / call (steps) | peak GiB |")
     print("|---|---|---|---|---|")
     for r in results:
-        ratio = r["ms_per_step"] / fo["ms_per_step"] if fo else float("nan")
+        ratios = r["x_fo_lora_by_round"]
+        ratio = f"{statistics.median(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)})" if ratios else "n/a"
         peak = f"{r['peak_bytes'] / 2**30:.2f}" if r["peak_bytes"] else "n/a"
         extra = f", {r['forward_passes_per_upper_cycle']} minibatch forwards" if "forward_passes_per_upper_cycle" in r else ""
-        print(f"| {r['method']} | {r['ms_per_step']:.1f} | {ratio:.2f} | {r['ms_per_call']:.1f} ({r['steps_per_call']}{extra}) | {peak} |")
+        print(f"| {r['method']} | {r['ms_per_step']:.1f} | {ratio} | {r['ms_per_call']:.1f} ({r['steps_per_call']}{extra}) | {peak} |")
     for r in results:
-        parts = ", ".join(f"{key[7:]} {value:.1f}" for key, value in r.items() if key.startswith("ms_per_") and key not in ("ms_per_step", "ms_per_call"))
-        if parts:
+        if r["parts_ms"]:
+            parts = ", ".join(f"{name} {ms:.1f}" for name, ms in r["parts_ms"].items())
             print(f"{r['method']}, parts timed alone (ms): {parts}")
     if args.output:
         with open(args.output, "a") as f:
