@@ -3,7 +3,7 @@ Figure 5 of the paper, and the cost of a Bilevel ZOFO upper step).
 
 Random-init weights from a config; a synthetic classification batch (B examples, 2 candidates of one
 token, contexts of L tokens) through the library's own batches, losses and methods:
-  fo-lora       first-order LoRA: forward + backward + Adam on the adapter
+  fo-lora       first-order LoRA: forward + backward + Adam on the adapter, K + 1 steps per timed call
   fo-full       first-order full fine-tuning with Adam (memory reference)
   mezo          SPSA + ZO-SGD on every base weight
   bilevel-lora  K lower first-order steps + 1 upper step (φ Adam step, then two-sided SPSA on F, each
@@ -76,11 +76,14 @@ def step_fn(method: str, spec: dict, data: TaskData):
         params = trainable_parameters(model) if method == "fo-lora" else list(model.parameters())
         optimizer = torch.optim.Adam(params, lr=1e-5)
 
+        steps = spec["bilevel_k"] + 1  # one host sync per K + 1 steps, as in a bilevel cycle
+
         def step(i):  # as the trainer does it: the batch is built from examples every step
-            loss_fn(model, data.batch(examples, device)).backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        return step, 1
+            for _ in range(steps):
+                loss_fn(model, data.batch(examples, device)).backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        return step, steps
     if method == "mezo":
         model.requires_grad_(False)
         space = ParameterSpace(model.named_parameters())
@@ -101,7 +104,7 @@ def step_fn(method: str, spec: dict, data: TaskData):
             bilevel.lower_level([peft] * K)
             bilevel.upper_step(ft, peft, i)
         step.forwards = bilevel.forward_passes_per_upper_cycle()
-        step.parts = upper_step_parts(bilevel, ft, peft, pieces=method == "bilevel-lora")
+        step.parts = upper_step_parts(bilevel, ft, peft, pieces=method == "bilevel-lora" and spec["pieces"])
         return step, K + 1
     raise ValueError(f"unknown method {method!r}")
 
@@ -222,14 +225,14 @@ def main():
     parser.add_argument("--profile", metavar="FILE", help="also profile one call of each method with torch.profiler "
                         "and write the busiest operations and the library's labelled phases (bilevel.*) to FILE")
     args = parser.parse_args()
-    spec = {"dtype": "bf16", "device": "cuda" if torch.cuda.is_available() else "cpu", "warmup": 2, "iters": 5, "rounds": 3,
+    spec = {"dtype": "bf16", "device": "cuda" if torch.cuda.is_available() else "cpu", "warmup": 2, "iters": 5, "rounds": 3, "pieces": True,
             "bilevel_k": 20, "methods": ["fo-lora", "mezo", *BILEVEL_VARIANTS, "fo-full"],
             **yaml.safe_load(Path(args.config).read_text())}
     data = synthetic_data(model_config(spec["model"]).vocab_size, spec["batch_size"], spec["length"])
     results = measure(spec, data, args.profile)
     fo = next((r for r in results if r["method"] == "fo-lora"), None)
     for r in results:  # each round's ratio to the fo-lora step timed in the same round
-        r["x_fo_lora_by_round"] = [ms / r["steps_per_call"] / fo_ms for ms, fo_ms in
+        r["x_fo_lora_by_round"] = [(ms / r["steps_per_call"]) / (fo_ms / fo["steps_per_call"]) for ms, fo_ms in
                                    zip(r["ms_per_call_by_round"], fo["ms_per_call_by_round"])] if fo else []
     print(f"\n{spec['model']} {spec['dtype']}, batch {spec['batch_size']} x {spec['length']}, K = {spec['bilevel_k']}, "
           f"{spec['rounds']} rounds of {spec['iters']} calls per method")
