@@ -53,7 +53,7 @@ def test_bilevel_zofo_on_the_real_model_saves_theta_and_phi(tmp_path, data_dir):
                          n_test=16, steps=22, bilevel_k=10, eval_every=11, batch_size=4, device="cpu",
                          zero_shot=False, out_dir=str(tmp_path / "run"))
     metrics = run_training(config)
-    assert metrics["upper_steps"] == 2 and metrics["forwards_per_upper_step"] == 10 + 1 + 2 * 2
+    assert metrics["upper_steps"] == 2 and metrics["forward_passes_per_upper_cycle"] == 10 + 2 + 2 * 3
     theta = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model")
     base, tokenizer = load_model(BUNDLED_MODEL, device="cpu")
     changed = sum(not torch.equal(a, b) for a, b in zip(theta.parameters(), base.parameters()))
