@@ -31,5 +31,5 @@ for shape in "16 256" "8 128"; do
 done
 # Table 7 (step latency) and Figure 5 (memory): one step of each method, side by side.
 python3 benchmarks/method_step.py configs/benchmarks/step_cost.yaml --output $OUT/method_step.jsonl
-# the same at K = 30, the authors’ usual K
+# the same at K = 30, the authors' usual K
 python3 benchmarks/method_step.py configs/benchmarks/step_cost_k30.yaml --output $OUT/method_step.jsonl

@@ -102,12 +102,13 @@ class UpperObjective:
         if layout == "mixed":
             names = [UPPER] * (nf + npf) + [LOWER] * npf
             self.calls = [(None, data.batch(ft + peft + peft, device).with_adapters(names), [nf, npf, npf])]
-        elif layout == "separate":
-            self.calls = [(UPPER, data.batch(ft, device), [nf]), (UPPER, data.batch(peft, device), [npf])]
+            return
+        peft_batch = data.batch(peft, device)  # B_P goes through z, and through φ too when separate
+        if layout == "separate":
+            self.calls = [(UPPER, data.batch(ft, device), [nf]), (UPPER, peft_batch, [npf])]
         else:
             self.calls = [(UPPER, data.batch(ft + peft, device), [nf, npf])]
-        if layout != "mixed":
-            self.calls.append((LOWER, data.batch(peft, device), [npf]))
+        self.calls.append((LOWER, peft_batch, [npf]))
 
     def _losses_of(self, calls) -> list[torch.Tensor]:
         losses = []
