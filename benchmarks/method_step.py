@@ -9,7 +9,6 @@ token, contexts of L tokens) through the library's own batches, losses and metho
   bilevel-lora  K lower first-order steps + 1 upper step (φ Adam step, then two-sided SPSA on F, each
                 F in two model calls); reported per step with lower and upper steps counted together;
                 its upper step is also timed piece by piece
-  bilevel-lora-mixed  the same with F's three losses in one peft mixed-adapter call
   bilevel-lora-same-point  the authors' variant: one-sided SPSA at the old φ, F(θ) reusing the losses
                 of φ's gradient passes (bilevel_order same-point, zo_one_sided)
 
@@ -26,6 +25,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,15 +38,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from zo_step import model_config  # noqa: E402
 
-from zofo.adapters import attach_adapter, peft_config, trainable_parameters  # noqa: E402
+from zofo.adapters import DEFAULT, activate, adapter_parameters, with_adapters  # noqa: E402
 from zofo.batches import TokenizedExample  # noqa: E402
-from zofo.config import make_config  # noqa: E402
+from zofo.config import AdapterConfig, make_config  # noqa: E402
+from zofo.data import TaskData, TaskSet  # noqa: E402
 from zofo.losses import example_losses  # noqa: E402
-from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective, activate  # noqa: E402
+from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective  # noqa: E402
 from zofo.models import resolve_dtype  # noqa: E402
 from zofo.tasks import get_task  # noqa: E402
-from zofo.training import TaskData  # noqa: E402
-from zofo.zo import SPSA, ParameterSpace, ZOSGD  # noqa: E402
+from zofo.zo import SPSA, ParameterSpace, Trajectory, ZOSGD  # noqa: E402
+
+SPEC_KEYS = {"model", "dtype", "device", "batch_size", "length", "bilevel_k", "methods", "warmup", "iters", "rounds",
+             "pieces"}
 
 
 def synthetic_data(vocab: int, batch: int, length: int, seed: int = 0) -> TaskData:
@@ -72,8 +75,8 @@ def step_fn(method: str, spec: dict, data: TaskData):
     examples, loss_fn = data.train[:B], data.loss_fn()
     if method in ("fo-lora", "fo-full"):
         if method == "fo-lora":
-            model = attach_adapter(model, peft_config("lora"))
-        params = trainable_parameters(model) if method == "fo-lora" else list(model.parameters())
+            model = with_adapters(model, AdapterConfig(peft="lora"), [DEFAULT], seed=0)
+        params = adapter_parameters(model, DEFAULT) if method == "fo-lora" else list(model.parameters())
         optimizer = torch.optim.Adam(params, lr=1e-5)
 
         steps = spec["bilevel_k"] + 1  # one host sync per K + 1 steps, as in a bilevel cycle
@@ -91,26 +94,27 @@ def step_fn(method: str, spec: dict, data: TaskData):
 
         def step(i):
             batch = data.batch(examples, device)
-            sgd.step(spsa.estimate(lambda: loss_fn(model, batch).item(), i))
+            sgd.step(spsa.estimate(lambda: loss_fn(model, batch), i))
         return step, 1
     if method in BILEVEL_VARIANTS:
         K = spec["bilevel_k"]
-        config = make_config(peft="lora", bilevel_k=K, lr=1e-7, lower_lr=1e-4, upper_lr=1e-4, device=str(device),
-                             **BILEVEL_VARIANTS[method])
-        bilevel = BilevelZOFO(model, data, config)
+        config = make_config({"peft": "lora", "bilevel_k": K, "lr": 1e-7, "bilevel_lower_lr": 1e-4,
+                              "bilevel_upper_lr": 1e-4, "device": str(device), **BILEVEL_VARIANTS[method]})
+        trajectory = Trajectory(Path(tempfile.mkdtemp()) / "trajectory.jsonl")
+        bilevel = BilevelZOFO(model, TaskSet([data]), config, trajectory)
+        bilevel.begin()
         ft, peft = data.train[:B], data.train[B : 2 * B]
 
         def step(i):
             bilevel.lower_level([peft] * K)
-            bilevel.upper_step(ft, peft, i)
+            bilevel.upper_step(ft, peft, i, step=i)
         step.forwards = bilevel.forward_passes_per_upper_cycle()
         step.parts = upper_step_parts(bilevel, ft, peft, pieces=method == "bilevel-lora" and spec["pieces"])
         return step, K + 1
     raise ValueError(f"unknown method {method!r}")
 
 
-BILEVEL_VARIANTS = {"bilevel-lora": {}, "bilevel-lora-mixed": {"bilevel_mixed_batch": True},
-                    "bilevel-lora-same-point": {"bilevel_order": "same-point", "zo_one_sided": True}}
+BILEVEL_VARIANTS = {"bilevel-lora": {}, "bilevel-lora-same-point": {"bilevel_order": "same-point", "zo_one_sided": True}}
 
 
 def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, pieces: bool) -> dict:
@@ -122,8 +126,8 @@ def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, pieces: bool) -
     one = data.batch(ft, device)
 
     def switch(i):  # z then φ again: two of peft's set_adapter walks
-        activate(bilevel.model, LOWER)
-        activate(bilevel.model, UPPER)
+        activate(bilevel.peft_model, LOWER)
+        activate(bilevel.peft_model, UPPER)
 
     def forward(batch):
         def run(i):
@@ -139,14 +143,15 @@ def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, pieces: bool) -
         bilevel.phi_update()
 
     def f_once(i):
-        UpperObjective(model, data, ft, peft, bilevel.lam, bilevel.layout)()
-        activate(bilevel.model, UPPER)
+        UpperObjective(model, data, ft, peft, bilevel.lam, separate=bilevel.reuse_phi_forwards)()
+        activate(bilevel.peft_model, UPPER)
 
-    steps = {"lower_step": lambda i: bilevel.lower_level([peft]), "upper_step": lambda i: bilevel.upper_step(ft, peft, i)}
+    steps = {"lower_step": lambda i: bilevel.lower_level([peft]),
+             "upper_step": lambda i: bilevel.upper_step(ft, peft, i, step=i)}
     if not pieces:
         return steps
     return {**steps, "phi_gradient_and_adam": phi_gradient_and_adam,
-            "f_evaluation": f_once, "theta_pass": lambda i: bilevel.space.add_direction(i, 0.0),
+            "f_evaluation": f_once, "theta_pass": lambda i: bilevel.theta.space.add_direction(i, 0.0),
             "forward_no_grad_B": forward(one), "forward_no_grad_2B": forward(both), "forward_backward_B": forward_backward,
             "build_batch_2B": lambda i: data.batch(ft + peft, device), "adapter_switch_x2": switch}
 
@@ -218,6 +223,20 @@ def measure(spec: dict, data: TaskData, profile_path: str | None = None) -> list
     return results
 
 
+def load_spec(path: str) -> dict:
+    spec = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = set(spec) - SPEC_KEYS
+    if unknown:
+        raise SystemExit(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
+    missing = {"model", "batch_size", "length"} - set(spec)
+    if missing:
+        raise SystemExit(f"{path}: missing key(s) {sorted(missing)}")
+    unknown_methods = set(spec.get("methods", [])) - {"fo-lora", "fo-full", "mezo", *BILEVEL_VARIANTS}
+    if unknown_methods:
+        raise SystemExit(f"{path}: unknown method(s) {sorted(unknown_methods)}")
+    return spec
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML: model, dtype, device, batch_size, length, bilevel_k, methods, warmup, iters, rounds")
@@ -227,7 +246,7 @@ def main():
     args = parser.parse_args()
     spec = {"dtype": "bf16", "device": "cuda" if torch.cuda.is_available() else "cpu", "warmup": 2, "iters": 5, "rounds": 3, "pieces": True,
             "bilevel_k": 20, "methods": ["fo-lora", "mezo", *BILEVEL_VARIANTS, "fo-full"],
-            **yaml.safe_load(Path(args.config).read_text())}
+            **load_spec(args.config)}
     data = synthetic_data(model_config(spec["model"]).vocab_size, spec["batch_size"], spec["length"])
     results = measure(spec, data, args.profile)
     fo = next((r for r in results if r["method"] == "fo-lora"), None)

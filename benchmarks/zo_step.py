@@ -30,13 +30,15 @@ from transformers import AutoConfig, AutoModelForCausalLM, OPTConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from zofo.models import bundled_model_folder, resolve_dtype  # noqa: E402
+from zofo.models import TINY_MODELS, bundled_model_folder, byte_tokenizer, resolve_dtype, tiny_config  # noqa: E402
 from zofo.zo import SPSA, ParameterSpace, ZOSGD  # noqa: E402
 
 VARIANTS = ("forward", "zofo", "zofo-exact", "mezo-loop")
 
 
 def model_config(name: str):
+    if name in TINY_MODELS:
+        return tiny_config(name, byte_tokenizer())
     if name == "opt-1.3b":
         return OPTConfig(hidden_size=2048, num_hidden_layers=24, ffn_dim=8192, num_attention_heads=32,
                          vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=2048)
@@ -70,7 +72,7 @@ def mezo_loop_step(model, objective, eps=1e-3, lr=1e-7, seed=0):
     perturb(-2)
     loss_minus = objective()
     perturb(1)
-    g = (loss_plus - loss_minus) / (2 * eps)
+    g = ((loss_plus - loss_minus) / (2 * eps)).item()  # MeZO's trainer syncs here
     torch.manual_seed(seed)
     for p in params:
         z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
@@ -95,7 +97,7 @@ def measure(variant, args) -> dict:
 
     @torch.no_grad()
     def objective():
-        return model(input_ids=ids, labels=ids).loss.item()  # .item() syncs, as a training loop does
+        return model(input_ids=ids, labels=ids).loss  # stays on the device; SPSA syncs once per estimate
 
     step = make_step(variant, model, objective)
     for i in range(args.warmup):

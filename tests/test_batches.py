@@ -29,12 +29,31 @@ def test_option_batch_is_left_padded_with_the_continuation_at_the_end(tokenizer)
     assert batch.labels.tolist() == [1, 0]
     assert batch.input_ids.shape == (3, 6)
     assert batch.attention_mask.tolist() == [[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
-    assert batch.continuation_mask.tolist() == [[False, True, True], [True, True, True], [False, True, True]]
+    assert batch.option_rows.tolist() == [0, 1, 2]
+    # logits of the last 3 + 1 positions are kept; each option predicts its tokens from the positions before them
+    assert batch.kept == 4
+    assert batch.target_mask.tolist() == [[False, True, True, False], [True, True, True, False],
+                                          [False, True, True, False]]
+    assert tokenizer.decode(batch.targets[1, :3]) == " yz"
     assert tokenizer.decode(batch.input_ids[1, 1:]) == "ab yz"
 
     gold = option_batch(examples, tokenizer.pad_token_id, gold_only=True)
     assert gold.options_per_example == [1, 1] and gold.labels.tolist() == [0, 0]
     assert tokenizer.decode(gold.input_ids[0][gold.attention_mask[0].bool()]) == "ab yz"
+
+
+def test_one_token_options_after_a_shared_context_share_one_row(tokenizer):
+    shared = Example((("abc", "x"), ("abc", "y"), ("abc", "z")), 2)  # one byte each: one token
+    own = Example((("ab", " x"), ("ab", " yz")), 1)
+    examples = tokenize_examples([shared, own], tokenizer, 64)
+    assert examples[0].shared and examples[0].rows == 1 and not examples[1].shared and examples[1].rows == 2
+    batch = option_batch(examples, tokenizer.pad_token_id)
+    assert batch.input_ids.shape[0] == 1 + 2
+    assert batch.option_rows.tolist() == [0, 0, 0, 1, 2]
+    assert tokenizer.decode(batch.input_ids[0][batch.attention_mask[0].bool()]) == "abc"
+    # the shared options are predicted from the context's last position, the last kept one
+    assert batch.target_mask[:3].tolist() == [[False, False, False, True]] * 3
+    assert tokenizer.decode(batch.targets[:3, -1]) == "xyz"
 
 
 def test_chunks_cover_every_example_once_within_the_row_limit(tokenizer):

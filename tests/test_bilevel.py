@@ -5,19 +5,31 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
+from zofo.adapters import adapter_parameters, base_parameters
 from zofo.config import make_config
+from zofo.data import prepare_tasks
 from zofo.experiment import run_training
-from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective, adapter_parameters, base_parameters, split_ft_peft
-from zofo.training import prepare_data
+from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective
+from zofo.zo import Trajectory
 
 from conftest import tiny
 
 
 def small_config(data_dir, tmp_path, **overrides):
     values = dict(model="tiny-llama", task="sst2", data_dir=str(data_dir), n_train=30, n_val=8, n_test=8,
-                  batch_size=4, device="cpu", lr=1e-3, lower_lr=1e-2, upper_lr=1e-2, bilevel_k=2,
+                  batch_size=4, device="cpu", lr=1e-3, bilevel_lower_lr=1e-2, bilevel_upper_lr=1e-2, bilevel_k=2,
                   bilevel_lambda=10.0, out_dir=str(tmp_path / "run"))
-    return make_config(**{**values, **overrides})
+    return make_config({**values, **overrides})
+
+
+def build(config, tmp_path):
+    """A Bilevel ZOFO method at its start point on a tiny model, and its one task's data."""
+    model, tokenizer = tiny()
+    tasks = prepare_tasks(config, tokenizer)
+    trajectory = Trajectory(tmp_path / f"trajectory-{len(list(tmp_path.glob('trajectory-*')))}.jsonl")
+    method = BilevelZOFO(model, tasks, config, trajectory)
+    method.begin()
+    return method, tasks.single
 
 
 def snapshot(params):
@@ -28,19 +40,20 @@ def moved(before, params):
     return any(not torch.equal(a, p) for a, p in zip(before, params))
 
 
-def test_training_sample_splits_one_to_two_disjointly():
-    ft, peft = split_ft_peft(999, seed=3)
+def test_training_sample_splits_one_to_two_disjointly(data_dir, tmp_path):
+    config = small_config(data_dir, tmp_path, n_train=999)
+    data = prepare_tasks(config, tiny()[1]).single
+    ft, peft = data.split(seed=3)
     assert len(ft) == 333 and len(peft) == 666
-    assert set(ft).isdisjoint(peft) and set(ft) | set(peft) == set(range(999))
-    assert split_ft_peft(999, seed=3) == (ft, peft) and split_ft_peft(999, seed=4) != (ft, peft)
+    ids = lambda examples: {id(e) for e in examples}
+    assert ids(ft).isdisjoint(ids(peft)) and ids(ft) | ids(peft) == ids(data.train)
+    assert data.split(seed=3) == (ft, peft) and data.split(seed=4) != (ft, peft)
 
 
 @pytest.mark.parametrize("peft", ["lora", "prefix", "prompt"])
 def test_z_moves_only_in_lower_steps_and_phi_theta_only_in_upper_steps(data_dir, tmp_path, peft):
     config = small_config(data_dir, tmp_path, peft=peft)
-    model, tokenizer = tiny()
-    data = prepare_data(config, tokenizer)
-    method = BilevelZOFO(model, data, config)
+    method, data = build(config, tmp_path)
     phi, z = adapter_parameters(method.model, UPPER), adapter_parameters(method.model, LOWER)
     theta = [p for _, p in base_parameters(method.model)]
     assert phi and z and len(phi) == len(z)
@@ -52,7 +65,7 @@ def test_z_moves_only_in_lower_steps_and_phi_theta_only_in_upper_steps(data_dir,
     assert method.model.active_adapter == UPPER
 
     before = snapshot(phi), snapshot(z), snapshot(theta)
-    method.upper_step(data.train[:4], data.train[4:8], seed=1)
+    method.upper_step(data.train[:4], data.train[4:8], seed=1, step=3)
     assert moved(before[0], phi) and moved(before[2], theta) and not moved(before[1], z)
     assert method.model.active_adapter == UPPER
 
@@ -61,53 +74,47 @@ def test_an_upper_cycle_switches_adapters_four_times(data_dir, tmp_path):
     # peft's set_adapter walks every module: K lower steps switch to z and back once, and F's two
     # evaluations begin with whichever adapter the previous one left active.
     config = small_config(data_dir, tmp_path)
-    model, tokenizer = tiny()
-    data = prepare_data(config, tokenizer)
-    method = BilevelZOFO(model, data, config)
+    method, data = build(config, tmp_path)
     switches = []
     set_adapter = method.model.set_adapter
     method.model.set_adapter = lambda name, *args, **kwargs: (switches.append(name), set_adapter(name, *args, **kwargs))
     method.lower_level([data.train[8:12]] * 3)
-    method.upper_step(data.train[:4], data.train[4:8], seed=1)
+    method.upper_step(data.train[:4], data.train[4:8], seed=1, step=3)
     assert switches == [LOWER, UPPER, LOWER, UPPER] and method.model.active_adapter == UPPER
 
-    method.spsa.two_sided, method.spsa.q = False, 2  # three evaluations of F: φ is made active again
-    method.upper_step(data.train[:4], data.train[4:8], seed=2)
+    method.theta.spsa.two_sided, method.theta.spsa.q = False, 2  # three evaluations of F: φ is made active again
+    method.upper_step(data.train[:4], data.train[4:8], seed=2, step=6)
     assert method.model.active_adapter == UPPER
 
 
 def test_with_lambda_zero_the_theta_estimate_is_mezos_on_the_ft_loss(data_dir, tmp_path):
     config = small_config(data_dir, tmp_path, bilevel_lambda=0.0, zo_perturbation="exact")
-    model, tokenizer = tiny()
-    data = prepare_data(config, tokenizer)
-    method = BilevelZOFO(model, data, config)
+    method, data = build(config, tmp_path)
     method.lower_level([data.train[8:12]])  # z ≠ φ, so the penalty terms would matter if λ did
     ft, peft = data.train[:4], data.train[4:8]
-    bilevel = method.spsa.estimate(UpperObjective(method.model, data, ft, peft, 0.0, "mixed"), 7)
+    spsa = method.theta.spsa
+    bilevel = spsa.estimate(UpperObjective(method.peft_model, data, ft, peft, 0.0), 7)
     loss_fn, batch = data.loss_fn(), data.batch(ft, "cpu")
-    mezo = method.spsa.estimate(lambda: loss_fn(method.model, batch).item(), 7)
+    mezo = spsa.estimate(lambda: loss_fn(method.model, batch), 7)
     assert bilevel.seeds == mezo.seeds
     assert bilevel.scalars[0] == pytest.approx(mezo.scalars[0], rel=1e-3, abs=1e-4)
 
     # With λ > 0 the penalty enters: F differs from L_FT.
-    penalised = UpperObjective(method.model, data, ft, peft, 10.0, "mixed")
+    penalised = UpperObjective(method.peft_model, data, ft, peft, 10.0)
     ft_loss, p_loss, z_loss = penalised.losses()
-    assert penalised() == pytest.approx((ft_loss + 10 * (p_loss - z_loss)).item())
+    assert penalised().item() == pytest.approx((ft_loss + 10 * (p_loss - z_loss)).item())
     assert p_loss.item() != pytest.approx(z_loss.item())
 
 
-def test_every_layout_of_f_gives_the_same_three_losses(data_dir, tmp_path):
+def test_both_layouts_of_f_give_the_same_three_losses(data_dir, tmp_path):
     config = small_config(data_dir, tmp_path)
-    model, tokenizer = tiny()
-    data = prepare_data(config, tokenizer)
-    method = BilevelZOFO(model, data, config)
+    method, data = build(config, tmp_path)
     for _ in range(2):
         method.lower_level([data.train[8:12]])
     ft, peft = data.train[:4], data.train[4:8]
-    layouts = {layout: torch.stack(UpperObjective(method.model, data, ft, peft, 10.0, layout).losses())
-               for layout in UpperObjective.LAYOUTS}
-    for losses in layouts.values():
-        torch.testing.assert_close(losses, layouts["concatenated"], atol=1e-5, rtol=1e-5)
+    together = torch.stack(UpperObjective(method.peft_model, data, ft, peft, 10.0).losses())
+    separate = torch.stack(UpperObjective(method.peft_model, data, ft, peft, 10.0, separate=True).losses())
+    torch.testing.assert_close(separate, together, atol=1e-5, rtol=1e-5)
 
 
 def test_bilevel_run_saves_theta_for_transformers_and_phi_for_peft(data_dir, tmp_path):
@@ -121,7 +128,7 @@ def test_bilevel_run_saves_theta_for_transformers_and_phi_for_peft(data_dir, tmp
     base, tokenizer = tiny()
     assert any(not torch.equal(a, b) for a, b in zip(theta.parameters(), base.parameters())), "θ was trained"
     model = PeftModel.from_pretrained(theta, folder / "adapter").eval()
-    reloaded = prepare_data(config, tokenizer).validation_loss(model)
+    reloaded = prepare_tasks(config, tokenizer).validation_loss(model)
     assert reloaded == pytest.approx(metrics["best_val_loss"], rel=1e-5)
     steps = [r["step"] for r in map(json.loads, (folder / "log.jsonl").read_text().splitlines()) if "train_loss" in r]
     assert steps == [3, 6, 9, 12]
@@ -138,14 +145,12 @@ def test_two_stage_tunes_the_prompt_then_theta_with_matched_step_counts(data_dir
     theta = AutoModelForCausalLM.from_pretrained(folder / "model")
     model = PeftModel.from_pretrained(theta, folder / "adapter").eval()
     _, tokenizer = tiny()
-    assert prepare_data(config, tokenizer).validation_loss(model) == pytest.approx(metrics["best_val_loss"], rel=1e-5)
+    assert prepare_tasks(config, tokenizer).validation_loss(model) == pytest.approx(metrics["best_val_loss"], rel=1e-5)
 
 
 def test_phi_gradient_is_the_gradient_of_the_ft_loss_plus_lambda_times_the_peft_loss(data_dir, tmp_path):
     config = small_config(data_dir, tmp_path, bilevel_lambda=3.0)
-    model, tokenizer = tiny()
-    data = prepare_data(config, tokenizer)
-    method = BilevelZOFO(model, data, config)
+    method, data = build(config, tmp_path)
     phi = adapter_parameters(method.model, UPPER)
     for p in adapter_parameters(method.model, UPPER):  # LoRA B starts at 0: move φ off it
         torch.nn.init.normal_(p, std=0.1)
@@ -169,12 +174,10 @@ def rows_forwarded(model) -> list[int]:
 @pytest.mark.parametrize("order, one_sided", [("phi-first", False), ("same-point", True), ("same-point", False)])
 def test_forward_passes_per_upper_cycle_counts_the_rows_forwarded(data_dir, tmp_path, order, one_sided):
     config = small_config(data_dir, tmp_path, bilevel_order=order, zo_one_sided=one_sided)
-    model, tokenizer = tiny()
-    data = prepare_data(config, tokenizer)
-    method = BilevelZOFO(model, data, config)
+    method, data = build(config, tmp_path)
     rows = rows_forwarded(method.model)
-    method.lower_level([data.train[8:12]] * config.bilevel_k)
-    method.upper_step(data.train[:4], data.train[4:8], seed=1)
+    method.lower_level([data.train[8:12]] * config.bilevel.k)
+    method.upper_step(data.train[:4], data.train[4:8], seed=1, step=3)
     # SST-2: 2 candidate rows per example, 4 examples per minibatch
     assert sum(rows) == method.forward_passes_per_upper_cycle() * 4 * 2
     assert method.forward_passes_per_upper_cycle() == {("phi-first", False): 10, ("same-point", True): 8,
@@ -186,31 +189,23 @@ def test_same_point_estimates_theta_at_the_old_phi_and_reuses_phi_s_losses_for_f
     config = small_config(data_dir, tmp_path, bilevel_order="same-point", zo_one_sided=True, zo_perturbation="exact")
     methods = []
     for _ in range(2):
-        model, tokenizer = tiny()
-        data = prepare_data(config, tokenizer)
-        methods.append(BilevelZOFO(model, data, config))
+        method, data = build(config, tmp_path)
+        methods.append(method)
         for p in adapter_parameters(methods[-1].model, UPPER):  # LoRA B starts at 0: move φ off it
             torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(p.numel()))
         methods[-1].lower_level([data.train[8:12]])
     method, reference = methods
     ft, peft = data.train[:4], data.train[4:8]
 
-    expected = reference.spsa.estimate(UpperObjective(reference.model, data, ft, peft, 10.0), 5)  # at the old φ
+    expected = reference.theta.spsa.estimate(UpperObjective(reference.peft_model, data, ft, peft, 10.0), 5)  # at the old φ
     reference.phi_gradient(ft, peft)
     reference.phi_update()
-    _, _, estimate = method.upper_step(ft, peft, seed=5)
+    _, _, estimate = method.upper_step(ft, peft, seed=5, step=3)
     assert estimate.scalars[0] == pytest.approx(expected.scalars[0], rel=1e-4, abs=1e-4)
     assert estimate.losses == pytest.approx(expected.losses, rel=1e-5)
     for a, b in zip(adapter_parameters(method.model, UPPER), adapter_parameters(reference.model, UPPER)):
         torch.testing.assert_close(a, b)  # φ's update does not depend on the order
 
     # phi-first would have estimated F at the new φ: a different number
-    at_new_phi = reference.spsa.estimate(UpperObjective(reference.model, data, ft, peft, 10.0), 5)
+    at_new_phi = reference.theta.spsa.estimate(UpperObjective(reference.peft_model, data, ft, peft, 10.0), 5)
     assert at_new_phi.losses[0] != pytest.approx(expected.losses[0], rel=1e-6)
-
-
-def test_mixed_batches_cannot_be_combined_with_reused_phi_forwards(data_dir, tmp_path):
-    config = small_config(data_dir, tmp_path, bilevel_order="same-point", zo_one_sided=True, bilevel_mixed_batch=True)
-    model, tokenizer = tiny()
-    with pytest.raises(ValueError, match="same-point"):
-        BilevelZOFO(model, prepare_data(config, tokenizer), config)

@@ -4,36 +4,40 @@ import pytest
 import torch
 from peft import PeftModel
 
+from safetensors.torch import load_file
+
+from zofo.adapters import base_parameters
 from zofo.config import make_config
+from zofo.data import prepare_tasks
 from zofo.experiment import run_training
-from zofo.methods import first_order
 from zofo.models import load_model
-from zofo.runs import Run, read_log
-from zofo.training import prepare_data
+from zofo.records import read_records as read_log
 
 
 def small_config(tmp_path, **overrides):
     values = dict(model="tiny-llama", method="fo", task="sst2", n_train=8, n_val=8, n_test=16, batch_size=8, steps=30,
                   eval_every=10, lr=1e-2, device="cpu", out_dir=str(tmp_path / "run"))
-    return make_config(**{**values, **overrides})
+    return make_config({**values, **overrides})
 
 
 # Soft prompts and prefixes move a random two-layer model's outputs slowly: larger steps, smaller margins.
 @pytest.mark.parametrize("peft, lr, margin", [("lora", 1e-2, 0.05), ("prefix", 1e-1, 0.02), ("prompt", 1e-1, 0.002)])
 def test_adam_on_the_adapter_fits_a_full_batch_and_leaves_the_base_frozen(tmp_path, data_dir, peft, lr, margin):
-    config = small_config(tmp_path, peft=peft, lr=lr, data_dir=str(data_dir))
-    torch.manual_seed(0)
-    model, tokenizer = load_model(config.model, device="cpu")
-    base = {name: p.detach().clone() for name, p in model.named_parameters()}
-    data = prepare_data(config, tokenizer)
-    model, selection = first_order.train(model, data, config, Run(config.run_dir(), config.to_dict()))
-
+    config = small_config(tmp_path, peft=peft, lr=lr, data_dir=str(data_dir), zero_shot=False)
+    run_training(config)
     losses = [r["train_loss"] for r in read_log(config.run_dir() / "log.jsonl") if "train_loss" in r]
     assert len(losses) == 30
     assert losses[-1] < losses[0] - margin
-    for name, p in model.get_base_model().named_parameters():
-        if name in base:
-            assert torch.equal(p, base[name]), f"base weight {name} changed"
+    assert not (config.run_dir() / "model").exists()  # θ was not trained, so not saved
+    base, _ = load_model(config.model, device="cpu")
+    model = PeftModel.from_pretrained(base, config.run_dir() / "adapter")
+    saved = load_file(config.run_dir() / "adapter" / "adapter_model.safetensors")
+    assert saved and all(".default." not in name for name in saved)
+    fresh = dict(load_model(config.model, device="cpu")[0].named_parameters())
+    theta = base_parameters(model)
+    assert {name for name, _ in theta} == set(fresh)
+    for name, p in theta:
+        assert torch.equal(p, fresh[name]), f"base weight {name} changed"
 
 
 def test_run_folder_keeps_the_validation_selected_adapter(tmp_path, data_dir):
@@ -54,5 +58,5 @@ def test_run_folder_keeps_the_validation_selected_adapter(tmp_path, data_dir):
     # The saved adapter is the selected one: plain transformers + peft reproduce its validation loss.
     model, tokenizer = load_model("tiny-llama", device="cpu")
     model = PeftModel.from_pretrained(model, folder / "adapter").eval()
-    reloaded = prepare_data(config, tokenizer).validation_loss(model)
+    reloaded = prepare_tasks(config, tokenizer).validation_loss(model)
     assert reloaded == pytest.approx(best_loss, rel=1e-5)

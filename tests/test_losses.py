@@ -35,6 +35,19 @@ def test_batched_left_padded_scores_equal_unpadded_scores(name):
     torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_options_sharing_a_context_row_score_as_if_each_had_its_own(name):
+    model, tokenizer = tiny(name)
+    shared = [Example((("The film was a joy. It was", "!"), ("The film was a joy. It was", "?")), 0),
+              Example((("Dull", "a"), ("Dull", "b"), ("Dull", "c")), 2)]
+    examples = tokenize_examples(shared + EXAMPLES, tokenizer, 64)
+    assert [e.shared for e in examples] == [True, True, False, False, False]
+    batch = option_batch(examples, tokenizer.pad_token_id)
+    assert batch.input_ids.shape[0] == 2 + 6  # one row for each shared context, one per option otherwise
+    expected = torch.stack([unpadded_mean_logprob(model, c, a) for e in examples for c, a in e.options])
+    torch.testing.assert_close(option_scores(model, batch), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_candidates_loss_is_cross_entropy_over_option_scores():
     model, tokenizer = tiny()
     examples = tokenize_examples(EXAMPLES, tokenizer, 64)
@@ -67,4 +80,5 @@ def test_validation_loss_averages_the_training_loss():
     model, tokenizer = tiny()
     examples = tokenize_examples(EXAMPLES, tokenizer, 64)
     whole = candidates_loss(model, option_batch(examples, tokenizer.pad_token_id)).item()
-    assert mean_loss(model, candidates_loss, examples, tokenizer.pad_token_id, gold_only=False, batch_size=64) == pytest.approx(whole, rel=1e-5)
+    assert mean_loss(model, "candidates", examples, tokenizer.pad_token_id, max_rows=64) == pytest.approx(whole, rel=1e-5)
+    assert mean_loss(model, "candidates", examples, tokenizer.pad_token_id, max_rows=2) == pytest.approx(whole, rel=1e-5)

@@ -52,7 +52,7 @@ EXPECTED_SIZES = {
     "rte": (1000, 500, 277),
     "wic": (1000, 500, 638),
     "wsc": (369, 184, 104),
-    "winogrande": (506, 253, 506),
+    "winogrande": (563, 281, 422),  # test first, at most a third of the 1,267 examples
     "multirc": (1000, 500, 1000),
     "record": (21, 10, 32),
 }
@@ -176,7 +176,8 @@ def test_load_splits_sizes_sources_and_disjointness(name):
     assert test_keys <= validation_pool
     if name in NO_TRAIN_OFFLINE:
         assert result.metadata["note"] == (
-            "no train split offline: train/validation/test all sampled disjointly from validation"
+            "no train split offline: train/validation/test all sampled disjointly from validation "
+            "(test first, at most a third of it)"
         )
         assert result.metadata["source_splits"] == {"train": "validation", "validation": "validation", "test": "validation"}
         assert train_keys <= validation_pool and validation_keys <= validation_pool
@@ -194,6 +195,14 @@ def test_load_splits_deterministic_by_seed(name):
     other = splits(name, seed=1)
     assert (again.train, again.validation, again.test) == (first.train, first.validation, first.test)
     assert [key(r) for r in other.train] != [key(r) for r in first.train]
+
+
+@pytest.mark.parametrize("name", ["copa", "winogrande"])  # with and without an official train split offline
+def test_the_test_sample_does_not_depend_on_the_train_and_validation_sizes(name):
+    # `zofo eval RUN` rebuilds a run's test sample from its seed alone.
+    reference = [key(r) for r in load_splits(name, DATA_DIR, seed=3).test]
+    for n_train, n_val in ((10, 5), (50, 20)):
+        assert [key(r) for r in load_splits(name, DATA_DIR, seed=3, n_train=n_train, n_val=n_val).test] == reference
 
 
 def test_load_splits_small_request_and_data_dir_from_env(monkeypatch):
@@ -463,14 +472,15 @@ def test_full_download_train_files_are_used(tmp_path):
     assert result.metadata["source_splits"]["train"] == "train" and "note" not in result.metadata
 
 
-def test_proportional_scaling_when_only_validation_exists(tmp_path):
+def test_scaling_when_only_validation_exists(tmp_path):
+    # The test sample takes at most a third of the pool; train and validation share the rest 2 : 1.
     rows = [{"question": f"q{i}", "passage": "p", "idx": i, "label": True} for i in range(10)]
     write_jsonl(tmp_path / "superglue" / "boolq" / "val.jsonl", rows)
     result = load_splits("boolq", tmp_path, n_train=1000, n_val=500, n_test=1000)
-    assert result.metadata["sizes"] == {"train": 4, "validation": 2, "test": 4}
+    assert result.metadata["sizes"] == {"train": 4, "validation": 2, "test": 3}
     assert result.metadata["requested"] == {"train": 1000, "validation": 500, "test": 1000}
     indices = [r["idx"] for r in result.train + result.validation + result.test]
-    assert len(set(indices)) == 10
+    assert len(set(indices)) == len(indices) == 9
 
 
 # ---------------------------------------------------------------- the Hub (a stand-in `datasets` module)

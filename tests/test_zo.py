@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from zofo.zo import SPSA, ParameterSpace, ZOAdam, ZOSGD, ZOSignSGD, mix
-from zofo.zo.space import is_decayed
+from zofo.zo import SPSA, ParameterSpace, Trajectory, ZOAdam, ZOSGD, ZOSignSGD, is_decayed, mix, replay
+from zofo.zo.space import TORCH_BLOCK
 
 from conftest import tiny
 
 
 def lm_objective(model, tokenizer, text="The quick brown fox jumps over the lazy dog."):
     inputs = tokenizer([text], return_tensors="pt")
-    return lambda: model(**inputs, labels=inputs["input_ids"]).loss.item()
+    return lambda: model(**inputs, labels=inputs["input_ids"]).loss
 
 
 def snapshot(model):
@@ -24,22 +24,70 @@ def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def direction_of(space: ParameterSpace, seed: int) -> torch.Tensor:
     """u(seed) materialised over the whole space (tests only: the engine never does this)."""
-    return torch.cat([space.direction(seed, b, c, view.numel()) for b, c, view in space.chunks()])
+    return torch.cat([space.direction(seed, s) for s in space.segments])
+
+
+def directions_by_name(space: ParameterSpace, seed: int) -> dict[str, torch.Tensor]:
+    return {s.name: space.direction(seed, s) for s in space.segments}
 
 
 def flat_params(space: ParameterSpace) -> torch.Tensor:
-    return torch.cat([view.detach().float().clone() for _, _, view in space.chunks()])
+    return torch.cat([space.view(s).detach().float().clone() for s in space.segments])
 
 
 def test_directions_are_regenerated_identically_and_differ_between_seeds():
     model, _ = tiny()
-    space = ParameterSpace(model.named_parameters(), chunk_numel=5000)
+    space = ParameterSpace(model.named_parameters())
     u = direction_of(space, 7)
     assert torch.equal(u, direction_of(space, 7))
     assert not torch.equal(u, direction_of(space, 8))
     assert u.numel() == space.numel == sum(p.numel() for p in model.parameters())
     assert abs(u.mean().item()) < 0.02 and abs(u.std().item() - 1) < 0.02
     assert mix(1, 2) != mix(2, 1)
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_a_parameter_s_direction_depends_on_its_name_not_on_the_packing(kernel):
+    if kernel == "triton":
+        pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86_64")
+    model, _ = tiny()
+    alone = directions_by_name(ParameterSpace(model.named_parameters(), pack=False, kernel=kernel), 5)
+    several = ParameterSpace(model.named_parameters(), bucket_numel=20_000, kernel=kernel)
+    one = ParameterSpace(model.named_parameters(), bucket_numel=1 << 30, kernel=kernel)
+    assert len(several.buckets) > 2 and len(one.buckets) == 1
+    reordered = ParameterSpace(list(model.named_parameters())[::-1], kernel=kernel)
+    for space in (several, one, reordered):
+        for name, u in directions_by_name(space, 5).items():
+            assert torch.equal(u, alone[name]), name
+    # nor on the dtype group it is packed with
+    half = ParameterSpace([(n, p.detach().to(torch.bfloat16)) for n, p in list(model.named_parameters())[:3]],
+                          kernel=kernel)
+    for name, u in directions_by_name(half, 5).items():
+        assert torch.equal(u, alone[name]), name
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_a_slice_drawn_alone_equals_the_slice_of_the_whole(kernel):
+    if kernel == "triton":
+        pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86_64")
+    numel = TORCH_BLOCK + 5000 if kernel == "torch" else 3 * 4096 + 77  # across block (group) boundaries
+    space = ParameterSpace([("layer.weight", torch.nn.Parameter(torch.zeros(numel)))], kernel=kernel)
+    [segment] = space.segments
+    whole = space.direction(9, segment)
+    for start, length in ((0, 10), (4090, 20), (numel - 6000, 5999), (TORCH_BLOCK - 3, 4000) if kernel == "torch" else (8000, 4300)):
+        assert torch.equal(space.direction(9, segment, start, length), whole[start : start + length])
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+def test_adding_a_direction_adds_exactly_the_direction_that_is_drawn(kernel):
+    if kernel == "triton":
+        pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86_64")
+    model, _ = tiny()
+    space = ParameterSpace(model.named_parameters(), bucket_numel=40_000, kernel=kernel)
+    theta = flat_params(space)
+    u = direction_of(space, 11)
+    space.add_direction(11, 0.5)
+    torch.testing.assert_close(flat_params(space), theta + 0.5 * u, atol=1e-6, rtol=0)
 
 
 def test_packing_keeps_every_weight_and_the_model_output():
@@ -50,17 +98,38 @@ def test_packing_keeps_every_weight_and_the_model_output():
     assert len(space.buckets) > 2
     for name, p in model.named_parameters():
         assert bits_equal(p, before[name])
-    assert objective() == loss
+    assert torch.equal(objective(), loss)
     space.unpack()
     storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     assert len(storages) == len(list(model.parameters()))
 
 
-def test_weight_decay_skips_biases_and_norms():
+def test_weight_decay_is_the_optimizer_s_mask_and_skips_biases_and_norms():
     assert is_decayed("model.layers.0.mlp.up_proj.weight", torch.zeros(4, 4))
     assert not is_decayed("model.layers.0.self_attn.q_proj.bias", torch.zeros(4))
     assert not is_decayed("model.norm.weight", torch.zeros(4))
     assert not is_decayed("transformer.h.0.ln_1.weight", torch.zeros(4))
+    model, tokenizer = tiny()
+    space = ParameterSpace(model.named_parameters())
+    only_mlp = ZOSGD(space, lr=0.1, weight_decay=0.5, decays=lambda name, p: ".mlp." in name)
+    assert only_mlp.decayed == {s.name for s in space.segments if ".mlp." in s.name} != set()
+    before = {s.name: space.view(s).clone() for s in space.segments}
+    estimate = SPSA(space, eps=1e-3).estimate(lm_objective(model, tokenizer), 3)
+    only_mlp.step(estimate)
+    u = directions_by_name(space, estimate.seeds[0])
+    for segment in space.segments:  # (1 − lr·wd)·θ where the mask says so, then − lr·g·u
+        decay = 1 - 0.1 * 0.5 if ".mlp." in segment.name else 1.0
+        expected = decay * before[segment.name] - 0.1 * estimate.scalars[0] * u[segment.name]
+        torch.testing.assert_close(space.view(segment), expected, atol=1e-6, rtol=0)
+
+
+def set_theta(space: ParameterSpace, values: torch.Tensor) -> None:
+    with torch.no_grad():
+        start = 0
+        for segment in space.segments:
+            view = space.view(segment)
+            view.copy_(values[start : start + view.numel()])
+            start += view.numel()
 
 
 @pytest.mark.parametrize("two_sided, q", [(True, 1), (True, 3), (False, 2)])
@@ -72,27 +141,57 @@ def test_estimate_is_the_finite_difference_along_the_regenerated_direction(two_s
     estimate = spsa.estimate(objective, step_seed=5)
     assert len(estimate.seeds) == len(estimate.scalars) == q and len(set(estimate.seeds)) == q
     theta = flat_params(space)
-    names = [n for n, _ in model.named_parameters()]
 
     def loss_at(offset):
-        with torch.no_grad():
-            start = 0
-            for _, _, view in space.chunks():
-                view.add_(offset[start : start + view.numel()])
-                start += view.numel()
-            value = objective()
-            start = 0
-            for _, _, view in space.chunks():
-                view.copy_(theta[start : start + view.numel()])
-                start += view.numel()
+        set_theta(space, theta + offset)
+        value = objective().item()
+        set_theta(space, theta)
         return value
 
-    base = objective()
+    base = objective().item()
     for seed, scalar in zip(estimate.seeds, estimate.scalars):
         u = direction_of(space, seed) * 1e-3
         expected = (loss_at(u) - loss_at(-u)) / 2e-3 if two_sided else (loss_at(u) - base) / 1e-3
         assert scalar == pytest.approx(expected, rel=1e-3, abs=1e-3)
-    assert names == [n for n, _ in model.named_parameters()]
+
+
+def test_losses_stay_on_the_device_and_reach_the_host_once_per_estimate_through_one_hook():
+    model, tokenizer = tiny()
+    objective, returned, reduced = lm_objective(model, tokenizer), [], []
+
+    def tensor_objective():
+        returned.append(objective())
+        return returned[-1]
+
+    def reduce(losses):  # where a distributed run all-reduces: every loss of the estimate at once
+        reduced.append(losses.clone())
+        return losses * 1.0
+
+    space = ParameterSpace(model.named_parameters())
+    spsa = SPSA(space, eps=1e-3, q=2, reduce=reduce)
+    estimate = spsa.estimate(tensor_objective, step_seed=4)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in returned) and len(returned) == 4
+    assert len(reduced) == 1 and reduced[0].shape == (4,)
+    assert estimate.losses == pytest.approx([v.item() for v in returned])
+    assert space.displacement == (estimate.seeds[-1], -1e-3)  # θ − εu of the last direction, until the update
+
+
+def test_the_optimizer_step_takes_back_the_displacement_in_its_update_pass():
+    model, tokenizer = tiny()
+    space = ParameterSpace(model.named_parameters(), bucket_numel=7000)
+    theta = flat_params(space)
+    estimate = SPSA(space, eps=1e-3).estimate(lm_objective(model, tokenizer), step_seed=3)
+    assert space.displacement == (estimate.seeds[0], -1e-3)
+    with pytest.raises(RuntimeError, match="displaced"):
+        space.unpack()
+    ZOSGD(space, lr=1e-2).step(estimate)
+    assert space.displacement is None
+    expected = theta - 1e-2 * estimate.scalars[0] * direction_of(space, estimate.seeds[0])
+    torch.testing.assert_close(flat_params(space), expected, atol=1e-6, rtol=0)
+    # restore() alone takes a displacement back without an update
+    SPSA(space, eps=1e-3).estimate(lm_objective(model, tokenizer), step_seed=4)
+    space.restore()
+    torch.testing.assert_close(flat_params(space), expected, atol=1e-6, rtol=0)
 
 
 def test_a_given_f_at_theta_replaces_its_evaluation_in_one_sided_spsa():
@@ -115,14 +214,21 @@ def test_objective_need_not_be_differentiable():
     inputs = tokenizer(["abcabcabcabc"], return_tensors="pt")
     targets = inputs["input_ids"][0, 1:]
 
-    def negative_accuracy():  # a step function of θ: no gradient exists
+    def negative_accuracy():  # a step function of θ computed on the host: no gradient exists
         predictions = model(**inputs).logits[0, :-1].argmax(-1)
         return -(predictions == targets).float().mean().item()
 
-    space = ParameterSpace(model.named_parameters())
-    estimate = SPSA(space, eps=0.05).estimate(negative_accuracy, step_seed=1)
-    ZOSGD(space, lr=1e-3).step(estimate)
-    assert all(isinstance(s, float) for s in estimate.scalars) and len(estimate.losses) == 2
+    space = ParameterSpace(model.named_parameters(), pack=False)
+    theta = flat_params(space)
+    u = direction_of(space, mix(1, 0))
+    at = {}
+    for sign in (1, -1):
+        set_theta(space, theta + sign * 0.5 * u)
+        at[sign] = negative_accuracy()
+    set_theta(space, theta)
+    estimate = SPSA(space, eps=0.5, perturbation="exact", model=model).estimate(negative_accuracy, step_seed=1)
+    assert estimate.losses == [at[1], at[-1]]
+    assert estimate.scalars == [pytest.approx((at[1] - at[-1]) / 1.0)]
 
 
 @pytest.mark.parametrize("optimizer", [ZOSGD, ZOSignSGD, ZOAdam, lambda s, lr: ZOSGD(s, lr, momentum=0.9, weight_decay=0.1)])
@@ -164,15 +270,30 @@ def test_perturb_restore_round_off_after_100_steps_at_learning_rate_zero(capsys)
     assert drifts[("fp32", "in-place")] < 1e-5 < drifts[("bf16", "in-place")]
 
 
-def test_zo_sgd_step_is_theta_minus_lr_g_u_with_the_restore_fused():
+@pytest.mark.parametrize("optimizer", ["zo-sgd", "zo-adam"])
+def test_a_trajectory_replays_bit_identically_onto_another_packing(tmp_path, optimizer):
+    # Directions keyed by name and position: the passes a replay makes give the same weights whether θ
+    # is packed in buckets, one tensor per parameter, or in another order.
+    from zofo.zo import make_zo_optimizer
+
     model, tokenizer = tiny()
-    space = ParameterSpace(model.named_parameters(), chunk_numel=7000)
-    theta = flat_params(space)
-    estimate = SPSA(space, eps=1e-3).estimate(lm_objective(model, tokenizer), step_seed=3)
-    assert estimate.pending_seed == estimate.seeds[0]  # θ is at θ − εu until the optimizer runs
-    ZOSGD(space, lr=1e-2).step(estimate)
-    expected = theta - 1e-2 * estimate.scalars[0] * direction_of(space, estimate.seeds[0])
-    torch.testing.assert_close(flat_params(space), expected, atol=1e-6, rtol=0)
+    base = snapshot(model)
+    space = ParameterSpace(model.named_parameters(), bucket_numel=20_000)
+    spsa, opt = SPSA(space, eps=1e-3), make_zo_optimizer(optimizer, space, 1e-3)
+    trajectory = Trajectory(tmp_path / "trajectory.jsonl")
+    trajectory.start(space.directions)
+    for step in range(1, 6):
+        estimate = spsa.estimate(lm_objective(model, tokenizer), mix(0, step))
+        opt.step(estimate)
+        trajectory.append(step, mix(0, step), estimate.scalars, opt.lr)
+    trained = snapshot(model)
+
+    fresh, _ = tiny()
+    assert all(torch.equal(p, base[n]) for n, p in fresh.named_parameters())
+    other = ParameterSpace(list(fresh.named_parameters())[::-1], pack=False)
+    assert replay(trajectory, SPSA(other, eps=1e-3), make_zo_optimizer(optimizer, other, 1e-3)) == 5
+    for name, p in fresh.named_parameters():
+        assert bits_equal(p, trained[name]), name
 
 
 def test_zo_adam_matches_torch_adam_fed_with_the_materialised_estimate():
@@ -203,7 +324,7 @@ def test_average_of_spsa_estimates_approaches_the_autograd_gradient(capsys):
     model.requires_grad_(False)
     space = ParameterSpace(norms, pack=False)
     spsa = SPSA(space, eps=1e-3, perturbation="exact", model=model)
-    objective = lambda: model(**inputs, labels=inputs["input_ids"]).loss.item()
+    objective = lambda: model(**inputs, labels=inputs["input_ids"]).loss
     total, cosines = torch.zeros_like(gradient), {}
     for n in range(1, 1001):
         estimate = spsa.estimate(objective, n)
@@ -222,32 +343,20 @@ def test_one_zo_sgd_step_lowers_the_loss_on_average():
     objective = lm_objective(model, tokenizer)
     space = ParameterSpace(model.named_parameters(), pack=False)
     spsa, sgd = SPSA(space, eps=1e-3, perturbation="exact", model=model), ZOSGD(space, lr=2e-4)
-    start, theta = objective(), flat_params(space)
+    start, theta = objective().item(), flat_params(space)
     changes = []
     for seed in range(40):
         sgd.step(spsa.estimate(objective, seed))
-        changes.append(objective() - start)
-        with torch.no_grad():
-            offset = 0
-            for _, _, view in space.chunks():
-                view.copy_(theta[offset : offset + view.numel()])
-                offset += view.numel()
+        changes.append(objective().item() - start)
+        set_theta(space, theta)
     assert sum(changes) / len(changes) < 0
 
 
-def test_fused_triton_kernel_adds_exactly_the_direction_it_regenerates():
+def test_fused_triton_step_is_theta_minus_lr_g_u():
     pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86_64")
     model, tokenizer = tiny()
     space = ParameterSpace(model.named_parameters(), kernel="triton", bucket_numel=40_000)
-    assert space.kernel == "triton" and space.chunk_numel == 40_000
-    theta = flat_params(space)
-    u = direction_of(space, 11)
-    assert abs(u.std().item() - 1) < 0.02
-    space.add_direction(11, 0.5)
-    torch.testing.assert_close(flat_params(space), theta + 0.5 * u, atol=1e-6, rtol=0)
-
-    # A whole ZO-SGD step through the fused path: θ − lr·g·u, the restore fused.
-    space.add_direction(11, -0.5)
+    assert space.kernel == "triton" and "Philox" in space.directions
     theta = flat_params(space)
     estimate = SPSA(space, eps=1e-3).estimate(lm_objective(model, tokenizer), step_seed=2)
     ZOSGD(space, lr=1e-2).step(estimate)

@@ -1,11 +1,17 @@
-"""PEFT adapters through Hugging Face peft: LoRA, prefix tuning and prompt tuning.
+"""PEFT adapters through Hugging Face peft: LoRA, prefix tuning and prompt tuning, any number of them
+on one base model, each under its own name (φ and z of Bilevel ZOFO, or one pair per task).
 
 Defaults follow the paper: LoRA r=8, alpha=16 on the attention query and value projections
 (peft's per-architecture default targets), 5 prefix tokens, 10 soft-prompt tokens.
+
+θ, the base model's own weights, is told apart from every adapter's by peft's naming (an adapter's
+parameters carry its name as a path component) and named as in the plain model's state dict, so that the
+same weight has the same name with or without adapters attached.
 """
 
 from __future__ import annotations
 
+import torch
 from peft import (
     LoraConfig,
     PeftConfig,
@@ -15,39 +21,77 @@ from peft import (
     PromptTuningInit,
     TaskType,
     get_peft_model,
+    get_peft_model_state_dict,
+    set_peft_model_state_dict,
 )
 
-PEFT_TYPES = ("lora", "prefix", "prompt")
+from .config import AdapterConfig
+
+DEFAULT = "default"  # peft's name: an adapter saved under it loads with PeftModel.from_pretrained as usual
 
 
-def peft_config(
-    peft: str, lora_r: int = 8, lora_alpha: int = 16, prefix_tokens: int = 5, prompt_tokens: int = 10
-) -> PeftConfig:
-    if peft == "lora":
+def peft_config(adapter: AdapterConfig) -> PeftConfig:
+    if adapter.peft == "lora":
         # target_modules=None lets peft pick the query/value projections of the architecture
         # (q_proj/v_proj for Llama and OPT, the fused c_attn for GPT-2).
-        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0)
-    if peft == "prefix":
-        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=prefix_tokens)
-    if peft == "prompt":
+        return LoraConfig(task_type=TaskType.CAUSAL_LM, r=adapter.lora_r, lora_alpha=adapter.lora_alpha, lora_dropout=0.0)
+    if adapter.peft == "prefix":
+        return PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=adapter.prefix_tokens)
+    if adapter.peft == "prompt":
         # Start the soft prompt from embeddings of random vocabulary tokens (Lester et al.), not N(0, 1),
         # which is far off the scale of a trained embedding table.
-        return PromptTuningConfig(
-            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=prompt_tokens,
-            prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
-        )
-    raise ValueError(f"peft must be one of {PEFT_TYPES}, got {peft!r}")
+        return PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=adapter.prompt_tokens,
+                                  prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB)
+    raise ValueError(f"no adapter to build for peft {adapter.peft!r}")
 
 
+def with_adapters(model, adapter: AdapterConfig, names: list[str], seed: int, same_start: bool = False) -> PeftModel:
+    """`model` with one trainable adapter per name, initialised from `seed` (in order of the names); with
+    same_start every adapter starts from the first one's values. θ is frozen; the first name is active."""
+    torch.manual_seed(seed)
+    config = peft_config(adapter)
+    model = get_peft_model(model, config, adapter_name=names[0])
+    for name in names[1:]:
+        model.add_adapter(name, config)
+        if same_start:
+            load_adapter_state(model, names[0], adapter_state(model, names[0]), into=name)
+    for name in names:
+        for p in adapter_parameters(model, name):
+            p.requires_grad_(True)
+    for _, p in base_parameters(model):
+        p.requires_grad_(False)
+    model.set_adapter(names[0])
+    return model.eval()  # no dropout, as in MeZO: the same network in training and evaluation
 
-def adapter_of(config) -> PeftConfig:
-    """The adapter a TrainConfig asks for (its peft, lora_*, prefix_tokens and prompt_tokens fields)."""
-    return peft_config(config.peft, config.lora_r, config.lora_alpha, config.prefix_tokens, config.prompt_tokens)
 
-def attach_adapter(model, config: PeftConfig, adapter_name: str = "default") -> PeftModel:
-    """Wrap `model` with a trainable adapter; the base weights are frozen by peft."""
-    return get_peft_model(model, config, adapter_name=adapter_name)
+def is_adapter_parameter(model, name: str) -> bool:
+    return bool(set(name.split(".")) & set(getattr(model, "peft_config", {})))
 
 
-def trainable_parameters(model) -> list:
-    return [p for p in model.parameters() if p.requires_grad]
+def adapter_parameters(model, name: str) -> list[torch.nn.Parameter]:
+    """The parameters of the adapter called `name`."""
+    return [p for n, p in model.named_parameters() if name in n.split(".")]
+
+
+def base_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """θ: every weight of the base model, none of the adapters', named as in the plain model."""
+    if not isinstance(model, PeftModel):
+        return list(model.named_parameters())
+    return [(n.replace(".base_layer", ""), p) for n, p in model.get_base_model().named_parameters()
+            if not is_adapter_parameter(model, n)]
+
+
+def adapter_state(model, name: str) -> dict[str, torch.Tensor]:
+    """A copy of the adapter's weights (peft's state-dict naming, without the adapter's name)."""
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+
+
+def load_adapter_state(model, name: str, state: dict[str, torch.Tensor], into: str | None = None) -> None:
+    """Load a state saved from adapter `name` into adapter `into` (default: the same adapter)."""
+    set_peft_model_state_dict(model, state, adapter_name=into or name)
+
+
+def activate(model, name: str) -> None:
+    """Make `name` the active adapter; peft's set_adapter walks every module, so skip it when it is."""
+    if model.active_adapter != name:
+        model.set_adapter(name)

@@ -3,6 +3,8 @@
 An example has one (context, continuation) option per candidate answer. Rows are left-padded, so
 every continuation ends at the last position of its row and scoring needs only the logits of the
 last `continuation_length + 1` positions (`logits_to_keep`), not the whole vocabulary at every token.
+Options of one token after a shared context (SST-2's " great" / " terrible") share one row: the
+logits at its last position score them all, so such tasks cost one row per example, not one per option.
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ class TokenizedExample:
     @property
     def length(self) -> int:
         return max(len(context) + len(continuation) for context, continuation in self.options)
+
+    @property
+    def shared(self) -> bool:
+        """Every option is one token after one common context (most classification verbalizers): one
+        forward of the context scores them all, from the logits at its last position."""
+        context = self.options[0][0]
+        return all(len(continuation) == 1 and c == context for c, continuation in self.options)
+
+    @property
+    def rows(self) -> int:
+        return 1 if self.shared else len(self.options)
 
 
 def tokenize_examples(examples: list[Example], tokenizer, max_length: int) -> list[TokenizedExample]:
@@ -53,51 +66,64 @@ def tokenize_examples(examples: list[Example], tokenizer, max_length: int) -> li
 
 @dataclass
 class OptionBatch:
-    """Rows of (context + continuation), left-padded; rows of one example are consecutive."""
+    """Left-padded rows and, for every option, the tokens it predicts at the rows' last positions.
+
+    The model's logits are kept for the last `tail + 1` positions of every row. Option o is scored from
+    row option_rows[o]: at kept position j it predicts targets[o, j] where target_mask[o, j]. An option
+    with its own row (context + continuation) predicts its continuation from the positions before it;
+    options sharing a context row predict their one token from the row's last position."""
 
     input_ids: torch.Tensor  # [rows, length]
     attention_mask: torch.Tensor  # [rows, length]
-    continuation_mask: torch.Tensor  # [rows, tail]: which of the last `tail` tokens are continuation tokens
+    option_rows: torch.Tensor  # [options]
+    targets: torch.Tensor  # [options, tail + 1]
+    target_mask: torch.Tensor  # [options, tail + 1]
     options_per_example: list[int]
     labels: torch.Tensor  # [examples]: index of the gold option within its example
-    adapter_names: list[str] | None = None  # per row: peft's mixed-adapter batches (LoRA)
-
-    def with_adapters(self, names_per_example: list[str]) -> "OptionBatch":
-        """The same batch with each example's rows routed through the named peft adapter."""
-        rows = [name for name, n in zip(names_per_example, self.options_per_example) for _ in range(n)]
-        return OptionBatch(self.input_ids, self.attention_mask, self.continuation_mask,
-                           self.options_per_example, self.labels, rows)
 
     @property
-    def tail(self) -> int:
-        return self.continuation_mask.shape[1]
+    def kept(self) -> int:
+        """Positions whose logits the scores need (`logits_to_keep`)."""
+        return self.targets.shape[1]
 
     def to(self, device) -> "OptionBatch":
-        return OptionBatch(
-            self.input_ids.to(device), self.attention_mask.to(device), self.continuation_mask.to(device),
-            self.options_per_example, self.labels.to(device), self.adapter_names,
-        )
+        tensors = {name: getattr(self, name).to(device) for name in
+                   ("input_ids", "attention_mask", "option_rows", "targets", "target_mask", "labels")}
+        return OptionBatch(**tensors, options_per_example=self.options_per_example)
 
 
 def option_batch(examples: list[TokenizedExample], pad_id: int, gold_only: bool = False) -> OptionBatch:
     """All options of `examples` (or only the gold option of each) as one left-padded batch."""
-    rows, per_example, labels = [], [], []
+    rows, scored, per_example, labels = [], [], [], []  # scored: (row, continuation, shares the row)
     for example in examples:
         options = [example.options[example.label]] if gold_only else list(example.options)
-        rows.extend(options)
+        if example.shared:
+            rows.append(options[0][0])
+            scored += [(len(rows) - 1, continuation, True) for _, continuation in options]
+        else:
+            for context, continuation in options:
+                rows.append(context + continuation)
+                scored.append((len(rows) - 1, continuation, False))
         per_example.append(len(options))
         labels.append(0 if gold_only else example.label)
-    length = max(len(context) + len(continuation) for context, continuation in rows)
-    tail = max(len(continuation) for _, continuation in rows)
+    length = max(len(row) for row in rows)
+    tail = max([len(c) for _, c, shares in scored if not shares], default=0)
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    continuation_mask = torch.zeros((len(rows), tail), dtype=torch.bool)
-    for row, (context, continuation) in enumerate(rows):
-        tokens = context + continuation
-        input_ids[row, length - len(tokens):] = torch.tensor(tokens)
-        attention_mask[row, length - len(tokens):] = 1
-        continuation_mask[row, tail - len(continuation):] = True
-    return OptionBatch(input_ids, attention_mask, continuation_mask, per_example, torch.tensor(labels))
+    for r, tokens in enumerate(rows):
+        input_ids[r, length - len(tokens):] = torch.tensor(tokens)
+        attention_mask[r, length - len(tokens):] = 1
+    targets = torch.zeros((len(scored), tail + 1), dtype=torch.long)
+    target_mask = torch.zeros((len(scored), tail + 1), dtype=torch.bool)
+    for o, (_, continuation, shares) in enumerate(scored):
+        if shares:  # predicted from the row's last position
+            targets[o, tail] = continuation[0]
+            target_mask[o, tail] = True
+        else:  # its tokens end the row: predicted from the positions just before them
+            targets[o, tail - len(continuation) : tail] = torch.tensor(continuation)
+            target_mask[o, tail - len(continuation) : tail] = True
+    option_rows = torch.tensor([r for r, _, _ in scored], dtype=torch.long)
+    return OptionBatch(input_ids, attention_mask, option_rows, targets, target_mask, per_example, torch.tensor(labels))
 
 
 def context_batch(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
@@ -114,11 +140,11 @@ def context_batch(examples: list[TokenizedExample], pad_id: int) -> dict[str, to
 
 def chunks_by_rows(examples: list[TokenizedExample], max_rows: int) -> list[list[int]]:
     """Group example indices (sorted by length, so padding stays small) into chunks of at most
-    `max_rows` option rows; an example with more options than that gets a chunk of its own."""
+    `max_rows` rows; an example with more rows than that gets a chunk of its own."""
     order = sorted(range(len(examples)), key=lambda i: examples[i].length)
     chunks, current, rows = [], [], 0
     for i in order:
-        n = len(examples[i].options)
+        n = examples[i].rows
         if current and rows + n > max_rows:
             chunks.append(current)
             current, rows = [], 0

@@ -1,113 +1,306 @@
-"""The run configuration: one dataclass, readable from YAML, overridable from the command line."""
+"""The run configuration: typed sections, validated wherever values come from (YAML, flags, --set).
+
+    RunConfig                 what to run: method, model, steps, learning rate, batch, evaluation, run folder
+      data:    DataConfig     task, data folder, sample sizes, prompt, loss              (flags --task, --n-train, ...)
+      adapter: AdapterConfig  PEFT type and size                                         (flags --peft, --lora-r, ...)
+      zo:      ZOConfig       the zeroth-order estimator and optimizer                   (flags --zo-eps, ...)
+      bilevel: BilevelConfig  Bilevel ZOFO's K, λ, adapter learning rates and step order (flags --bilevel-k, ...)
+
+Every field has one *flag name*: its section's prefix and its own name (`zo_eps`, `bilevel_lambda`, `task`).
+A YAML file may nest sections (`zo: {eps: 1.0e-3}`), use dotted keys (`zo.eps`) or flag names
+(`zo_eps`); the command line takes `--zo-eps`, and `--set zo_eps=...` in sweeps. Values are converted
+and checked by pydantic: `1e-4` is a float wherever it comes from, and a bad value fails at once with
+the field, the value and what is allowed, before any model or data is loaded.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+import difflib
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .tasks import TASKS
 
 METHODS = ("fo", "mezo", "bilevel", "two-stage")
+PEFT_TYPES = ("none", "lora", "prefix", "prompt")
 
 
-def option(default, help: str, choices=None):
-    return field(default=default, metadata={"help": help, "choices": choices})
+class Section(BaseModel):
+    """A group of fields; `flag_prefix` + field name is each field's flag name."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
+    flag_prefix: ClassVar[str] = ""
 
 
-@dataclass
-class TrainConfig:
-    """The defaults are `make demo`'s job: Bilevel ZOFO with LoRA on SST-2 and the bundled SmolLM2-135M,
-    small enough for a CPU (20 upper steps with K = 10); configs/ hold the paper's settings."""
+class DataConfig(Section):
+    task: str = Field("sst2", description="task name: " + ", ".join(TASKS))
+    data_dir: str | None = Field(None, description="folder with the task data (else $ZOFO_DATA_DIR; with neither, the Hugging Face Hub)")
+    hard_prompt: bool = Field(True, description="use the task's MeZO-style hard prompt (false: the raw input fields, same candidates)")
+    loss: Literal["auto", "candidates", "lm"] = Field("auto", description="training loss: candidates = cross-entropy over the candidates' scores, lm = LM loss on the gold answer's tokens, auto = candidates unless the task is generative")
+    n_train: int = Field(1000, ge=1, description="training examples sampled from the official train split")
+    n_val: int = Field(200, ge=1, description="validation examples sampled, disjoint from train (the paper: 500)")
+    n_test: int = Field(1000, ge=1, description="test examples sampled from the official validation split")
+    max_length: int = Field(512, ge=8, description="longest input in tokens (contexts are cut from the left)")
 
-    # what is solved
-    task: str = option("sst2", "task name (sst2, boolq, cb, copa, rte, wic, wsc, winogrande, multirc, record, squad, drop)")
-    method: str = option("bilevel", "training method: fo = first-order PEFT (Adam on the adapter, base frozen); mezo = zeroth-order SPSA on the whole model (--peft none) or on the adapter; bilevel = Bilevel ZOFO (ZO on the base, first-order on the adapter, penalty λ); two-stage = first-order PEFT, then MeZO on the base with the adapter frozen", METHODS)
-    peft: str = option("lora", "adapter type; none = no adapter (full-model MeZO)", ("none", "lora", "prefix", "prompt"))
-    model: str = option("smollm2-135m-instruct", "bundled model name, tiny-gpt2/tiny-opt/tiny-llama, a local HF folder or a Hub id")
-    hard_prompt: bool = option(True, "use the task's MeZO-style hard prompt (false: raw input fields, same candidates)")
-    loss: str = option("auto", "training loss: candidates = cross-entropy over candidate scores, lm = LM loss on the answer tokens, auto = candidates unless the task is generative", ("auto", "candidates", "lm"))
-    # optimisation
-    steps: int = option(220, "training steps (bilevel and two-stage: lower and upper steps counted together)")
-    lr: float = option(1e-5, "learning rate (constant) of the method's main optimizer: Adam on the adapter (fo), the ZO optimizer (mezo; θ in bilevel and in two-stage's second stage)")
-    lower_lr: float = option(5e-4, "bilevel: Adam learning rate of the lower adapter z; two-stage: of the first-stage adapter")
-    upper_lr: float = option(5e-4, "bilevel: Adam learning rate of the upper adapter φ")
-    bilevel_lambda: float = option(10.0, "bilevel: penalty weight λ")
-    bilevel_mixed_batch: bool = option(False, "bilevel with LoRA: evaluate F's three losses in one forward through peft's mixed-adapter batch (adapter_names) instead of two forwards (φ on B_FT ∪ B_P, z on B_P). The rows are the same; it measured no faster on the CPU or on an H200 (results/README.md)")
-    bilevel_order: str = option("phi-first", "bilevel: order within an upper step. phi-first = update φ, then estimate θ's SPSA at the new φ (ALGORITHM.md's box); same-point = estimate θ at the old φ and update both from that point (the authors' code); with --zo-one-sided, F(θ) then reuses the losses of φ's gradient passes and costs one minibatch forward instead of three", ("phi-first", "same-point"))
-    bilevel_k: int = option(10, "bilevel: lower-level steps per upper step (steps count lower and upper steps together); two-stage: first-stage steps per second-stage step")
-    batch_size: int = option(8, "training examples per step (bilevel: per minibatch, B_FT and B_P each)")
-    eval_every: int = option(55, "evaluate the validation loss (and checkpoint) every N steps and at the last step")
-    seed: int = option(0, "seed for data sampling, initialisation and minibatches")
-    # zeroth-order engine
-    zo_eps: float = option(1e-3, "SPSA perturbation size ε")
-    zo_q: int = option(1, "SPSA perturbations averaged per step")
-    zo_one_sided: bool = option(False, "one-sided SPSA [f(θ+εu) − f(θ)]/ε instead of two-sided")
-    zo_optimizer: str = option("zo-sgd", "optimizer for the zeroth-order estimate", ("zo-sgd", "zo-sign-sgd", "zo-adam"))
-    zo_momentum: float = option(0.0, "ZO-SGD momentum (adds one fp32 copy of the parameters)")
-    zo_perturbation: str = option("in-place", "in-place: perturb θ itself, restore fused with the update (MeZO's memory, round-off drift); exact: perturb each module's weights only during its forward (θ changes only by updates; extra copies per forward)", ("in-place", "exact"))
-    weight_decay: float = option(0.0, "weight decay of the ZO optimizer (biases and norms excluded)")
-    # adapters
-    lora_r: int = option(8, "LoRA rank")
-    lora_alpha: int = option(16, "LoRA alpha")
-    prefix_tokens: int = option(5, "prefix-tuning virtual tokens")
-    prompt_tokens: int = option(10, "prompt-tuning virtual tokens")
-    # data
-    data_dir: str | None = option(None, "folder with the task data (default: $ZOFO_DATA_DIR; absent: the Hugging Face Hub)")
-    n_train: int = option(1000, "training examples sampled")
-    n_val: int = option(200, "validation examples sampled (disjoint from train; the paper: 500)")
-    n_test: int = option(1000, "test examples sampled from the official validation split")
-    max_length: int = option(512, "longest input in tokens (contexts are cut from the left)")
-    # evaluation
-    eval_batch_size: int = option(32, "rows per forward when scoring candidates")
-    max_new_tokens: int = option(50, "generation length for SQuAD/DROP")
-    zero_shot: bool = option(True, "also evaluate the model before training")
-    # where and how
-    dtype: str = option("fp32", "parameter dtype", ("fp32", "bf16", "fp16"))
-    device: str = option("auto", "cpu, cuda, cuda:N or auto")
-    out_dir: str | None = option(None, "run folder (default: runs/<task>-<method>-<peft>-seed<seed>)")
-    resume: bool = option(False, "continue a killed zeroth-order run from its last checkpoint and trajectory")
-    save_model: bool = option(True, "save the full fine-tuned model (methods that change the base weights)")
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task.lower() not in TASKS:
+            raise ValueError(f"unknown task; known tasks: {', '.join(TASKS)}")
+        return task.lower()
 
-    def resolved_loss(self, generative: bool) -> str:
-        if generative and self.loss == "candidates":
-            raise ValueError(f"task {self.task!r} is generative: its loss must be 'lm'")
-        if self.loss == "auto":
-            return "lm" if generative else "candidates"
-        return self.loss
+
+class AdapterConfig(Section):
+    peft: Literal["none", "lora", "prefix", "prompt"] = Field("lora", description="adapter type; none = no adapter (full-model MeZO only)")
+    lora_r: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha")
+    prefix_tokens: int = Field(5, ge=1, description="prefix-tuning virtual tokens")
+    prompt_tokens: int = Field(10, ge=1, description="prompt-tuning virtual tokens")
+
+
+class ZOConfig(Section):
+    flag_prefix: ClassVar[str] = "zo_"
+
+    eps: float = Field(1e-3, gt=0, description="SPSA perturbation size ε")
+    q: int = Field(1, ge=1, description="SPSA directions averaged per step")
+    one_sided: bool = Field(False, description="one-sided SPSA [f(θ+εu) − f(θ)]/ε instead of two-sided")
+    optimizer: Literal["zo-sgd", "zo-sign-sgd", "zo-adam"] = Field("zo-sgd", description="optimizer consuming the (seed, scalar) estimate; zo-adam keeps two fp32 copies of the parameters")
+    momentum: float = Field(0.0, ge=0, lt=1, description="ZO-SGD momentum (adds one fp32 copy of the parameters)")
+    perturbation: Literal["in-place", "exact"] = Field("in-place", description="in-place: write θ ± εu into the weights, the restore fused with the update (MeZO's memory; round-off drift in bf16/fp16); exact: perturb each module's weights only during its forward (θ changes only by updates; slower)")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay of the ZO optimizer (biases and normalisation weights excluded)")
+
+
+class BilevelConfig(Section):
+    flag_prefix: ClassVar[str] = "bilevel_"
+
+    k: int = Field(10, ge=1, description="lower-level steps per upper step (two-stage: first-stage steps per second-stage step)")
+    lam: float = Field(10.0, ge=0, alias="lambda", description="penalty weight λ")
+    lower_lr: float = Field(5e-4, ge=0, description="Adam learning rate of the lower adapter z (two-stage: of its first-stage adapter)")
+    upper_lr: float = Field(5e-4, ge=0, description="Adam learning rate of the upper adapter φ")
+    order: Literal["phi-first", "same-point"] = Field("phi-first", description="order within an upper step: phi-first = update φ, then estimate θ's SPSA at the new φ (ALGORITHM.md's box); same-point = estimate θ at the old φ and update both from that point (the authors' code); with --zo-one-sided, F(θ) then reuses the losses of φ's gradient passes")
+
+
+SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "adapter": AdapterConfig, "zo": ZOConfig, "bilevel": BilevelConfig}
+
+# Which sections (or single fields) each method reads; the fields of the others do not affect its run.
+USED_BY_METHOD = {
+    "fo": {"data", "adapter"},
+    "mezo": {"data", "adapter", "zo"},
+    "bilevel": {"data", "adapter", "zo", "bilevel"},
+    "two-stage": {"data", "adapter", "zo", "bilevel.k", "bilevel.lower_lr"},
+}
+PEFT_FIELDS = {"adapter.lora_r": "lora", "adapter.lora_alpha": "lora", "adapter.prefix_tokens": "prefix",
+               "adapter.prompt_tokens": "prompt"}
+
+
+class RunConfig(BaseModel):
+    """One training run. The defaults are `make demo`'s job: Bilevel ZOFO with LoRA on SST-2 and the bundled
+    SmolLM2-135M, sized for a CPU; configs/ hold the paper's settings."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
+
+    method: Literal["fo", "mezo", "bilevel", "two-stage"] = Field("bilevel", description="fo = first-order PEFT (Adam on the adapter, base frozen); mezo = SPSA on the whole model (--peft none) or on the adapter; bilevel = Bilevel ZOFO (ZO on the base, first-order on the adapters, penalty λ); two-stage = first-order PEFT, then MeZO on the base with the adapter frozen")
+    model: str = Field("smollm2-135m-instruct", description="the bundled model, tiny-gpt2 / tiny-opt / tiny-llama, a local Hugging Face folder or a Hub id")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="parameter dtype")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="cpu, cuda, cuda:N or auto (CUDA when available)")
+    seed: int = Field(0, ge=0, description="seed of data sampling, adapter initialisation, minibatches and directions")
+    steps: int = Field(110, ge=1, description="training steps (bilevel and two-stage: lower and upper steps counted together)")
+    lr: float = Field(1e-5, ge=0, description="constant learning rate of the method's main optimizer: Adam on the adapter (fo); the ZO optimizer (mezo; θ in bilevel and in two-stage's second stage)")
+    batch_size: int = Field(8, ge=1, description="training examples per step (bilevel: per minibatch, B_FT and B_P each)")
+    eval_every: int = Field(55, ge=1, description="validation loss (and a checkpoint) every N steps and at the last step")
+    eval_batch_size: int = Field(32, ge=1, description="rows per forward when scoring candidates")
+    max_new_tokens: int = Field(50, ge=1, description="generation length for SQuAD/DROP")
+    zero_shot: bool = Field(True, description="also evaluate the model before training")
+    out_dir: str | None = Field(None, description="run folder (else runs/<task>-<method>-<peft>-seed<seed>)")
+    resume: bool = Field(False, description="continue the unfinished run in the run folder from its last checkpoint (from the start if it has none)")
+    overwrite: bool = Field(False, description="replace the run already in the run folder")
+    save_model: bool = Field(True, description="save the full fine-tuned model (methods that change the base weights)")
+
+    data: DataConfig = DataConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    zo: ZOConfig = ZOConfig()
+    bilevel: BilevelConfig = BilevelConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RunConfig":
+        if self.method != "mezo" and self.adapter.peft == "none":
+            raise ValueError(f"method {self.method!r} trains an adapter: set --peft lora, prefix or prompt "
+                             "(peft none is for full-model mezo)")
+        if self.method in ("bilevel", "two-stage") and self.steps < self.bilevel.k + 1:
+            raise ValueError(f"method {self.method!r} needs steps >= bilevel.k + 1 = {self.bilevel.k + 1} (one upper "
+                             f"step with its K lower steps), got steps = {self.steps}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+        generative = TASKS[self.data.task].generative
+        if generative and self.data.loss == "candidates":
+            raise ValueError(f"task {self.data.task!r} is answered by generation: its loss must be 'lm' (or 'auto')")
+        return self
+
+    # --- derived values ------------------------------------------------------------------------
+
+    @property
+    def loss(self) -> str:
+        """The training loss: candidates for classification, lm for generation (or as configured)."""
+        return self.loss_for(TASKS[self.data.task])
+
+    def loss_for(self, task) -> str:
+        if self.data.loss == "auto":
+            return "lm" if task.generative else "candidates"
+        return self.data.loss
+
+    @property
+    def trains_base_model(self) -> bool:
+        """Whether the method moves θ (and the run saves it as model/) besides any adapter."""
+        return self.method in ("bilevel", "two-stage") or (self.method == "mezo" and self.adapter.peft == "none")
 
     def run_dir(self) -> Path:
         if self.out_dir:
             return Path(self.out_dir)
-        return Path("runs") / f"{self.task}-{self.method}-{self.peft}-seed{self.seed}"
+        return Path("runs") / f"{self.data.task}-{self.method}-{self.adapter.peft}-seed{self.seed}"
+
+    def uses(self, path: str) -> bool:
+        """Whether this run's method reads the field at `path` (e.g. "bilevel.lambda"): report rows leave
+        the others blank, so that runs of different methods do not split on fields they ignore."""
+        section, _, name = path.partition(".")
+        if not name:
+            return True
+        used = USED_BY_METHOD[self.method]
+        if section not in used and path not in used:
+            return False
+        return PEFT_FIELDS.get(path, self.adapter.peft) == self.adapter.peft
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump(by_alias=True)
+
+    def replace(self, **values) -> "RunConfig":
+        """A copy with fields changed (any spelling make_config takes), validated again."""
+        return make_config(self.to_dict(), values)
 
 
-def config_fields() -> list[dataclasses.Field]:
-    return list(dataclasses.fields(TrainConfig))
+# --- field names, flags and parsing -----------------------------------------------------------
 
 
-def make_config(base: dict | None = None, **overrides) -> TrainConfig:
-    """A TrainConfig from a dict (e.g. a YAML file) and overrides; unknown or invalid values name the field."""
-    values = {**(base or {}), **{k: v for k, v in overrides.items() if v is not None}}
-    known = {f.name: f for f in config_fields()}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"unknown config field(s) {unknown}; allowed fields: {sorted(known)}")
-    for name, value in values.items():
-        choices = known[name].metadata.get("choices")
-        if choices and value not in choices:
-            raise ValueError(f"config field {name!r} is {value!r}; allowed values: {list(choices)}")
-    return TrainConfig(**values)
+def fields() -> dict[str, tuple[str, Any]]:
+    """flag name -> (dotted path, pydantic FieldInfo), for every leaf field, in declaration order."""
+    table = {}
+    for name, info in RunConfig.model_fields.items():
+        section = SECTIONS.get(name)
+        if section is None:
+            table[name] = (name, info)
+            continue
+        for field_name, field_info in section.model_fields.items():
+            key = field_info.alias or field_name
+            table[section.flag_prefix + key] = (f"{name}.{key}", field_info)
+    return table
 
 
-def load_config(path: str | Path, **overrides) -> TrainConfig:
+FIELDS = fields()
+PATHS = {path: flag for flag, (path, _) in FIELDS.items()}
+
+
+def canonical(key: str, where: str = "") -> str:
+    """The dotted path of a field given by flag name (zo_eps), dotted path (zo.eps) or nested key."""
+    if key in PATHS:
+        return key
+    if key in FIELDS:
+        return FIELDS[key][0]
+    near = difflib.get_close_matches(key, list(FIELDS) + list(PATHS), n=3)
+    hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else f"; fields: {', '.join(FIELDS)}"
+    raise ConfigError(f"{where}unknown config field {key!r}{hint}")
+
+
+def flatten(values: dict | None, where: str = "") -> dict[str, Any]:
+    """{dotted path: value} from nested sections, dotted keys or flag names."""
+    flat = {}
+    for key, value in (values or {}).items():
+        key = str(key)
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}{key} must be a mapping of its fields ({', '.join(SECTIONS[key].model_fields)}), "
+                                  f"got {value!r}")
+            for field_key, field_value in value.items():
+                flat[canonical(f"{key}.{field_key}", where)] = field_value
+        else:
+            flat[canonical(key, where)] = value
+    return flat
+
+
+def nest(flat: dict[str, Any]) -> dict:
+    nested: dict[str, Any] = {}
+    for path, value in flat.items():
+        section, _, name = path.partition(".")
+        if name:
+            nested.setdefault(section, {})[name] = value
+        else:
+            nested[section] = value
+    return nested
+
+
+def make_config(*layers: dict | None, where: str = "") -> RunConfig:
+    """A RunConfig from layers of values (later layers override earlier ones), validated.
+    `where` names the source in error messages (a file, "command line")."""
+    flat: dict[str, Any] = {}
+    for layer in layers:
+        flat.update(flatten(layer, where))
+    try:
+        return RunConfig.model_validate(nest(flat))
+    except ValidationError as error:
+        raise ConfigError(describe(error, where)) from None
+
+
+def describe(error: ValidationError, where: str = "") -> str:
+    """One line per bad value: the field, its flag, the value and what is allowed."""
+    lines = []
+    for problem in error.errors():
+        path = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        if path in PATHS:
+            flag = "--" + PATHS[path].replace("_", "-")
+            lines.append(f"{where}config field {path!r} ({flag}) = {problem['input']!r}: {message}")
+        else:
+            lines.append(f"{where}{message}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's contents; a missing or unparsable file names itself and the line."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    base = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(base, dict):
-        raise ValueError(f"{path}: a config file must be a mapping of field: value")
-    return make_config(base, **overrides)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {error.object[error.start]:#x} at offset {error.start})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(f"{path}: not valid YAML{at}: {problem}") from None
+
+
+def load_config(path: str | Path, *overrides: dict | None) -> RunConfig:
+    """A config file (nested, dotted or flag-named fields), with overrides on top."""
+    values = read_yaml(path) or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of field: value, got {type(values).__name__}")
+    where = f"{path}{' with overrides' if any(overrides) else ''}: "
+    return make_config(values, *overrides, where=where)
+
+
+def parse_assignments(pairs: list[str]) -> dict[str, Any]:
+    """["steps=500", "zo_eps=1e-4"] -> {"steps": 500, "zo.eps": 1e-4}; values are read as YAML scalars
+    and converted by the config's types (so 1e-4 is a float)."""
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set takes field=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            values[canonical(key.strip(), "--set: ")] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            values[canonical(key.strip(), "--set: ")] = value
+    return values

@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .batches import TokenizedExample, chunks_by_rows, context_batch, option_batch
-from .losses import grouped_scores, option_scores
+from .losses import example_losses, grouped_scores, option_scores
 from .metrics import compute_metric
 from .tasks import Task
 
@@ -60,20 +60,19 @@ def evaluate(model, tokenizer, task: Task, examples: list[TokenizedExample], bat
 
 
 @torch.no_grad()
-def mean_loss(model, loss_fn, examples: list[TokenizedExample], pad_id: int, gold_only: bool,
-              batch_size: int = 32) -> float:
-    """Average of the training loss over `examples` (the validation loss used to select checkpoints)."""
+def mean_loss(model, loss: str, examples: list[TokenizedExample], pad_id: int, max_rows: int = 32) -> float:
+    """The training loss over `examples` (the validation loss that selects checkpoints): per-example
+    values summed on the device, one synchronisation at the end."""
     was_training = model.training
     model.eval()
     try:
-        total, count = 0.0, 0
-        rows_per_example = 1 if gold_only else max(len(e.options) for e in examples)
-        per_chunk = max(1, batch_size // rows_per_example)
-        for start in range(0, len(examples), per_chunk):
-            part = examples[start : start + per_chunk]
-            batch = option_batch(part, pad_id, gold_only=gold_only).to(model.device)
-            total += loss_fn(model, batch).item() * len(part)
-            count += len(part)
-        return total / count
+        total, weight = torch.zeros((), device=model.device), torch.zeros((), device=model.device)
+        gold_only = loss == "lm"
+        for chunk in chunks_by_rows(examples, max_rows):
+            batch = option_batch([examples[i] for i in chunk], pad_id, gold_only=gold_only).to(model.device)
+            values, weights = example_losses(model, batch, loss)
+            total += values.sum()
+            weight += weights.sum()
+        return (total / weight).item()
     finally:
         model.train(was_training)

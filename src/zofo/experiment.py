@@ -1,4 +1,8 @@
-"""One training run from a config: load, evaluate zero-shot, train, select, test, write the run folder."""
+"""One training run from a config: check, load, evaluate zero-shot, train, select, test, write the run folder.
+
+Everything that can be checked without the model is checked first (config values, device, run folder,
+model source, task data), so that a wrong value never costs the minutes of loading and zero-shot scoring.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import time
 
 import torch
 
-from .config import TrainConfig
-from .methods import get_method
-from .models import load_model
-from .runs import Run
-from .training import prepare_data
+from . import loop
+from .config import RunConfig
+from .data import prepare_tasks
+from .methods import METHODS, Method
+from .models import check_model, load_model, load_tokenizer, resolve_device
+from .runs import RunFolder
+from .zo import Trajectory
 
 
 def device_name(device: torch.device) -> str:
@@ -20,16 +26,12 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def trains_base_model(config: TrainConfig) -> bool:
-    return config.method in ("bilevel", "two-stage") or (config.method == "mezo" and config.peft == "none")
-
-
-def save_results(model, tokenizer, config: TrainConfig, run: Run) -> None:
+def save_results(model, tokenizer, config: RunConfig, run: RunFolder) -> None:
     """The adapter with peft's save_pretrained; the base weights, where the method trained them, as a
     plain transformers folder (the adapter is taken off first, so `from_pretrained` loads θ alone)."""
     if hasattr(model, "peft_config"):
         model.save_pretrained(run.folder / "adapter")
-    if trains_base_model(config) and config.save_model:
+    if config.trains_base_model and config.save_model:
         if not hasattr(model, "peft_config"):
             base = model
         elif model.active_peft_config.is_prompt_learning:
@@ -40,35 +42,47 @@ def save_results(model, tokenizer, config: TrainConfig, run: Run) -> None:
         tokenizer.save_pretrained(run.folder / "model")
 
 
-def run_training(config: TrainConfig) -> dict:
-    train = get_method(config.method)
-    if config.resume and config.method != "mezo":
-        raise ValueError("--resume is implemented for mezo runs (their trajectory rebuilds the weights); rerun from the start")
-    torch.manual_seed(config.seed)
-    model, tokenizer = load_model(config.model, config.dtype, config.device, seed=config.seed)
-    data = prepare_data(config, tokenizer)
-    run = Run.resume(config.run_dir(), config.to_dict()) if config.resume else Run(config.run_dir(), config.to_dict())
+def run_training(config: RunConfig) -> dict:
+    device = resolve_device(config.device)
+    check_model(config.model)
+    run = RunFolder(config.run_dir())
+    state = run.open(config.to_dict(), config.resume, config.overwrite)
+    tokenizer = load_tokenizer(config.model)
+    tasks = prepare_tasks(config, tokenizer)
+
+    def start_point(model=None) -> Method:  # the base model and the seeded adapters, before any step
+        if model is None:
+            model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
+        return METHODS[config.method](model, tasks, config, Trajectory(run.trajectory_path))
+
+    model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
     metrics = {
-        "task": config.task, "method": config.method, "peft": config.peft, "model": config.model,
-        "seed": config.seed, "hard_prompt": config.hard_prompt, "loss": data.loss_name,
-        "device": device_name(model.device), "dtype": config.dtype, "data": data.metadata,
+        "task": config.data.task, "method": config.method, "peft": config.adapter.peft, "model": config.model,
+        "seed": config.seed, "hard_prompt": config.data.hard_prompt, "loss": config.loss,
+        "device": device_name(device), "dtype": config.dtype, "data": tasks.metadata,
     }
-    if config.zero_shot:
+    if state is not None:
+        metrics.update(state["zero_shot"])
+        print(f"resuming {run.folder} after step {state['step']}", flush=True)
+    elif config.zero_shot:
         start = time.perf_counter()
-        metrics["zero_shot"] = data.test_metrics(model, tokenizer)
+        metrics["zero_shot"] = tasks.test_metrics(model, tokenizer)  # the base model, no adapter
         metrics["zero_shot_seconds"] = round(time.perf_counter() - start, 2)
         print(f"zero-shot test {metrics['zero_shot']}", flush=True)
+    zero_shot = {k: metrics[k] for k in ("zero_shot", "zero_shot_seconds") if k in metrics}
+    method = start_point(model)
 
-    torch.manual_seed(config.seed)  # adapter initialisation does not depend on whether zero-shot ran
+    method, selection = loop.train(method, run, start_point, state, extra_state={"zero_shot": zero_shot})
+    model = method.finish()
+    metrics.update(selection.summary())
+    metrics.update(method.summary())
     start = time.perf_counter()
-    model, selection = train(model, data, config, run)
-    metrics["train_seconds"] = round(time.perf_counter() - start, 2)
-    metrics.update(selection)
-    metrics["test"] = data.test_metrics(model, tokenizer)
-    print(f"test at best step {selection['best_step']}: {metrics['test']}", flush=True)
+    metrics["test"] = tasks.test_metrics(model, tokenizer)
+    metrics["test_seconds"] = round(time.perf_counter() - start, 2)
+    print(f"test at best step {selection.step}: {metrics['test']}", flush=True)
 
     metrics["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     save_results(model, tokenizer, config, run)
-    run.write_metrics(metrics)
     run.plot_losses()
+    run.write_metrics(metrics)  # last: its presence marks the run finished
     return metrics

@@ -21,29 +21,30 @@ def model_inputs(model, batch: OptionBatch) -> dict[str, torch.Tensor]:
     left-padded row (models with absolute positions such as GPT-2 would otherwise see shifted positions).
     peft's prefix and prompt tuning ignore position ids, so none are passed to them."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
-    if batch.adapter_names is not None:
-        inputs["adapter_names"] = batch.adapter_names
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is None or not peft_config.is_prompt_learning:
         inputs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     return inputs
 
 
-def continuation_logprobs(model, batch: OptionBatch) -> torch.Tensor:
-    """Log-probability of each of the last `tail` tokens of every row, [rows, tail] (0 where masked)."""
-    logits = model(**model_inputs(model, batch), logits_to_keep=batch.tail + 1).logits[:, :-1]
-    targets = batch.input_ids[:, -batch.tail:]
-    logprobs = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return logprobs * batch.continuation_mask
+def target_logprobs(model, batch: OptionBatch) -> torch.Tensor:
+    """Log-probability of every option's target tokens, [options, kept positions] (0 where masked)."""
+    logits = model(**model_inputs(model, batch), logits_to_keep=batch.kept).logits.float()
+    positions = torch.arange(batch.kept, device=logits.device)
+    picked = logits[batch.option_rows[:, None], positions[None, :], batch.targets]
+    normaliser = logits.logsumexp(-1)[batch.option_rows]  # log-softmax without a [.., vocab] copy
+    return (picked - normaliser) * batch.target_mask
 
 
 def option_scores(model, batch: OptionBatch) -> torch.Tensor:
-    """Mean log-probability of each row's continuation, [rows]."""
-    return continuation_logprobs(model, batch).sum(-1) / batch.continuation_mask.sum(-1)
+    """Mean log-probability of each option's continuation, [options]."""
+    return target_logprobs(model, batch).sum(-1) / batch.target_mask.sum(-1)
 
 
 def grouped_scores(scores: torch.Tensor, options_per_example: list[int]) -> torch.Tensor:
-    """[rows] -> [examples, max options], padded with -inf."""
+    """[options] -> [examples, max options], padded with -inf."""
+    if len(set(options_per_example)) == 1:
+        return scores.view(len(options_per_example), options_per_example[0])
     grouped = scores.new_full((len(options_per_example), max(options_per_example)), float("-inf"))
     for i, part in enumerate(torch.split(scores, options_per_example)):
         grouped[i, : len(part)] = part
@@ -61,7 +62,7 @@ def example_losses(model, batch: OptionBatch, loss: str) -> tuple[torch.Tensor, 
     if loss == "lm":
         if any(n != 1 for n in batch.options_per_example):
             raise ValueError("the LM loss needs a gold-only batch (one row per example)")
-        return -continuation_logprobs(model, batch).sum(-1), batch.continuation_mask.sum(-1).to(torch.float32)
+        return -target_logprobs(model, batch).sum(-1), batch.target_mask.sum(-1).to(torch.float32)
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 

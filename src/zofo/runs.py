@@ -1,69 +1,155 @@
 """The run folder: what every training run leaves behind, so that tables can be rebuilt from folders.
 
-    config.yaml     the resolved configuration
-    log.jsonl       one line per logged step: {"step", "train_loss"} or {"step", "val_loss"}
-    metrics.json    zero-shot and final test metrics, best step, timings, data sampling metadata
-    loss_curves.png train and validation loss against step
-    adapter/        the selected adapter (peft save_pretrained), where the method trains one
+    config.yaml       the resolved configuration (nested sections)
+    log.jsonl         one line per logged step: {"step", "train_loss", ...} or {"step", "val_loss"}
+    trajectory.jsonl  the zeroth-order steps (seed, scalars, lr), where the method takes any
+    checkpoint.pt     the state at the last evaluation, for --resume (θ itself comes from the trajectory)
+    metrics.json      written last: zero-shot and test metrics, best step, timings; its presence means finished
+    loss_curves.png   train and validation loss against step
+    adapter/          the selected adapter (peft save_pretrained), where the method trains one
+    model/            the selected base weights (plain transformers), where the method trains them
+
+One process writes a folder at a time (a lock that the operating system drops when the process dies,
+however it dies), and a folder that holds a run is reused only when asked: --resume continues it,
+--overwrite replaces it.
 """
 
 from __future__ import annotations
 
-import json
+import fcntl
 import math
+import os
+import shutil
 from pathlib import Path
 
+import torch
 import yaml
 
+from .errors import RunFolderError
+from .records import append_record, read_json, read_records, rewrite_records, write_atomic
 
-class Run:
-    def __init__(self, folder: str | Path, config: dict):
+OUTPUTS = ("metrics.json", "config.yaml", "log.jsonl", "trajectory.jsonl", "checkpoint.pt", "loss_curves.png",
+           "adapter", "model")
+# Fields that may differ between a run and its resumption: where it runs, not what it computes.
+RESUMABLE_CHANGES = {"resume", "overwrite", "out_dir", "device", "eval_batch_size", "data.data_dir"}
+
+
+class RunFolder:
+    def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         self.log_path = self.folder / "log.jsonl"
-        self.checkpoint_path = self.folder / "checkpoint.json"
-        self.checkpoint: dict | None = None  # set when the run resumes
-        self.log_path.write_text("")
+        self.trajectory_path = self.folder / "trajectory.jsonl"
+        self.checkpoint_path = self.folder / "checkpoint.pt"
+        self.metrics_path = self.folder / "metrics.json"
+        self._lock = None
 
-    @classmethod
-    def resume(cls, folder: str | Path, config: dict) -> "Run":
-        """Reopen a run folder at its last checkpoint: the log keeps the steps up to it."""
-        folder = Path(folder)
-        checkpoint_path = folder / "checkpoint.json"
-        if not checkpoint_path.exists():
-            raise FileNotFoundError(f"{checkpoint_path} does not exist: nothing to resume (drop --resume to start afresh)")
-        checkpoint = json.loads(checkpoint_path.read_text())
-        kept = [r for r in read_log(folder / "log.jsonl") if r["step"] <= checkpoint["step"]]
-        run = cls(folder, config)
-        for record in kept:
-            run.log(**record)
-        run.checkpoint = checkpoint
-        return run
+    @property
+    def finished(self) -> bool:
+        return self.metrics_path.exists()
 
-    def save_checkpoint(self, **state) -> None:
-        """Written after each evaluation; a resumed run restarts from here. Atomic (rename)."""
-        staging = self.checkpoint_path.with_suffix(".tmp")
-        staging.write_text(json.dumps(state))
-        staging.replace(self.checkpoint_path)
+    def check(self, resume: bool, overwrite: bool) -> None:
+        """Refuse at once what cannot work: a file in the way, a run already there (unless asked to reuse it)."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RunFolderError(f"the run folder {self.folder} is a file: choose another --out-dir")
+        if resume and self.finished:
+            raise RunFolderError(f"{self.folder} holds a finished run (metrics.json): nothing to resume. "
+                                 "--overwrite runs it again")
+        started = self.checkpoint_path.exists() or (self.log_path.exists() and self.log_path.stat().st_size > 0)
+        if not resume and not overwrite and (self.finished or started):
+            state = "a finished run (metrics.json)" if self.finished else "an unfinished run"
+            raise RunFolderError(f"{self.folder} already holds {state}: --resume continues an unfinished run, "
+                                 "--overwrite replaces it, or choose another --out-dir")
 
-    def log(self, **record) -> None:
-        for key, value in record.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                record[key] = str(value)
-        with self.log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+    def open(self, config: dict, resume: bool, overwrite: bool) -> dict | None:
+        """Lock the folder and prepare it; returns the checkpoint to resume from, if any."""
+        self.check(resume, overwrite)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        state = self.load_checkpoint(config) if resume and self.checkpoint_path.exists() else None
+        if state is None:
+            if resume:
+                print(f"{self.folder} has no checkpoint yet: starting the run from its first step", flush=True)
+            self._clear()
+            self.log_path.write_text("")
+        (self.folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        return state
+
+    def _take_lock(self) -> None:
+        lock = open(self.folder / ".lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            owner = lock.read().strip() or "another process"
+            lock.close()
+            raise RunFolderError(f"{self.folder} is being written by another zofo run ({owner}): wait for it to "
+                                 "end, or choose another --out-dir") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()}")
+        lock.flush()
+        self._lock = lock  # held until this process ends
+
+    def _clear(self) -> None:
+        for name in OUTPUTS:  # metrics.json first: a half-cleared folder never looks finished
+            path = self.folder / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+    # --- during the run --------------------------------------------------------------------------
+
+    def log(self, record: dict) -> None:
+        append_record(self.log_path, {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)
+                                      for k, v in record.items()})
+
+    def keep_until(self, step: int) -> None:
+        """Cut the log and the trajectory back to `step` (a resumed run rewrites what came after)."""
+        rewrite_records(self.log_path, [r for r in read_records(self.log_path) if r["step"] <= step])
+        if self.trajectory_path.exists():
+            header, *records = read_records(self.trajectory_path)
+            rewrite_records(self.trajectory_path, [header] + [r for r in records if r["step"] <= step])
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Written after each evaluation, atomically (a kill mid-write leaves the previous one)."""
+        staging = self.checkpoint_path.with_name(".checkpoint.pt.tmp")
+        torch.save({**state, "config": yaml.safe_load((self.folder / "config.yaml").read_text())}, staging)
+        os.replace(staging, self.checkpoint_path)
+
+    def load_checkpoint(self, config: dict) -> dict:
+        try:
+            state = torch.load(self.checkpoint_path, weights_only=True)
+        except Exception as error:  # a foreign or damaged file: say which and what to do
+            raise RunFolderError(f"{self.checkpoint_path} cannot be read ({error}); --overwrite starts the run again") from None
+        changed = [f"{path}: {old!r} -> {new!r}" for path, old, new in differences(state["config"], config)
+                   if path not in RESUMABLE_CHANGES]
+        if changed:
+            raise RunFolderError(f"{self.folder} was started with another configuration; resuming it would mix two "
+                                 f"runs. Changed: {'; '.join(changed)}. Resume with the run's own settings "
+                                 "(its config.yaml), or --overwrite to start this one afresh")
+        return state
 
     def write_metrics(self, metrics: dict) -> None:
-        (self.folder / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        import json
+
+        write_atomic(self.metrics_path, json.dumps(metrics, indent=2) + "\n")
 
     def plot_losses(self) -> Path:
-        return plot_loss_curves(read_log(self.log_path), self.folder / "loss_curves.png", title=self.folder.name)
+        return plot_loss_curves(read_records(self.log_path), self.folder / "loss_curves.png", title=self.folder.name)
 
 
-def read_log(path: str | Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def differences(old: dict, new: dict, prefix: str = ""):
+    """(dotted path, old value, new value) for every field that differs between two nested configs."""
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            yield f"{prefix}{key}", a, b
+
+
+def read_metrics(folder: str | Path) -> dict:
+    return read_json(Path(folder) / "metrics.json")
 
 
 def plot_loss_curves(records: list[dict], path: Path, title: str = "") -> Path:

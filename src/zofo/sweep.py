@@ -11,14 +11,17 @@
       hard_prompt: [true, false]
       seed: [0, 1, 2]
 
-A run whose folder already holds metrics.json is finished and not run again, so an interrupted
-sweep resumes by running the same command.
+Fields are named as in config files: flag names (`bilevel_lambda`), dotted paths (`bilevel.lambda`)
+or nested sections. A run whose folder holds metrics.json is finished and not run again; an unfinished
+one resumes from its last checkpoint; so an interrupted sweep continues by running the same command.
+Each run is a child process that ends when the sweep ends, however the sweep ends.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -27,34 +30,39 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from .config import make_config
+from .config import PATHS, flatten, make_config, read_yaml
+from .errors import ConfigError, ZofoError
 
 SWEEP_KEYS = {"out_dir", "parallel", "base", "variants", "grid"}
 
 
 def load_sweep(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"sweep file {path} does not exist")
-    sweep = yaml.safe_load(path.read_text()) or {}
+    sweep = read_yaml(path, "sweep file") or {}
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"{path}: a sweep file is a mapping with keys {sorted(SWEEP_KEYS)}")
     unknown = set(sweep) - SWEEP_KEYS
     if unknown:
-        raise ValueError(f"{path}: unknown sweep key(s) {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
+        raise ConfigError(f"{path}: unknown sweep key(s) {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
     for key, values in (sweep.get("grid") or {}).items():
         if not isinstance(values, list):
-            raise ValueError(f"{path}: grid.{key} must be a list of values, got {values!r}")
+            raise ConfigError(f"{path}: grid.{key} must be a list of values, got {values!r}")
+    sweep["path"] = str(path)
     return sweep
 
 
 def expand(sweep: dict, overrides: dict | None = None) -> list[dict]:
-    """Every run's config fields: base, then one variant, then one grid combination, then overrides."""
+    """Every run's fields as {dotted path: value}: base, then one variant, then one grid combination,
+    then overrides; each run's config is validated here, before anything runs."""
+    where = f"{sweep.get('path', 'sweep')}: "
     base, variants, grid = sweep.get("base") or {}, sweep.get("variants") or [{}], sweep.get("grid") or {}
     keys = list(grid)
     runs = []
     for variant in variants:
         for values in itertools.product(*(grid[k] for k in keys)):
-            fields = {**base, **variant, **dict(zip(keys, values)), **(overrides or {})}
-            make_config(fields)  # a bad field or value fails here, before anything runs
+            fields = {}
+            for layer in (base, variant, dict(zip(keys, values)), overrides):
+                fields.update(flatten(layer, where))
+            make_config(fields, where=where)  # a bad field or value fails here
             runs.append(fields)
     return runs
 
@@ -63,21 +71,21 @@ def run_names(runs: list[dict]) -> list[str]:
     """Name each run by the fields that differ across the sweep, e.g. task=copa,method=mezo,seed=1."""
     varying = [k for k in dict.fromkeys(k for run in runs for k in run)
                if len({repr(run.get(k)) for run in runs}) > 1]
-    names = [",".join(f"{k}={run[k]}" for k in varying if k in run) or "run" for run in runs]
+    names = [",".join(f"{PATHS[k]}={run[k]}" for k in varying if k in run) or "run" for run in runs]
     if len(set(names)) != len(names):
-        raise ValueError("two runs of the sweep have the same fields: remove the duplicate")
+        raise ConfigError("two runs of the sweep have the same fields: remove the duplicate")
     return names
 
 
-def parse_overrides(pairs: list[str]) -> dict:
-    """["steps=500", "save_model=false"] -> {"steps": 500, "save_model": False} (values read as YAML)."""
-    overrides = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set takes field=value, got {pair!r}")
-        key, value = pair.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
+def last_step(folder: Path) -> str:
+    """The last step a running child logged (read from the end of its log), for the sweep's progress line."""
+    try:
+        with open(folder / "log.jsonl", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 300))
+            tail = f.read().decode("utf-8", "replace").strip().splitlines()
+        return tail[-1].split(",")[0].split(":")[-1].strip() if tail else "0"
+    except OSError:
+        return "0"
 
 
 def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = False,
@@ -87,36 +95,48 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     runs = expand(sweep, overrides)
     folders = [out_dir / name for name in run_names(runs)]
     todo = [(fields, folder) for fields, folder in zip(runs, folders) if not (folder / "metrics.json").exists()]
-    print(f"{len(runs)} runs in {out_dir}: {len(runs) - len(todo)} finished, {len(todo)} to run", flush=True)
+    partial = sum((folder / "checkpoint.pt").exists() for _, folder in todo)
+    print(f"{len(runs)} runs in {out_dir}: {len(runs) - len(todo)} finished, {len(todo)} to run "
+          f"({partial} resume from a checkpoint)", flush=True)
     if dry_run:
         for _, folder in todo:
             print(f"  {folder}")
         return folders
     parallel = parallel or sweep.get("parallel") or 1
-    # One progress bar for the sweep, not one per run; CPU threads shared out between the runs.
+    # One progress bar for the sweep; CPU threads shared out between the runs.
     package_root = str(Path(__file__).resolve().parents[1])  # the children run this same zofo
-    env = {**os.environ, "TQDM_DISABLE": "1",
+    env = {**os.environ, "TQDM_DISABLE": "1", "ZOFO_PARENT_PID": str(os.getpid()),
            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))}
-    running: list[tuple[subprocess.Popen, Path]] = []
+    running: list[tuple[subprocess.Popen, Path, int]] = []
     failed = []
-    with tqdm(total=len(todo), desc="sweep", unit="run") as progress:
-        while todo or running:
-            while todo and len(running) < parallel:
-                fields, folder = todo.pop(0)
-                folder.mkdir(parents=True, exist_ok=True)
-                (folder / "sweep_config.yaml").write_text(yaml.safe_dump({**fields, "out_dir": str(folder)}))
-                with open(folder / "output.log", "w") as log:
-                    command = [sys.executable, "-m", "zofo", "train", "--config", str(folder / "sweep_config.yaml")]
-                    running.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), folder))
-            time.sleep(0.5)
-            for process, folder in list(running):
-                if process.poll() is not None:
-                    running.remove((process, folder))
-                    progress.update(1)
-                    if process.returncode != 0:
-                        failed.append(folder)
-                        progress.write(f"failed ({process.returncode}): {folder} (see {folder / 'output.log'})")
+    try:
+        with tqdm(total=len(todo), desc="sweep", unit="run") as progress:
+            while todo or running:
+                while todo and len(running) < parallel:
+                    fields, folder = todo.pop(0)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    config = make_config(fields, {"out_dir": str(folder), "resume": True, "overwrite": False})
+                    (folder / "sweep_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+                    with open(folder / "output.log", "a") as log:
+                        command = [sys.executable, "-m", "zofo", "train", "--config", str(folder / "sweep_config.yaml")]
+                        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                    running.append((process, folder, config.steps))
+                time.sleep(0.5)
+                for entry in list(running):
+                    process, folder, _ = entry
+                    if process.poll() is not None:
+                        running.remove(entry)
+                        progress.update(1)
+                        if process.returncode != 0:
+                            failed.append(folder)
+                            progress.write(f"failed ({process.returncode}): {folder} (see {folder / 'output.log'})")
+                progress.set_postfix_str("  ".join(f"{folder.name}: {last_step(folder)}/{steps}"
+                                                   for _, folder, steps in running)[:200])
+    finally:
+        for process, _, _ in running:  # interrupted: the children stop with the sweep
+            process.send_signal(signal.SIGTERM)
     if failed:
-        raise RuntimeError(f"{len(failed)} run(s) failed; rerun the sweep to retry them: {[str(f) for f in failed]}")
+        raise ZofoError(f"{len(failed)} run(s) failed (their output.log says why); rerun the sweep to retry "
+                        f"them: {', '.join(map(str, failed))}")
     return folders

@@ -1,12 +1,12 @@
-"""Training methods. Each is one file with a `train(model, data, config, run)` function that reads
-like the paper's algorithm box and returns (model to evaluate, {"best_step", "best_val_loss", ...})."""
+"""Training methods. Each is one file with a Method subclass (methods/base.py) that reads like the
+paper's algorithm box; the run loop (loop.py) does the rest. Methods never import each other."""
 
-from . import bilevel, first_order, mezo, two_stage
+from .base import Method, NonFiniteLoss
+from .bilevel import BilevelZOFO
+from .first_order import FirstOrder
+from .mezo import MeZO
+from .two_stage import TwoStage
 
-METHODS = {"fo": first_order.train, "mezo": mezo.train, "bilevel": bilevel.train, "two-stage": two_stage.train}
+METHODS: dict[str, type[Method]] = {"fo": FirstOrder, "mezo": MeZO, "bilevel": BilevelZOFO, "two-stage": TwoStage}
 
-
-def get_method(name: str):
-    if name not in METHODS:
-        raise ValueError(f"method must be one of {sorted(METHODS)}, got {name!r}")
-    return METHODS[name]
+__all__ = ["METHODS", "Method", "NonFiniteLoss", "BilevelZOFO", "FirstOrder", "MeZO", "TwoStage"]

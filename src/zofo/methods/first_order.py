@@ -4,42 +4,48 @@
     for t = 1 .. T:
         B ~ D_train
         φ ← Adam.step(φ, ∇_φ L(θ, φ; B))
-        every `eval_every` steps: keep φ if the validation loss is the lowest so far
-    return θ with the selected φ
+    (the run loop evaluates, keeps the φ of lowest validation loss, checkpoints and resumes)
 """
 
 from __future__ import annotations
 
 import torch
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from tqdm.auto import tqdm
 
-from ..adapters import adapter_of, attach_adapter, trainable_parameters
-from ..config import TrainConfig
-from ..runs import Run
-from ..training import BestCheckpoint, TaskData, check_finite
+from ..adapters import DEFAULT, adapter_parameters, adapter_state, load_adapter_state, with_adapters
+from .base import Method
 
 
-def train(model, data: TaskData, config: TrainConfig, run: Run):
-    model = attach_adapter(model, adapter_of(config))
-    model.eval()  # no dropout, as in MeZO: the same network in training and evaluation
-    optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr)
-    loss_fn, sampler, best = data.loss_fn(), data.sampler(config.batch_size, config.seed), BestCheckpoint()
+class FirstOrder(Method):
+    name = "fo"
 
-    progress = tqdm(range(1, config.steps + 1), desc=f"fo-{config.peft}", unit="step")
-    for step in progress:
-        loss = loss_fn(model, data.train_batch(sampler.next(), model.device))
-        check_finite(loss.item(), step)
+    def __init__(self, model, tasks, config, trajectory):
+        super().__init__(model, tasks, config, trajectory)
+        self.data = tasks.single
+        self.peft_model = with_adapters(model, config.adapter, [DEFAULT], config.seed)
+        self.optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, DEFAULT), lr=config.lr)
+        self.sampler = self.data.sampler(config.batch_size, config.seed)
+        self.loss_fn = self.data.loss_fn()
+
+    @property
+    def model(self):
+        return self.peft_model
+
+    def step(self, iteration: int) -> dict:
+        loss = self.loss_fn(self.peft_model, self.data.batch(self.sampler.next(), self.peft_model.device))
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        run.log(step=step, train_loss=loss.item())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"train_loss": loss.detach()}
 
-        if step % config.eval_every == 0 or step == config.steps:
-            val_loss = data.validation_loss(model)
-            run.log(step=step, val_loss=val_loss)
-            best.update(step, val_loss, get_peft_model_state_dict(model))
-            progress.set_postfix(loss=f"{loss.item():.3f}", val=f"{val_loss:.3f}", best=best.step)
+    def snapshot(self) -> dict:
+        return {"adapter": adapter_state(self.peft_model, DEFAULT)}
 
-    set_peft_model_state_dict(model, best.state)
-    return model, best.summary()
+    def restore(self, step: int, snapshot: dict) -> None:
+        load_adapter_state(self.peft_model, DEFAULT, snapshot["adapter"])
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])

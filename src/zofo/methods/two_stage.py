@@ -1,67 +1,94 @@
 """The two-stage pipeline (the paper's Table 9 baseline): first-order PEFT, then MeZO on θ with the
-adapter frozen. Step counts match a Bilevel ZOFO run of the same config:
+adapter frozen. Step counts match a Bilevel ZOFO run with the same bilevel settings:
 
     T = steps // (K + 1) upper steps, K lower steps each
-    stage 1: φ ← first-order PEFT (Adam, lr = lower_lr) for T·K steps, on all training examples
-    stage 2: θ ← MeZO (ZO optimizer, lr = lr) for T steps on L(θ, φ; B), φ frozen
-    return θ and φ at the stage-2 step of lowest validation loss (the stage-1 result counts as step 0)
+    stage 1: φ ← first-order PEFT (Adam, lr = bilevel.lower_lr) for T·K steps, on all training examples
+    φ ← the stage-1 step of lowest validation loss (evaluated at the end of the stage too); frozen
+    stage 2: θ ← MeZO (ZO optimizer, lr = lr) for T steps on L(θ, φ; B)
+    the run loop selects among all evaluated steps: stage 1's (θ₀ with φ_t) and stage 2's (θ_t with φ)
 """
 
 from __future__ import annotations
 
-import dataclasses
+import torch
 
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
-from tqdm.auto import tqdm
-
-from ..adapters import adapter_of, attach_adapter
-from ..config import TrainConfig
-from ..models import load_model
-from ..runs import Run
-from ..training import BestCheckpoint, TaskData, check_finite
-from ..zo import Trajectory, mix, replay
-from . import first_order
-from .bilevel import theta_engine, upper_steps
+from ..adapters import DEFAULT, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
+from ..zo import mix, zo_engine
+from .base import Method
 
 
-def frozen_adapter(model):
-    return model.requires_grad_(False).eval()
+class TwoStage(Method):
+    name = "two-stage"
 
+    @classmethod
+    def replayed_parameters(cls, model, config):
+        return model, base_parameters(model)  # θ alone; the selected adapter is saved with the run
 
-def train(model, data: TaskData, config: TrainConfig, run: Run):
-    T, K = upper_steps(config), config.bilevel_k
-    stage_one = dataclasses.replace(config, steps=T * K, lr=config.lower_lr, eval_every=min(config.eval_every, T * K))
-    model, first = first_order.train(model, data, stage_one, run)
-    adapter_state = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
-    model = frozen_adapter(model)
+    def __init__(self, model, tasks, config, trajectory):
+        super().__init__(model, tasks, config, trajectory)
+        self.data, K = tasks.single, config.bilevel.k
+        self.T = config.steps // (K + 1)
+        self.first_stage_steps = self.T * K
+        self.peft_model = with_adapters(model, config.adapter, [DEFAULT], config.seed)
+        self.optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, DEFAULT), lr=config.bilevel.lower_lr)
+        self.theta = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)
+        self.adapter_sampler = self.data.sampler(config.batch_size, config.seed)
+        self.theta_sampler = self.data.sampler(config.batch_size, mix(config.seed, 3))
+        self.loss_fn = self.data.loss_fn()
 
-    space, spsa, optimizer = theta_engine(model, config)
-    trajectory, best = Trajectory(run.folder / "trajectory.jsonl"), BestCheckpoint()
-    trajectory.start(space.directions)
-    best.update(0, first["best_val_loss"], {})
-    loss_fn, sampler = data.loss_fn(), data.sampler(config.batch_size, mix(config.seed, 3))
-    progress = tqdm(range(1, T + 1), desc=f"two-stage mezo on θ ({config.peft} frozen)", unit="step")
-    for t in progress:
-        batch = data.train_batch(sampler.next(), model.device)
-        seed = mix(config.seed, t)
-        estimate = spsa.estimate(lambda: loss_fn(model, batch).item(), seed)
-        check_finite(estimate.loss, t, seed)
-        optimizer.step(estimate)
-        trajectory.append(t, seed, estimate, optimizer.lr)
-        run.log(step=T * K + t, train_loss=estimate.loss)
-        if t % max(1, config.eval_every // (K + 1)) == 0 or t == T:
-            val_loss = data.validation_loss(model)
-            run.log(step=T * K + t, val_loss=val_loss)
-            best.update(t, val_loss, {})
-            progress.set_postfix(val=f"{val_loss:.3f}", best=best.step)
+    @property
+    def model(self):
+        return self.peft_model
 
-    if best.step != T:  # rebuild θ at the selected step from the base and the trajectory
-        del model, space, spsa, optimizer
-        fresh, _ = load_model(config.model, config.dtype, config.device, seed=config.seed)
-        model = frozen_adapter(attach_adapter(fresh, adapter_of(config)))
-        set_peft_model_state_dict(model, adapter_state)
-        space, spsa, optimizer = theta_engine(model, config)
-        replay(trajectory, spsa, optimizer, until=best.step)
-    space.unpack()
-    return model, {"best_step": T * K + best.step, "best_val_loss": best.val_loss, "stage_one": first,
-                   "stage_steps": [T * K, T], "trajectory_bytes": trajectory.path.stat().st_size}
+    @property
+    def engine(self):
+        return self.theta
+
+    def schedule(self) -> list[int]:
+        return list(range(1, self.first_stage_steps + self.T + 1))
+
+    def must_evaluate(self, iteration: int) -> bool:
+        return iteration == self.first_stage_steps - 1  # the stage-1 selection needs its last step too
+
+    def step(self, iteration: int) -> dict:
+        model, step = self.peft_model, iteration + 1
+        if step <= self.first_stage_steps:  # stage 1: Adam on φ
+            loss = self.loss_fn(model, self.data.batch(self.adapter_sampler.next(), model.device))
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"train_loss": loss.detach()}
+        batch = self.data.batch(self.theta_sampler.next(), model.device)  # stage 2: MeZO on θ
+        t = step - self.first_stage_steps
+        estimate = self.zo_step(lambda: self.loss_fn(model, batch), mix(self.config.seed, t), step)
+        return {"train_loss": estimate.loss}
+
+    def evaluated(self, iteration: int, val_loss: float, best) -> None:
+        if iteration == self.first_stage_steps - 1:  # stage 2 starts from the selected, frozen φ
+            load_adapter_state(self.peft_model, DEFAULT, best.snapshot["adapter"])
+            self.freeze_adapter()
+
+    def freeze_adapter(self) -> None:
+        for p in adapter_parameters(self.peft_model, DEFAULT):
+            p.requires_grad_(False)
+
+    def snapshot(self) -> dict:
+        return {"adapter": adapter_state(self.peft_model, DEFAULT)}
+
+    def restore(self, step: int, snapshot: dict) -> None:
+        super().restore(step, snapshot)  # θ from the trajectory (stage-2 steps only)
+        load_adapter_state(self.peft_model, DEFAULT, snapshot["adapter"])
+        if step >= self.first_stage_steps:
+            self.freeze_adapter()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "adapter_sampler": self.adapter_sampler.state_dict(),
+                "theta_sampler": self.theta_sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.adapter_sampler.load_state_dict(state["adapter_sampler"])
+        self.theta_sampler.load_state_dict(state["theta_sampler"])
+
+    def summary(self) -> dict:
+        return {**super().summary(), "stage_steps": [self.first_stage_steps, self.T]}

@@ -15,15 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..errors import DataError
+
 HOW_TO_FIX = (
     "pass --data-dir or set ZOFO_DATA_DIR to the folder that holds the task data "
     "(leave both unset to download from the Hugging Face Hub)"
 )
-NO_TRAIN_NOTE = "no train split offline: train/validation/test all sampled disjointly from validation"
-
-
-class DataError(ValueError):
-    """Task data is missing or malformed; the message names the file, line and problem."""
+NO_TRAIN_NOTE = ("no train split offline: train/validation/test all sampled disjointly from validation "
+                 "(test first, at most a third of it)")
 
 
 @dataclass(frozen=True)
@@ -92,6 +91,8 @@ class Task:
                     f"{path}: file not found (task '{self.name}', split '{split}'); {HOW_TO_FIX}"
                 )
             located = self.read_file(path)
+            if not located:
+                raise DataError(f"{path}: no examples in this file (task '{self.name}', split '{split}')")
         for where, record in located:
             self._check(where, record)
         return [record for _, record in located]
@@ -153,49 +154,60 @@ def resolve_data_dir(data_dir=None) -> Path | None:
 # ---------------------------------------------------------------- file reading
 
 
+def text_lines(path: Path, start: int = 1):
+    """(line number, line) of a UTF-8 text file; a byte that is not UTF-8 names the file and the line."""
+    try:
+        with open(path, "rb") as file:
+            for number, raw in enumerate(file, start=start):
+                yield number, raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}:{number}: not UTF-8 text (byte {error.object[error.start]:#x}); "
+                        "save the file as UTF-8") from None
+
+
 def read_jsonl(path: Path) -> list[tuple[int, dict]]:
     """(line number, object) for each non-empty line of a JSON-lines file."""
     rows = []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-            rows.append((number, row))
+    for number, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{number}: malformed JSON ({error.msg} at column {error.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        rows.append((number, row))
     return rows
 
 
 def read_tsv(path: Path) -> list[tuple[int, dict]]:
     """(line number, row) for each data line of a tab-separated file with a header row."""
     rows = []
-    with open(path, encoding="utf-8") as file:
-        header = file.readline().rstrip("\r\n").split("\t")
-        for number, line in enumerate(file, start=2):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            cells = line.split("\t")
-            if len(cells) != len(header):
-                raise DataError(
-                    f"{path}:{number}: expected {len(header)} tab-separated columns "
-                    f"({', '.join(header)}), found {len(cells)}"
-                )
-            rows.append((number, dict(zip(header, cells))))
+    lines = text_lines(path)
+    _, first = next(lines, (1, ""))
+    header = first.rstrip("\r\n").split("\t")
+    for number, line in lines:
+        line = line.rstrip("\r\n")
+        if not line:
+            continue
+        cells = line.split("\t")
+        if len(cells) != len(header):
+            raise DataError(
+                f"{path}:{number}: expected {len(header)} tab-separated columns "
+                f"({', '.join(header)}), found {len(cells)}"
+            )
+        rows.append((number, dict(zip(header, cells))))
     return rows
 
 
 def read_json(path: Path):
     """A whole JSON file (SQuAD, DROP)."""
-    with open(path, encoding="utf-8") as file:
-        try:
-            return json.load(file)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{error.lineno}: malformed JSON ({error.msg} at column {error.colno})") from None
+    text = "".join(line for _, line in text_lines(path))
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}:{error.lineno}: malformed JSON ({error.msg} at column {error.colno})") from None
 
 
 def jsonl_reader(flatten: Callable[[dict], list[dict]] | None = None) -> Callable[[Path], list[Located]]:
@@ -280,17 +292,23 @@ def sample_splits(task: Task, data_dir=None, seed: int = 0, n_train=1000, n_val=
     """MeZO's protocol: train and validation drawn disjointly from the official train split,
     test from the official validation split; all three from validation when train is missing offline."""
     folder = resolve_data_dir(data_dir)
-    rng = random.Random(seed)
     metadata = {
         "task": task.name,
         "seed": seed,
         "requested": {"train": n_train, "validation": n_val, "test": n_test},
         "data": str(folder) if folder is not None else "hub:" + "/".join(str(part) for part in task.hub if part),
     }
+    # Each split has its own random stream and the test sample is drawn first, so the test examples do not
+    # depend on how many train or validation examples were asked for (`zofo eval` relies on it).
+    test_rng, rng = random.Random(f"{seed}-test"), random.Random(seed)
     train_missing_offline = "train" not in task.files and folder is not None and folder.is_dir()
     if train_missing_offline and not task.has_split("train", folder):
         pool = task.read("validation", folder)
-        train, validation, test = draw_disjoint(pool, fit_sizes(len(pool), (n_train, n_val, n_test)), rng)
+        n_test_fit = min(n_test, len(pool) // 3)  # at most a third of the pool, whatever train asks for
+        picked = set(test_rng.sample(range(len(pool)), n_test_fit))
+        test = [record for i, record in enumerate(pool) if i in picked]
+        rest = [record for i, record in enumerate(pool) if i not in picked]
+        train, validation = draw_disjoint(rest, fit_sizes(len(rest), (n_train, n_val)), rng)
         metadata["pool_sizes"] = {"validation": len(pool)}
         metadata["source_splits"] = {"train": "validation", "validation": "validation", "test": "validation"}
         metadata["note"] = NO_TRAIN_NOTE
@@ -298,7 +316,7 @@ def sample_splits(task: Task, data_dir=None, seed: int = 0, n_train=1000, n_val=
         train_pool = task.read("train", folder)
         eval_pool = task.read("validation", folder)
         train, validation = draw_disjoint(train_pool, fit_sizes(len(train_pool), (n_train, n_val)), rng)
-        (test,) = draw_disjoint(eval_pool, fit_sizes(len(eval_pool), (n_test,)), rng)
+        (test,) = draw_disjoint(eval_pool, fit_sizes(len(eval_pool), (n_test,)), test_rng)
         metadata["pool_sizes"] = {"train": len(train_pool), "validation": len(eval_pool)}
         metadata["source_splits"] = {"train": "train", "validation": "train", "test": "validation"}
     metadata["sizes"] = {"train": len(train), "validation": len(validation), "test": len(test)}

@@ -1,8 +1,16 @@
 """Fused Triton kernels for the ZO passes on a GPU: θ += scale·u with u drawn in registers.
 
-A pass over θ then reads and writes each weight once and nothing else (no u in memory, one
-launch per bucket), which is the floor of a perturbation pass. u comes from Triton's counter-based
-Philox generator (tl.randint4x(seed, offset)), so any slice can be regenerated alone.
+A pass over θ then reads and writes each weight once and nothing else (no u in memory, one launch per
+bucket of parameters), which is the floor of a perturbation pass.
+
+u is addressed by position, not by memory layout. Element e of a parameter takes output k of the
+Philox4x32 block at counter (g·BLOCK + j, key_lo, key_hi, 0) under the step's seed, where
+g = e // (4·BLOCK), k = (e mod 4·BLOCK) // BLOCK, j = e mod BLOCK and (key_lo, key_hi) is a 64-bit hash of
+the parameter's name. So u of a parameter is the same whatever bucket holds it, and a slice of it (a
+shard) draws exactly its part: a launch takes a *program table*, one row per group of 4·BLOCK elements
+of some parameter: (bucket position of the group's element 0, the valid range [lo, hi) in the bucket,
+the group's first counter, the key's two halves).
+
 Set TRITON_INTERPRET=1 to run these kernels on the CPU (slowly), as the tests do.
 """
 
@@ -16,82 +24,100 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 BLOCK = 1024  # Philox counters per program; each gives 4 normals, so a program covers 4·BLOCK elements
+GROUP = 4 * BLOCK
 WARPS = 8
 # Philox4x32-7 (Salmon et al. 2011: passes BigCrush); 10 rounds cost 18% more per pass on an H200
 # (0.181 against 0.154 ms per 2^27 bf16 weights, benchmarks/kernel_sweep.py; the copy floor is 0.137).
 ROUNDS = 7
-# Box-Muller with the GPU's approximate log2/sin/cos units instead of the precise ones tl.randn uses,
-# which cost more than the memory traffic (0.291 ms a pass). Their error (at most 1.1e-4 against the
-# exact draws, measured on an H200) does not matter for a random direction; the interpreter cannot run
-# them, so it uses Triton's exact tl.randn4x.
+# Box-Muller with the GPU's approximate log2/sin/cos units instead of the precise ones, which cost more
+# than the memory traffic (0.291 ms a pass). Their error (at most 1.1e-4 against the exact draws,
+# measured on an H200) does not matter for a random direction; the interpreter cannot run them, so it
+# uses the exact transform.
 FAST_MATH = os.environ.get("TRITON_INTERPRET") != "1"
+TABLE_COLUMNS = 6
 
 
 @triton.jit
-def _randn4x(seed, offsets, ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr):
+def _normal_pair(u1, u2, FAST_MATH: tl.constexpr):
     if FAST_MATH:
-        i0, i1, i2, i3 = tl.randint4x(seed, offsets, ROUNDS)
-        a0, a1 = _normal_pair(tl.random.uint_to_uniform_float(i0), tl.random.uint_to_uniform_float(i1))
-        a2, a3 = _normal_pair(tl.random.uint_to_uniform_float(i2), tl.random.uint_to_uniform_float(i3))
-        return a0, a1, a2, a3
+        # r = sqrt(-2 ln u1) = sqrt(-2 ln2 · log2 u1); the angle spans [-π, π), where sin.approx is accurate.
+        r = tl.sqrt(-1.3862943611198906 * libdevice.fast_log2f(tl.maximum(1.0e-7, u1)))
+        angle = 6.283185307179586 * (u2 - 0.5)
+        return r * libdevice.fast_cosf(angle), r * libdevice.fast_sinf(angle)
     else:
-        return tl.randn4x(seed, offsets, ROUNDS)
+        return tl.random.pair_uniform_to_normal(u1, u2)
 
 
 @triton.jit
-def _normal_pair(u1, u2):
-    # r = sqrt(-2 ln u1) = sqrt(-2 ln2 · log2 u1); the angle spans [-π, π), where sin.approx is accurate.
-    r = tl.sqrt(-1.3862943611198906 * libdevice.fast_log2f(tl.maximum(1.0e-7, u1)))
-    angle = 6.283185307179586 * (u2 - 0.5)
-    return r * libdevice.fast_cosf(angle), r * libdevice.fast_sinf(angle)
+def _group_normals(table_ptr, seed, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr):
+    """This program's group: its four blocks of normals, their bucket positions and the valid range."""
+    row = table_ptr + tl.program_id(0) * 6
+    position, lo, hi = tl.load(row), tl.load(row + 1), tl.load(row + 2)
+    lane = tl.arange(0, BLOCK)
+    counter = tl.load(row + 3) + lane
+    c0 = counter.to(tl.uint32)
+    zero = c0 * 0
+    c1 = zero + tl.load(row + 4).to(tl.uint32)
+    c2 = zero + tl.load(row + 5).to(tl.uint32)
+    c3 = (counter >> 32).to(tl.uint32)
+    i0, i1, i2, i3 = tl.random.philox(seed, c0, c1, c2, c3, ROUNDS)
+    u0, u1 = _normal_pair(tl.random.uint_to_uniform_float(i0), tl.random.uint_to_uniform_float(i1), FAST_MATH)
+    u2, u3 = _normal_pair(tl.random.uint_to_uniform_float(i2), tl.random.uint_to_uniform_float(i3), FAST_MATH)
+    return u0, u1, u2, u3, position + lane, lo, hi
 
 
 @triton.jit
-def _add_block(x_ptr, offsets, n, scale, u):
-    mask = offsets < n
+def _add_block(x_ptr, offsets, lo, hi, scale, u):
+    mask = (offsets >= lo) & (offsets < hi)
     x = tl.load(x_ptr + offsets, mask=mask)
     tl.store(x_ptr + offsets, (x.to(tl.float32) + scale * u).to(x.dtype), mask=mask)
 
 
-@triton.jit
-def _add_gaussian(x_ptr, n, seed, scale, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr):
-    # One Philox call yields four normals (randn4x): element pid·4B + k·B + j takes output k of
-    # counter pid·B + j. Four times fewer Philox rounds than tl.randn per element, and coalesced.
-    pid = tl.program_id(0)
-    lane = tl.arange(0, BLOCK)
-    u0, u1, u2, u3 = _randn4x(seed, pid * BLOCK + lane, ROUNDS, FAST_MATH)
-    base = pid * 4 * BLOCK + lane
-    _add_block(x_ptr, base, n, scale, u0)
-    _add_block(x_ptr, base + BLOCK, n, scale, u1)
-    _add_block(x_ptr, base + 2 * BLOCK, n, scale, u2)
-    _add_block(x_ptr, base + 3 * BLOCK, n, scale, u3)
+@triton.jit(do_not_specialize=["seed"])
+def _add_gaussian(x_ptr, table_ptr, seed, scale, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr):
+    u0, u1, u2, u3, offsets, lo, hi = _group_normals(table_ptr, seed, BLOCK, ROUNDS, FAST_MATH)
+    _add_block(x_ptr, offsets, lo, hi, scale, u0)
+    _add_block(x_ptr, offsets + BLOCK, lo, hi, scale, u1)
+    _add_block(x_ptr, offsets + 2 * BLOCK, lo, hi, scale, u2)
+    _add_block(x_ptr, offsets + 3 * BLOCK, lo, hi, scale, u3)
 
 
 @triton.jit
-def _gaussian(u_ptr, n, seed, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr):
-    pid = tl.program_id(0)
-    lane = tl.arange(0, BLOCK)
-    u0, u1, u2, u3 = _randn4x(seed, pid * BLOCK + lane, ROUNDS, FAST_MATH)
-    base = pid * 4 * BLOCK + lane
-    tl.store(u_ptr + base, u0, mask=base < n)
-    tl.store(u_ptr + base + BLOCK, u1, mask=base + BLOCK < n)
-    tl.store(u_ptr + base + 2 * BLOCK, u2, mask=base + 2 * BLOCK < n)
-    tl.store(u_ptr + base + 3 * BLOCK, u3, mask=base + 3 * BLOCK < n)
+def _store_block(u_ptr, offsets, lo, hi, u):
+    tl.store(u_ptr + offsets, u, mask=(offsets >= lo) & (offsets < hi))
 
 
-def _grid(numel: int) -> tuple[int]:
-    if numel >= 1 << 31:
-        raise ValueError("a chunk must have fewer than 2**31 elements (int32 offsets)")
-    return (triton.cdiv(numel, 4 * BLOCK),)
+@triton.jit(do_not_specialize=["seed"])
+def _gaussian(u_ptr, table_ptr, seed, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr):
+    u0, u1, u2, u3, offsets, lo, hi = _group_normals(table_ptr, seed, BLOCK, ROUNDS, FAST_MATH)
+    _store_block(u_ptr, offsets, lo, hi, u0)
+    _store_block(u_ptr, offsets + BLOCK, lo, hi, u1)
+    _store_block(u_ptr, offsets + 2 * BLOCK, lo, hi, u2)
+    _store_block(u_ptr, offsets + 3 * BLOCK, lo, hi, u3)
 
 
-def add_gaussian_(x: torch.Tensor, seed: int, scale: float) -> None:
-    """x += scale·u(seed), in place; x contiguous and 1-D."""
-    _add_gaussian[_grid(x.numel())](x, x.numel(), seed, scale, BLOCK=BLOCK, ROUNDS=ROUNDS, FAST_MATH=FAST_MATH, num_warps=WARPS)
+def program_table(pieces, device) -> torch.Tensor:
+    """The launch table for pieces (position in the buffer, key, first element in the parameter, numel):
+    one row per group of 4·BLOCK parameter elements that a piece touches."""
+    rows = []
+    for position, key, start, numel in pieces:
+        groups = torch.arange(start // GROUP, (start + numel - 1) // GROUP + 1, dtype=torch.int64)
+        table = torch.empty(len(groups), TABLE_COLUMNS, dtype=torch.int64)
+        table[:, 0] = position + groups * GROUP - start
+        table[:, 1], table[:, 2] = position, position + numel
+        table[:, 3] = groups * BLOCK
+        table[:, 4], table[:, 5] = key & 0xFFFFFFFF, key >> 32
+        rows.append(table)
+    return torch.cat(rows).to(device)
 
 
-def gaussian(numel: int, seed: int, device) -> torch.Tensor:
-    """u(seed) as an fp32 tensor: the same numbers add_gaussian_ adds."""
-    u = torch.empty(numel, dtype=torch.float32, device=device)
-    _gaussian[_grid(numel)](u, numel, seed, BLOCK=BLOCK, ROUNDS=ROUNDS, FAST_MATH=FAST_MATH, num_warps=WARPS)
+def add_gaussian_(x: torch.Tensor, table: torch.Tensor, seed: int, scale: float) -> None:
+    """x += scale·u(seed) over the pieces of `table`, in place; x contiguous and 1-D."""
+    _add_gaussian[(table.shape[0],)](x, table, seed, scale, BLOCK=BLOCK, ROUNDS=ROUNDS, FAST_MATH=FAST_MATH,
+                                     num_warps=WARPS)
+
+
+def gaussian_(u: torch.Tensor, table: torch.Tensor, seed: int) -> torch.Tensor:
+    """Writes u(seed) into the fp32 buffer u at the pieces of `table`: the numbers add_gaussian_ adds."""
+    _gaussian[(table.shape[0],)](u, table, seed, BLOCK=BLOCK, ROUNDS=ROUNDS, FAST_MATH=FAST_MATH, num_warps=WARPS)
     return u

@@ -1,25 +1,36 @@
 """The parameters a zeroth-order method moves, and the Gaussian directions over them.
 
-A direction u ~ N(0, I) is never stored: it is regenerated from a seed, chunk by chunk, into a
-small scratch tensor. Parameters are packed into a few flat buckets (their `.data` re-pointed to
-views of one contiguous tensor), so that a pass over θ is a few large kernels instead of two per
-tensor; `unpack()` gives every parameter its own storage back (safetensors refuses shared storage).
+A direction u ~ N(0, I) is never stored: it is regenerated from a seed wherever it is needed. Its value
+at one element depends only on (seed, the parameter's name, the element's index in that parameter), so
+it does not change with how parameters are packed, grouped by dtype, selected for weight decay or spread
+over devices, and a slice of a parameter (a shard) can draw exactly its part of u.
 
-Chunk k of bucket b under seed s is always drawn from a generator seeded with mix(s, b, k), so any
-chunk can be regenerated alone, in any order. The numbers depend on the device's generator: a
-trajectory replays bit-identically on the device type it was recorded on.
+Parameters are packed into a few flat buckets per dtype (their `.data` re-pointed to views of one
+contiguous tensor), so that a pass over θ is a few large kernels instead of one per tensor; `unpack()`
+gives every parameter its own storage back (safetensors refuses shared storage).
+
+θ can be *displaced*: SPSA leaves it at θ + scale·u(seed) after its last evaluation, recorded in
+`displacement`, and the optimizer's next step removes it in the same pass as its update (or `restore()`
+does, alone). Anything that needs θ itself (evaluation, saving) checks that nothing is displaced.
+
+Two generators, named in `directions` (a trajectory replays only under the one that wrote it):
+- triton: the fused kernel (kernels.py), Philox4x32 addressed by (seed; element counter, name hash), on a GPU;
+- torch: torch.Generator, one seeded stream per block of TORCH_BLOCK elements of a parameter, keyed by
+  mix(seed, name hash, block index). Its numbers depend on the device type's generator.
 """
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 MASK64 = (1 << 63) - 1
-TRITON_SEED_MASK = (1 << 31) - 1
 KERNELS = ("auto", "torch", "triton")
+TORCH_BLOCK = 1 << 20
+FORMAT = "u(seed, parameter name, element index)"
 
 
 def resolve_kernel(kernel: str, device: torch.device) -> str:
@@ -47,126 +58,199 @@ def mix(*numbers: int) -> int:
     return state & MASK64
 
 
-def is_decayed(name: str, parameter: torch.Tensor) -> bool:
-    """Weight decay skips biases and normalisation weights (MeZO's rule, by name and by shape)."""
-    lowered = name.lower()
-    return parameter.ndim >= 2 and "bias" not in lowered and "norm" not in lowered and ".ln" not in lowered
+def name_key(name: str) -> int:
+    """A parameter's 64-bit key: the same in every process (Python's hash() is not)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+@dataclass
+class Segment:
+    """One parameter (or a slice of it) inside a bucket."""
+
+    name: str  # the key of its directions: the name in the plain model's state dict
+    parameter: torch.nn.Parameter
+    bucket: int
+    offset: int  # position of its first element in the bucket
+    numel: int
+    start: int = 0  # index of its first element within the whole parameter (nonzero for a shard)
+    parameter_numel: int | None = None  # elements of the whole parameter (default: numel)
+    key: int = field(init=False)
+
+    def __post_init__(self):
+        self.key = name_key(self.name)
+        if self.parameter_numel is None:
+            self.parameter_numel = self.start + self.numel
 
 
 @dataclass
 class Bucket:
-    flat: torch.Tensor  # 1-D; the parameters are views into it (or it is a view of the parameter)
-    decayed: bool
-    parameters: list[torch.nn.Parameter]
+    flat: torch.Tensor  # 1-D; the parameters are views into it (or it is a view of the one parameter)
+    segments: list[Segment]
+    table: torch.Tensor | None = None  # the Triton launch table, built on first use
 
 
 class ParameterSpace:
-    """θ as a list of flat buckets, with seeded Gaussian directions over them."""
+    """θ as flat buckets of named parameters, with seeded Gaussian directions addressed by position."""
 
-    def __init__(self, named_parameters, pack: bool = True, bucket_numel: int = 1 << 27,
-                 chunk_numel: int | None = None, kernel: str = "auto"):
+    def __init__(self, named_parameters, pack: bool = True, bucket_numel: int = 1 << 27, kernel: str = "auto"):
         named = [(n, p) for n, p in named_parameters]
         if not named:
             raise ValueError("a zeroth-order method needs at least one parameter to perturb")
+        if len({n for n, _ in named}) != len(named):
+            raise ValueError("parameter names must be unique: they key the random directions")
+        devices = {p.device for _, p in named}
+        if len(devices) != 1:
+            raise ValueError(f"all perturbed parameters must be on one device, found {sorted(map(str, devices))}")
+        self.device = devices.pop()
         self.numel = sum(p.numel() for _, p in named)
         self.buckets: list[Bucket] = []
         if pack:
             self._pack(named, bucket_numel)
         else:
             for name, p in named:
-                self.buckets.append(Bucket(p.data.view(-1), is_decayed(name, p), [p]))
-        devices = {b.flat.device for b in self.buckets}
-        if len(devices) != 1:
-            raise ValueError(f"all perturbed parameters must be on one device, found {sorted(map(str, devices))}")
-        self.device = devices.pop()
+                self._add_bucket(p.data.view(-1), [(name, p)])
         self.kernel = resolve_kernel(kernel, self.device)
-        # The fused kernel needs no scratch tensor, so it takes whole buckets; the torch path draws u
-        # into a scratch chunk (64 MiB in fp32). The chunking is part of the random stream: replay
-        # uses the same kernel and chunk size as training.
-        self.chunk_numel = chunk_numel or (bucket_numel if self.kernel == "triton" else 1 << 24)
+        self.displacement: tuple[int, float] | None = None  # θ currently is θ + scale·u(seed)
         self._generator = torch.Generator(device=self.device)
+        self._tables: dict[tuple, torch.Tensor] = {}
 
     @property
     def directions(self) -> str:
-        """What decides the stream of u for a seed; a trajectory replays only under the same one."""
+        """What decides u for a seed; a trajectory replays only under the same generator."""
         if self.kernel == "triton":
             from . import kernels
 
             box_muller = "approximate" if kernels.FAST_MATH else "exact"
-            rng = f"Philox4x32-{kernels.ROUNDS}, {box_muller} Box-Muller, block {kernels.BLOCK}"
+            rng = f"triton Philox4x32-{kernels.ROUNDS}, {box_muller} Box-Muller, groups of {kernels.GROUP}"
         else:
-            rng = f"torch {self.device.type} generator"
-        return f"{self.kernel} ({rng}), chunks of {self.chunk_numel}, {self.numel} parameters in {len(self.buckets)} buckets"
+            rng = f"torch {self.device.type} generator, blocks of {TORCH_BLOCK}"
+        return f"{FORMAT} from {rng}; {self.numel} parameters"
+
+    @property
+    def segments(self) -> list[Segment]:
+        return [s for b in self.buckets for s in b.segments]
+
+    def _add_bucket(self, flat: torch.Tensor, members) -> None:
+        b, offset, segments = len(self.buckets), 0, []
+        for name, p in members:
+            segments.append(Segment(name, p, b, offset, p.numel()))
+            offset += p.numel()
+        self.buckets.append(Bucket(flat, segments))
 
     def _pack(self, named, bucket_numel: int) -> None:
-        groups: dict[tuple, list] = {}
+        groups: dict[torch.dtype, list] = {}
         for name, p in named:
-            groups.setdefault((p.dtype, is_decayed(name, p)), []).append((name, p))
-        for (dtype, decayed), members in groups.items():
+            groups.setdefault(p.dtype, []).append((name, p))
+        for members in groups.values():
             while members:
                 size, take = 0, 0
                 while take < len(members) and (take == 0 or size + members[take][1].numel() <= bucket_numel):
                     size += members[take][1].numel()
                     take += 1
                 batch, members = members[:take], members[take:]
-                flat = torch.empty(size, dtype=dtype, device=batch[0][1].device)
+                flat = torch.empty(size, dtype=batch[0][1].dtype, device=self.device)
                 offset = 0
                 for _, p in batch:
                     n = p.numel()
                     flat[offset : offset + n].copy_(p.data.view(-1))
                     p.data = flat[offset : offset + n].view_as(p)  # the old storage is freed here
                     offset += n
-                self.buckets.append(Bucket(flat, decayed, [p for _, p in batch]))
+                self._add_bucket(flat, batch)
 
     def unpack(self) -> None:
-        """Give each parameter its own storage again (safetensors refuses tensors that share one).
-        Directions are then drawn per tensor: call only when no more steps follow (e.g. before saving)."""
-        buckets = []
-        for bucket in self.buckets:
-            for p in bucket.parameters:
-                p.data = p.data.clone()
-                buckets.append(Bucket(p.data.view(-1), bucket.decayed, [p]))
-        self.buckets = buckets
+        """Give each parameter its own storage again (safetensors refuses tensors that share one)."""
+        self.check_restored("unpack")
+        members = [(s.name, s.parameter) for s in self.segments]
+        for _, p in members:
+            p.data = p.data.clone()
+        self.buckets, self._tables = [], {}
+        for name, p in members:
+            self._add_bucket(p.data.view(-1), [(name, p)])
+
+    def view(self, segment: Segment) -> torch.Tensor:
+        return self.buckets[segment.bucket].flat[segment.offset : segment.offset + segment.numel]
 
     # --- directions ----------------------------------------------------------------------------
 
-    def chunks(self):
-        """(bucket index, chunk index, view of θ) for every chunk of every bucket."""
-        for b in range(len(self.buckets)):
-            for c, view in self._bucket_chunks(b):
-                yield b, c, view
-
-    def _bucket_chunks(self, b: int):
-        flat = self.buckets[b].flat
-        for c, start in enumerate(range(0, flat.numel(), self.chunk_numel)):
-            yield c, flat[start : start + self.chunk_numel]
-
-    def direction(self, seed: int, bucket: int, chunk: int, numel: int) -> torch.Tensor:
-        """u restricted to one chunk, in fp32 (regenerated, never stored)."""
+    def direction(self, seed: int, segment: Segment, start: int = 0, numel: int | None = None) -> torch.Tensor:
+        """u(seed) over elements [start, start + numel) of a segment, in fp32 (regenerated, never stored)."""
+        numel = segment.numel - start if numel is None else numel
+        first = segment.start + start  # index within the whole parameter
         if self.kernel == "triton":
             from . import kernels
 
-            return kernels.gaussian(numel, mix(seed, bucket, chunk) & TRITON_SEED_MASK, self.device)
-        self._generator.manual_seed(mix(seed, bucket, chunk))
-        return torch.randn(numel, generator=self._generator, device=self.device, dtype=torch.float32)
+            table = self._table(("slice", segment.name, first, numel), [(0, segment.key, first, numel)])
+            u = torch.empty(numel, dtype=torch.float32, device=self.device)
+            return kernels.gaussian_(u, table, seed)
+        return torch.cat(list(self._torch_blocks(seed, segment, first, numel)))
 
-    def add_to_chunk(self, seed: int, bucket: int, chunk: int, view: torch.Tensor, scale: float) -> None:
-        """view += scale·u for one chunk; fused into one kernel on a GPU with Triton."""
+    def _torch_blocks(self, seed: int, segment: Segment, first: int, numel: int):
+        """Pieces of u for parameter elements [first, first + numel): each block of TORCH_BLOCK elements
+        is drawn whole from its own seed, so a slice equals the same slice of the whole."""
+        for block in range(first // TORCH_BLOCK, (first + numel - 1) // TORCH_BLOCK + 1):
+            begin = block * TORCH_BLOCK
+            length = min(TORCH_BLOCK, segment.parameter_numel - begin)
+            self._generator.manual_seed(mix(seed, segment.key, block))
+            u = torch.randn(length, generator=self._generator, device=self.device, dtype=torch.float32)
+            yield u[max(first, begin) - begin : min(first + numel, begin + length) - begin]
+
+    def _table(self, key: tuple, pieces) -> torch.Tensor:
+        if key not in self._tables:
+            from . import kernels
+
+            self._tables[key] = kernels.program_table(pieces, self.device)
+        return self._tables[key]
+
+    def add_to_segment(self, seed: int, segment: Segment, scale: float) -> None:
+        """θ[segment] += scale·u(seed)."""
+        view = self.view(segment)
         if self.kernel == "triton":
             from . import kernels
 
-            kernels.add_gaussian_(view, mix(seed, bucket, chunk) & TRITON_SEED_MASK, scale)
-        else:
-            view.add_(self.direction(seed, bucket, chunk, view.numel()), alpha=scale)
+            table = self._table(("segment", segment.name, segment.bucket, segment.offset),
+                                [(segment.offset, segment.key, segment.start, segment.numel)])
+            kernels.add_gaussian_(self.buckets[segment.bucket].flat, table, seed, scale)
+            return
+        done = 0
+        for u in self._torch_blocks(seed, segment, segment.start, segment.numel):
+            view[done : done + u.numel()].add_(u, alpha=scale)
+            done += u.numel()
 
     def add_direction(self, seed: int, scale: float) -> None:
-        """θ ← θ + scale·u(seed), in place: one pass over θ."""
-        for b, c, view in self.chunks():
-            self.add_to_chunk(seed, b, c, view, scale)
+        """θ ← θ + scale·u(seed), in place: one pass over θ (one kernel per bucket with Triton)."""
+        if self.kernel != "triton":
+            for segment in self.segments:
+                self.add_to_segment(seed, segment, scale)
+            return
+        from . import kernels
 
-    def _add_to_bucket(self, seed: int, b: int, scale: float) -> None:
-        for c, view in self._bucket_chunks(b):
-            self.add_to_chunk(seed, b, c, view, scale)
+        for b, bucket in enumerate(self.buckets):
+            if bucket.table is None:
+                bucket.table = kernels.program_table([(s.offset, s.key, s.start, s.numel) for s in bucket.segments],
+                                                     self.device)
+            kernels.add_gaussian_(bucket.flat, bucket.table, seed, scale)
+
+    # --- displacement ----------------------------------------------------------------------------
+
+    def displace(self, seed: int, scale: float) -> None:
+        """θ ← θ + scale·u(seed), remembered until restore() or an optimizer step takes it back."""
+        if self.displacement is not None and self.displacement[0] != seed:
+            raise RuntimeError("θ is displaced along another direction: restore() it first")
+        self.add_direction(seed, scale)
+        total = scale + (self.displacement[1] if self.displacement else 0.0)
+        self.displacement = (seed, total)
+
+    def restore(self) -> None:
+        """Take back the displacement alone (an optimizer step does it fused with its update)."""
+        if self.displacement is not None:
+            seed, scale = self.displacement
+            self.add_direction(seed, -scale)
+            self.displacement = None
+
+    def check_restored(self, what: str) -> None:
+        if self.displacement is not None:
+            raise RuntimeError(f"cannot {what} while θ is displaced by an unfinished SPSA estimate: take an "
+                               "optimizer step or call restore() first")
 
     @contextmanager
     def perturbed_on_the_fly(self, model: torch.nn.Module, seed: int, scale: float):
@@ -176,25 +260,25 @@ class ParameterSpace:
         after it, so the stored weights never carry a perturbation and no round-off accumulates.
         Extra memory: one module's weights. Needs an unpacked space (pack=False).
         """
-        if any(len(b.parameters) > 1 for b in self.buckets):
+        if any(len(b.segments) > 1 for b in self.buckets):
             raise ValueError("on-the-fly perturbation needs ParameterSpace(..., pack=False)")
-        bucket_of = {id(b.parameters[0]): i for i, b in enumerate(self.buckets)}
+        segment_of = {id(b.segments[0].parameter): b.segments[0] for b in self.buckets}
         handles, hooked = [], set()
         for module in model.modules():
-            own = [bucket_of[id(p)] for p in module._parameters.values() if p is not None and id(p) in bucket_of]
+            own = [segment_of[id(p)] for p in module._parameters.values() if p is not None and id(p) in segment_of]
             if not own:
                 continue
-            hooked.update(own)
+            hooked.update(s.name for s in own)
             saved: list[torch.Tensor] = []
 
             def perturb(_module, _args, own=own, saved=saved):
-                for b in own:
-                    saved.append(self.buckets[b].flat.clone())
-                    self._add_to_bucket(seed, b, scale)
+                for segment in own:
+                    saved.append(self.view(segment).clone())
+                    self.add_to_segment(seed, segment, scale)
 
             def restore(_module, _args, _output, own=own, saved=saved):
-                for b, original in zip(own, saved):
-                    self.buckets[b].flat.copy_(original)
+                for segment, original in zip(own, saved):
+                    self.view(segment).copy_(original)
                 saved.clear()
 
             handles += [module.register_forward_pre_hook(perturb), module.register_forward_hook(restore)]

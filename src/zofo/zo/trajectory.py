@@ -1,55 +1,67 @@
 """The trajectory: every ZO step as (step, seed, scalars, lr), one JSON line each.
 
-With the base model, this log alone rebuilds the fine-tuned weights: replaying a step makes the
-same passes over θ as training did (the forwards are not needed, only their scalars), so in fp32 on
-the same device the rebuilt weights are bit-identical. A fine-tuned model can be shared as its log.
+With the start point (the base model, a seeded adapter), this log alone rebuilds the fine-tuned
+weights: replaying a step makes the same passes over θ as training did (only the forwards' scalars are
+needed), so in fp32 on the same device type the rebuilt weights are bit-identical. Directions depend on
+(seed, parameter name, element index) only, so the log replays onto any packing of the same parameters,
+for example θ of a Bilevel run onto the plain model without its adapters.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
 from pathlib import Path
 
+from ..records import RecordError, append_record, read_records, rewrite_records
 from .optimizers import ZOOptimizer
-from .spsa import SPSA, Estimate
+from .spsa import SPSA
+
+FORMAT = 2  # 1: zofo 0.1, whose directions depended on the memory layout (buckets, chunks, dtype groups)
+FIELDS = ("step", "seed", "scalars", "lr")
 
 
 class Trajectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    def start(self, directions: str, keep_until: int = 0) -> None:
-        """Begin writing, the first line naming the direction generator (ParameterSpace.directions);
-        a resumed run keeps the steps up to its checkpoint and drops the rest."""
-        kept = [r for r in self.read() if r["step"] <= keep_until] if keep_until else []
-        with self.path.open("w") as f:
-            f.write(json.dumps({"directions": directions}) + "\n")
-            for record in kept:
-                f.write(json.dumps(record) + "\n")
+    def start(self, directions: str) -> None:
+        """Begin a new log, its first line naming the direction generator."""
+        rewrite_records(self.path, [{"format": FORMAT, "directions": directions}])
 
-    def append(self, step: int, seed: int, estimate: Estimate, lr: float) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, "seed": seed, "scalars": estimate.scalars, "lr": lr}) + "\n")
+    def keep_until(self, step: int) -> None:
+        """Drop the steps after `step` (a resumed run continues from its checkpoint)."""
+        header, *records = read_records(self.path)
+        rewrite_records(self.path, [header] + [r for r in records if r["step"] <= step])
+
+    def append(self, step: int, seed: int, scalars: list[float], lr: float) -> None:
+        append_record(self.path, {"step": step, "seed": seed, "scalars": scalars, "lr": lr})
+
+    def header(self) -> dict:
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path} does not exist: only runs with zeroth-order steps have a trajectory")
+        records = read_records(self.path)
+        if not records or "directions" not in records[0]:
+            raise RecordError(f"{self.path}:1: the first line must name the direction generator")
+        return records[0]
 
     def read(self, until: int | None = None) -> list[dict]:
-        if not self.path.exists():
-            return []
-        with self.path.open() as f:
-            records = [json.loads(line) for line in f if line.strip()]
-        return [r for r in records if "step" in r and (until is None or r["step"] <= until)]
+        records = read_records(self.path)[1:]
+        for number, record in enumerate(records, start=2):
+            missing = [f for f in FIELDS if f not in record]
+            if missing:
+                raise RecordError(f"{self.path}:{number}: trajectory record lacks {', '.join(missing)}")
+        return [r for r in records if until is None or r["step"] <= until]
 
     def check(self, directions: str) -> None:
         """Refuse to replay under another direction generator: the weights would silently differ."""
-        with self.path.open() as f:
-            first = json.loads(f.readline() or "{}")
-        if "directions" not in first:
-            warnings.warn(f"{self.path} does not name its direction generator (written by an older zofo); "
-                          f"replaying with {directions}", stacklevel=2)
-        elif first["directions"] != directions:
-            raise ValueError(f"{self.path} was written with directions from {first['directions']}, but this "
-                             f"machine draws them from {directions}: replay on the device (and zofo version) "
-                             "that trained it, e.g. --device cuda for a GPU run")
+        header = self.header()
+        if header.get("format") != FORMAT:
+            raise RecordError(f"{self.path} was written by zofo 0.1, whose random directions depended on how the "
+                              "parameters were packed in memory; this version cannot rebuild its weights. Train the "
+                              "run again (or replay it with zofo 0.1).")
+        if header["directions"] != directions:
+            raise RecordError(f"{self.path} was written with directions {header['directions']!r}, but this machine "
+                              f"draws them as {directions!r}: replay on the device type that trained it (e.g. "
+                              "--device cuda for a GPU run) and with the same parameters")
 
 
 def replay(trajectory: Trajectory, spsa: SPSA, optimizer: ZOOptimizer, until: int | None = None) -> int:

@@ -1,0 +1,138 @@
+"""Task data as methods use it: each task's sampled splits, tokenized, with its loss and samplers;
+a TaskSet holds one task or many (multi-task methods train one adapter pair per task).
+
+Data flows one way: files -> records (tasks/) -> examples -> tokenized examples -> batches (batches.py).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from .batches import MinibatchSampler, OptionBatch, TokenizedExample, option_batch, tokenize_examples
+from .config import RunConfig
+from .evaluation import evaluate, mean_loss
+from .losses import loss_function
+from .tasks import Task, get_task, load_splits
+
+
+class ExampleSampler:
+    """Minibatches of examples drawn without replacement from a pool (reshuffled each epoch, seeded);
+    its position is its state, so a resumed run draws the same batches."""
+
+    def __init__(self, examples: list[TokenizedExample], batch_size: int, seed: int):
+        self.examples = examples
+        self.indices = MinibatchSampler(len(examples), batch_size, seed)
+
+    def next(self) -> list[TokenizedExample]:
+        return [self.examples[i] for i in self.indices.next()]
+
+    def state_dict(self) -> dict:
+        return self.indices.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.indices.load_state_dict(state)
+
+
+@dataclass
+class TaskData:
+    """One task's sampled splits, tokenized, with the loss the run trains on."""
+
+    task: Task
+    train: list[TokenizedExample]
+    validation: list[TokenizedExample]
+    test: list[TokenizedExample]
+    metadata: dict
+    loss_name: str
+    pad_id: int
+    eval_batch_size: int = 32
+    max_new_tokens: int = 50
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    def loss_fn(self):
+        return loss_function(self.loss_name)
+
+    def batch(self, examples: list[TokenizedExample], device) -> OptionBatch:
+        return option_batch(examples, self.pad_id, gold_only=self.loss_name == "lm").to(device)
+
+    def sampler(self, batch_size: int, seed: int, examples: list[TokenizedExample] | None = None) -> ExampleSampler:
+        """Minibatches of the training examples (or of a subset of them)."""
+        return ExampleSampler(self.train if examples is None else examples, batch_size, seed)
+
+    def split(self, seed: int, first: int = 1, parts: int = 3) -> tuple[list[TokenizedExample], list[TokenizedExample]]:
+        """The training examples shuffled with the seed and cut in two disjoint parts, the first holding
+        first/parts of them (Bilevel ZOFO's D_FT : D_PEFT = 1 : 2)."""
+        order = list(range(len(self.train)))
+        random.Random(f"bilevel-split-{seed}").shuffle(order)
+        cut = len(order) * first // parts
+        return [self.train[i] for i in order[:cut]], [self.train[i] for i in order[cut:]]
+
+    def validation_loss(self, model) -> float:
+        return mean_loss(model, self.loss_name, self.validation, self.pad_id, self.eval_batch_size)
+
+    def test_metrics(self, model, tokenizer, examples: list[TokenizedExample] | None = None) -> dict[str, float]:
+        return evaluate(model, tokenizer, self.task, self.test if examples is None else examples,
+                        self.eval_batch_size, self.max_new_tokens)
+
+
+class TaskSet:
+    """The tasks of a run, by name: one for single-task methods, many for multi-task ones."""
+
+    def __init__(self, tasks: list[TaskData]):
+        if not tasks:
+            raise ValueError("a task set needs at least one task")
+        self.tasks = {data.name: data for data in tasks}
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self):
+        return iter(self.tasks.values())
+
+    def __getitem__(self, name: str) -> TaskData:
+        return self.tasks[name]
+
+    @property
+    def single(self) -> TaskData:
+        """The one task of a single-task run."""
+        if len(self.tasks) != 1:
+            raise ValueError(f"this method trains on one task, got {len(self.tasks)}: {', '.join(self.tasks)}")
+        return next(iter(self.tasks.values()))
+
+    def validation_loss(self, model) -> float:
+        """The mean of the tasks' validation losses (what selects the checkpoint)."""
+        return sum(data.validation_loss(model) for data in self) / len(self)
+
+    def test_metrics(self, model, tokenizer) -> dict:
+        """A single task's metrics, or {task: metrics} for several."""
+        if len(self.tasks) == 1:
+            return self.single.test_metrics(model, tokenizer)
+        return {data.name: data.test_metrics(model, tokenizer) for data in self}
+
+    @property
+    def metadata(self) -> dict:
+        return self.single.metadata if len(self.tasks) == 1 else {data.name: data.metadata for data in self}
+
+
+def prepare_task(config: RunConfig, tokenizer, task_name: str | None = None) -> TaskData:
+    data = config.data
+    task = get_task(task_name or data.task)
+    splits = load_splits(task, data.data_dir, config.seed, data.n_train, data.n_val, data.n_test)
+
+    def tokenized(records: list[dict]) -> list[TokenizedExample]:
+        examples = [task.example(record, hard_prompt=data.hard_prompt) for record in records]
+        return tokenize_examples(examples, tokenizer, data.max_length)
+
+    return TaskData(
+        task=task, train=tokenized(splits.train), validation=tokenized(splits.validation),
+        test=tokenized(splits.test), metadata=splits.metadata, loss_name=config.loss_for(task),
+        pad_id=tokenizer.pad_token_id, eval_batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+    )
+
+
+def prepare_tasks(config: RunConfig, tokenizer, names: list[str] | None = None) -> TaskSet:
+    """The run's task (or the named tasks), sampled with the run's seed and tokenized."""
+    return TaskSet([prepare_task(config, tokenizer, name) for name in (names or [config.data.task])])

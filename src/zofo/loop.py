@@ -1,0 +1,115 @@
+"""The run loop every method shares: iterations, evaluation schedule, selection, checkpoints, resume.
+
+    for each iteration of the method (one counted step, or a Bilevel cycle of K + 1):
+        log ← method.step(iteration)                    # losses stay on the device; flushed in groups
+        if the iteration crosses a multiple of eval_every, is the last, or ends a stage:
+            val ← validation loss of the method's model
+            keep the method's snapshot if val is the lowest so far
+            checkpoint: the method's state, the selection, the iteration (atomic; the log and the
+                        trajectory are cut back to it on resume)
+    back to the selected step: a method rebuilt at its start point, restored to that step
+
+Resuming loads the checkpoint into a method at its start point (θ replayed from the trajectory), so a
+run killed at any point ends as the uninterrupted run ends: same metrics, and in fp32 the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .methods.base import Method, NonFiniteLoss, Selection
+from .runs import RunFolder
+
+FLUSH_EVERY = 16  # iterations whose logged values wait on the device before one synchronisation
+
+
+def due(schedule: list[int], iteration: int, every: int) -> bool:
+    """Evaluate after `iteration` if it crosses a multiple of `every` counted steps, or is the last."""
+    previous = schedule[iteration - 1] if iteration else 0
+    return schedule[iteration] // every > previous // every or iteration == len(schedule) - 1
+
+
+class PendingLog:
+    """Logged values of recent iterations, written to log.jsonl together (one host sync per group)."""
+
+    def __init__(self, run: RunFolder, dtype: str):
+        self.run, self.dtype, self.records = run, dtype, []
+
+    def add(self, step: int, values: dict[str, Any]) -> None:
+        self.records.append((step, values))
+
+    def flush(self, check: bool = True) -> dict[str, float]:
+        last = {}
+        records, self.records = self.records, []
+        for step, values in records:
+            record = {"step": step, **{k: plain(v) for k, v in values.items() if v is not None}}
+            self.run.log(record)
+            bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad and check:
+                advice = "lower the learning rate" + (" or train in fp32" if self.dtype != "fp32" else "")
+                raise NonFiniteLoss(f"{bad[0]} became {record[bad[0]]} at step {step}: {advice}. The log keeps "
+                                    "every step up to it; the last checkpoint is kept too")
+            last = record
+        return last
+
+
+def plain(value):
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def train(method: Method, run: RunFolder, rebuild: Callable[[], Method], resume_state: dict | None = None,
+          extra_state: dict | None = None) -> tuple[Method, Selection]:
+    """Run `method` to its last iteration and return a method at the selected step (`rebuild` makes one
+    at the start point), with the selection. `extra_state` is stored in every checkpoint (zero-shot metrics)."""
+    config, schedule = method.config, method.schedule()
+    selection, first, seconds_before = Selection(), 0, 0.0
+    if resume_state is not None:
+        first, seconds_before = resume_state["iteration"], resume_state["train_seconds"]
+        selection.load_state_dict(resume_state["selection"])
+        method.restore(schedule[first - 1], resume_state["method"]["snapshot"])
+        method.load_state_dict(resume_state["method"]["state"])
+        run.keep_until(schedule[first - 1])
+    else:
+        method.begin()
+    log, started = PendingLog(run, config.dtype), time.perf_counter()
+    done = schedule[first - 1] if first else 0
+    progress = tqdm(total=schedule[-1], initial=done, desc=method.name, unit="step", dynamic_ncols=True)
+    try:
+        for iteration in range(first, len(schedule)):
+            step = schedule[iteration]
+            log.add(step, method.step(iteration))
+            progress.update(step - done)
+            done = step
+            evaluate = due(schedule, iteration, config.eval_every) or method.must_evaluate(iteration)
+            if evaluate or len(log.records) >= FLUSH_EVERY:
+                shown = log.flush()
+                progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if k != "step" and isinstance(v, float)})
+            if not evaluate:
+                continue
+            val_loss = method.tasks.validation_loss(method.model)
+            if not math.isfinite(val_loss):
+                raise NonFiniteLoss(f"the validation loss is {val_loss} at step {step}: the model diverged; lower the "
+                                    "learning rate" + (" or train in fp32" if config.dtype != "fp32" else ""))
+            run.log({"step": step, "val_loss": val_loss})
+            selection.update(step, val_loss, method)
+            method.evaluated(iteration, val_loss, selection)
+            selection.train_seconds = seconds_before + time.perf_counter() - started
+            run.save_checkpoint({"iteration": iteration + 1, "step": step, "train_seconds": selection.train_seconds,
+                                 "selection": selection.state_dict(),
+                                 "method": {"snapshot": method.snapshot(), "state": method.state_dict()},
+                                 **(extra_state or {})})
+            progress.set_postfix(val=f"{val_loss:.3f}", best=selection.step)
+    finally:  # however the run ends, the steps it completed are in the log
+        progress.close()
+        log.flush(check=False)
+
+    if selection.step != schedule[-1]:  # back to the selected step, from the start point
+        del method
+        method = rebuild()
+        method.restore(selection.step, selection.snapshot)
+    return method, selection

@@ -1,0 +1,149 @@
+"""What every training method supplies to the run loop (loop.py), which owns everything else: the
+evaluation schedule, selection of the best step by validation loss, checkpoints, resume and the run folder.
+
+A method is built at its start point (a freshly loaded base model; adapters initialised from the seed)
+and then moved one *iteration* at a time; an iteration is one counted step, or several (a Bilevel
+cycle: K lower steps and one upper step). Everything a method does depends only on its start point,
+the seed and the iteration number, so a run rebuilt from its start point and its checkpointed state
+continues exactly as the uninterrupted run would have.
+
+Where a method moves θ by zeroth-order steps, θ is never copied into a checkpoint: it is rebuilt from
+the start point and the trajectory (seeds and scalars), which the method appends to as it steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..config import RunConfig
+from ..data import TaskSet
+from ..errors import NonFiniteLoss
+from ..zo import Trajectory
+
+
+class Method:
+    name: str = ""
+
+    def __init__(self, model, tasks: TaskSet, config: RunConfig, trajectory: Trajectory):
+        self.tasks, self.config, self.trajectory = tasks, config, trajectory
+
+    # --- stepping --------------------------------------------------------------------------------
+
+    def schedule(self) -> list[int]:
+        """The counted step at the end of each iteration (1, 2, 3, ... for one step per iteration)."""
+        return list(range(1, self.config.steps + 1))
+
+    def must_evaluate(self, iteration: int) -> bool:
+        """Evaluate after this iteration whatever the schedule says (the end of a stage)."""
+        return False
+
+    def begin(self) -> None:
+        """Called once before the first iteration of a fresh run (not of a resumed one)."""
+        if self.engine is not None:
+            self.trajectory.start(self.engine.space.directions)
+
+    def step(self, iteration: int) -> dict[str, Any]:
+        """Advance one iteration (0-based); returns what to log, tensors left on the device."""
+        raise NotImplementedError
+
+    def evaluated(self, iteration: int, val_loss: float, best: "Selection") -> None:
+        """Called after each evaluation, once the best step is updated."""
+
+    # --- the model to evaluate, and how to come back to a step -----------------------------------
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """θ with the adapter that is evaluated and saved."""
+        raise NotImplementedError
+
+    @property
+    def engine(self):
+        """The ZOEngine whose trajectory this method writes, if any."""
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the selection keeps of the current state, to come back to it later (small: adapters;
+        θ comes back through the trajectory)."""
+        return {}
+
+    def restore(self, step: int, snapshot: dict[str, Any]) -> None:
+        """On a method at its start point: the state of `step`, as evaluated then."""
+        if self.engine is not None:
+            self.engine.replay(self.trajectory, until=step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything beyond the snapshot that the next iterations depend on (optimizer states, samplers)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def finish(self) -> torch.nn.Module:
+        """The model to test and save: θ with the evaluated adapter, other adapters removed."""
+        if self.engine is not None:
+            self.engine.space.unpack()  # own storage per tensor again, for save_pretrained
+        return self.model
+
+    def summary(self) -> dict[str, Any]:
+        """Method-specific facts for metrics.json."""
+        facts = {}
+        if self.engine is not None:
+            facts.update(zo_parameters=self.engine.space.numel, zo_optimizer_state_bytes=self.engine.optimizer.state_bytes(),
+                         trajectory_bytes=self.trajectory.path.stat().st_size)
+        return facts
+
+    @classmethod
+    def replayed_parameters(cls, model, config: RunConfig):
+        """(model, the named parameters the trajectory moves) at the start point, for `zofo replay`; None
+        where the method takes no zeroth-order step. θ is named as in the plain model, so the trajectory
+        of a method that trains θ besides adapters replays onto the plain model."""
+        return None
+
+    # --- shared pieces ---------------------------------------------------------------------------
+
+    def zo_step(self, objective, seed: int, step: int, at_theta=None) -> Any:
+        """One SPSA estimate and ZO update of the engine's parameters, logged to the trajectory:
+        the objective is evaluated at the perturbed points (θ left displaced by the last direction),
+        then the optimizer's pass takes the displacement back and applies the update."""
+        engine = self.engine
+        estimate = engine.spsa.estimate(objective, seed, at_theta=at_theta)
+        check_finite(estimate.losses, step, seed, self.config.dtype)
+        engine.optimizer.step(estimate)
+        self.trajectory.append(step, seed, estimate.scalars, engine.optimizer.lr)
+        return estimate
+
+
+def check_finite(values: list[float], step: int, seed: int | None, dtype: str) -> None:
+    bad = [v for v in values if v != v or v in (float("inf"), float("-inf"))]
+    if bad:
+        where = f"step {step}" + (f" (direction seed {seed})" if seed is not None else "")
+        advice = "lower the learning rate" + (" or train in fp32" if dtype != "fp32" else "")
+        raise NonFiniteLoss(f"the training loss became {bad[0]} at {where}: {advice}. The log keeps every step "
+                            "before it; the last checkpoint is kept too")
+
+
+class Selection:
+    """The evaluated step of lowest validation loss so far, and the method's snapshot there."""
+
+    def __init__(self):
+        self.step: int | None = None
+        self.val_loss = float("inf")
+        self.snapshot: dict[str, Any] = {}
+        self.train_seconds = 0.0
+
+    def update(self, step: int, val_loss: float, method: Method) -> bool:
+        if val_loss < self.val_loss:
+            self.step, self.val_loss, self.snapshot = step, val_loss, method.snapshot()
+            return True
+        return False
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "val_loss": self.val_loss, "snapshot": self.snapshot}
+
+    def summary(self) -> dict:
+        return {"best_step": self.step, "best_val_loss": self.val_loss, "train_seconds": round(self.train_seconds, 2)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.val_loss, self.snapshot = state["step"], state["val_loss"], state["snapshot"]

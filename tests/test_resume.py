@@ -1,0 +1,81 @@
+"""A run killed with SIGKILL resumes from its last checkpoint and ends as the uninterrupted run ends:
+the same selected step, validation loss and test metrics, and bit-identical fp32 weights."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zofo.cli import main
+from zofo.records import read_records
+
+from conftest import REPO
+
+METHODS = {  # (extra flags, train_loss lines logged when the kill comes)
+    "fo": (["--method", "fo", "--peft", "lora", "--lr", "1e-2"], 45),
+    "fo-before-any-checkpoint": (["--method", "fo", "--peft", "prompt", "--lr", "1e-2"], 5),
+    "mezo-full": (["--method", "mezo", "--peft", "none", "--lr", "1e-3", "--zo-optimizer", "zo-sgd",
+                   "--zo-momentum", "0.5"], 45),
+    "mezo-adapter": (["--method", "mezo", "--peft", "lora", "--lr", "1e-2", "--zo-optimizer", "zo-adam"], 45),
+    "bilevel": (["--method", "bilevel", "--peft", "lora", "--lr", "1e-3", "--bilevel-k", "2"], 12),
+    "two-stage": (["--method", "two-stage", "--peft", "prefix", "--lr", "1e-3", "--bilevel-k", "2",
+                   "--bilevel-lower-lr", "1e-2"], 50),
+}
+
+
+def args(data_dir, out, extra):
+    return ["train", "--model", "tiny-llama", "--task", "sst2", "--data-dir", str(data_dir), "--device", "cpu",
+            "--n-train", "32", "--n-val", "8", "--n-test", "8", "--batch-size", "4", "--steps", "60",
+            "--eval-every", "10", "--no-zero-shot", "--out-dir", str(out), *extra]
+
+
+def kill_when(command, log, lines: int, timeout: float = 120):
+    """Start the command and SIGKILL it once `lines` training steps are in its log."""
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "zofo", *command], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if log.exists() and log.read_text().count("train_loss") >= lines:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def saved_weights(folder):
+    files = [folder / "adapter" / "adapter_model.safetensors", folder / "model" / "model.safetensors"]
+    return {f"{path.parent.name}/{name}": tensor for path in files if path.exists()
+            for name, tensor in load_file(path).items()}
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_killed_run_resumes_to_the_metrics_and_weights_of_an_uninterrupted_run(name, tmp_path, data_dir):
+    extra, kill_at = METHODS[name]
+    assert main(args(data_dir, tmp_path / "whole", extra)) == 0
+
+    killed = tmp_path / "killed"
+    kill_when(args(data_dir, killed, extra), killed / "log.jsonl", kill_at)
+    assert not (killed / "metrics.json").exists(), "the run should have been killed mid-way"
+    assert (killed / "checkpoint.pt").exists() == (kill_at > 10)
+
+    assert main(args(data_dir, killed, extra + ["--resume"])) == 0
+    whole, resumed = (json.loads((folder / "metrics.json").read_text()) for folder in (tmp_path / "whole", killed))
+    for key in ("best_step", "best_val_loss", "test"):
+        assert resumed[key] == whole[key], key
+    expected, got = saved_weights(tmp_path / "whole"), saved_weights(killed)
+    assert expected and expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key].view(torch.uint8), got[key].view(torch.uint8)), key
+    # the log holds every step once, as the uninterrupted run's does
+    steps = lambda folder, key: [r["step"] for r in read_records(folder / "log.jsonl") if key in r]
+    assert steps(killed, "train_loss") == steps(tmp_path / "whole", "train_loss")
+    assert steps(killed, "val_loss") == steps(tmp_path / "whole", "val_loss")
+    if (killed / "trajectory.jsonl").exists():
+        assert (killed / "trajectory.jsonl").read_text() == (tmp_path / "whole" / "trajectory.jsonl").read_text()
