@@ -209,3 +209,47 @@ def test_same_point_estimates_theta_at_the_old_phi_and_reuses_phi_s_losses_for_f
     # phi-first would have estimated F at the new φ: a different number
     at_new_phi = reference.theta.spsa.estimate(UpperObjective(reference.peft_model, data, ft, peft, 10.0), 5)
     assert at_new_phi.losses[0] != pytest.approx(expected.losses[0], rel=1e-6)
+
+
+def test_zofo_replay_rebuilds_a_bilevel_run_s_theta_on_the_plain_model(data_dir, tmp_path):
+    # θ's directions are keyed by the names of the plain model, so the trajectory, written with adapters
+    # attached, replays onto the model without them: bit-identical to the saved θ.
+    from safetensors.torch import load_file
+
+    from zofo.cli import main
+
+    config = small_config(data_dir, tmp_path, method="bilevel", steps=12, eval_every=3, zero_shot=False)
+    metrics = run_training(config)
+    assert main(["replay", str(tmp_path / "run"), "--output", str(tmp_path / "replayed")]) == 0
+    saved, replayed = (load_file(folder / "model.safetensors") for folder in (tmp_path / "run" / "model", tmp_path / "replayed"))
+    assert saved.keys() == replayed.keys()
+    assert all(torch.equal(saved[k].view(torch.uint8), replayed[k].view(torch.uint8)) for k in saved)
+    assert metrics["best_step"] in (3, 6, 9, 12)
+
+
+def test_many_named_adapter_pairs_train_apart_on_one_theta(data_dir, tmp_path):
+    # What multi-task methods stand on: a task set of several tasks and one (φ_i, z_i) pair per task.
+    from zofo.adapters import activate, adapter_state, with_adapters
+    from zofo.config import AdapterConfig
+
+    config = small_config(data_dir, tmp_path, n_train=8)
+    model, tokenizer = tiny()
+    tasks = prepare_tasks(config, tokenizer, ["sst2", "copa", "rte"])
+    assert [data.name for data in tasks] == ["sst2", "copa", "rte"] and len(tasks) == 3
+    with pytest.raises(ValueError, match="one task, got 3"):
+        tasks.single
+    names = [f"{data.name}_{level}" for data in tasks for level in ("phi", "z")]
+    model = with_adapters(model, AdapterConfig(peft="lora"), names, seed=0)
+    theta = {n: p.clone() for n, p in base_parameters(model)}
+    before = {name: adapter_state(model, name) for name in names}
+    for data in tasks:  # one first-order step on each task's z, with its own data
+        activate(model, f"{data.name}_z")
+        params = adapter_parameters(model, f"{data.name}_z")
+        optimizer = torch.optim.Adam(params, lr=1e-2)
+        data.loss_fn()(model, data.batch(data.train[:4], "cpu")).backward()
+        optimizer.step()
+    for name in names:
+        moved = any(not torch.equal(a, b) for a, b in zip(before[name].values(), adapter_state(model, name).values()))
+        assert moved == name.endswith("_z"), name
+    assert all(torch.equal(p, theta[n]) for n, p in base_parameters(model))
+    assert tasks.validation_loss(model) == pytest.approx(sum(d.validation_loss(model) for d in tasks) / 3)

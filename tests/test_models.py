@@ -54,3 +54,16 @@ def test_local_folder_loads_like_a_hub_model(tmp_path):
     inputs = tokenizer(["a test"], return_tensors="pt")
     assert torch.allclose(model(**inputs).logits, loaded(**inputs).logits)
     assert loaded_tokenizer.padding_side == "left"
+
+
+def test_a_tokenizer_without_a_pad_token_pads_with_eos_on_the_left(tmp_path):
+    # as the bundled model's GGUF tokenizer converts under some transformers versions
+    from zofo.models import load_tokenizer
+
+    model, tokenizer = tiny("tiny-opt")
+    tokenizer.pad_token = None
+    tokenizer.padding_side = "right"
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.pad_token == loaded.eos_token and loaded.padding_side == "left"

@@ -139,14 +139,22 @@ def test_torn_last_lines_are_dropped_and_bad_records_named(capsys, tmp_path, dat
     assert str(out / "metrics.json") in err and "not valid JSON" in err
 
 
+def killed_mid_run(data_dir, out, *extra):
+    """A run folder as a SIGKILL leaves it, with a checkpoint (at step 40 or 50 of 60)."""
+    from test_resume import kill_when
+
+    kill_when(tiny_args(data_dir, out, "--steps", "60", "--eval-every", "10", *extra), out / "log.jsonl", 45)
+    assert (out / "checkpoint.pt").exists() and not (out / "metrics.json").exists()
+
+
 def test_a_torn_log_line_does_not_stop_a_resume(tmp_path, data_dir):
     out = tmp_path / "run"
-    assert main(tiny_args(data_dir, out, "--steps", "9")) == 0
-    (out / "metrics.json").unlink()  # as if killed after its last checkpoint
+    killed_mid_run(data_dir, out)
     log = out / "log.jsonl"
-    log.write_text(log.read_text() + '{"step": 10, "train_lo')
+    log.write_text(log.read_text() + '{"step": 58, "train_lo')
     with pytest.warns(UserWarning, match="torn last line"):
-        assert main(tiny_args(data_dir, out, "--steps", "9", "--resume")) == 0
+        assert main(tiny_args(data_dir, out, "--steps", "60", "--eval-every", "10", "--resume")) == 0
+    assert not (out / "checkpoint.pt").exists()  # finished: nothing left to resume
 
 
 def test_a_folder_holding_a_run_is_reused_only_when_asked(capsys, tmp_path, data_dir, nothing_loads):
@@ -171,12 +179,12 @@ def test_overwrite_replaces_the_run_whole(tmp_path, data_dir):
 
 def test_resume_refuses_another_configuration(capsys, tmp_path, data_dir):
     out = tmp_path / "run"
-    assert main(tiny_args(data_dir, out, "--steps", "9")) == 0
-    (out / "metrics.json").unlink()
-    err = error_of(capsys, tiny_args(data_dir, out, "--steps", "9", "--seed", "1", "--batch-size", "2", "--resume"))
+    killed_mid_run(data_dir, out)
+    err = error_of(capsys, tiny_args(data_dir, out, "--steps", "60", "--eval-every", "10", "--seed", "1",
+                                     "--batch-size", "2", "--resume"))
     assert "seed: 0 -> 1" in err and "batch_size: 4 -> 2" in err and "another configuration" in err
-    err = error_of(capsys, tiny_args(data_dir, out, "--steps", "60", "--resume"))  # a stale checkpoint
-    assert "steps: 9 -> 60" in err
+    err = error_of(capsys, tiny_args(data_dir, out, "--steps", "10", "--eval-every", "10", "--resume"))
+    assert "steps: 60 -> 10" in err  # a checkpoint at step 40 or 50 cannot finish a 10-step run
 
 
 def start(command):

@@ -5,6 +5,8 @@ import pytest
 import yaml
 
 from zofo.cli import main
+from zofo.config import make_config
+from zofo.experiment import run_training
 from zofo.report import build_table, find_runs, write_report
 from zofo.sweep import expand, load_sweep, run_names
 
@@ -82,3 +84,26 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
         assert len(list(csv.DictReader(f))) == len(records)
     assert (out / "val_loss_curves.png").stat().st_size > 1000
     assert (out / "metric_vs_bilevel_lambda.png").stat().st_size > 1000
+
+
+def test_a_killed_sweep_resumes_its_partial_run_from_the_checkpoint(tmp_path, data_dir, capsys):
+    from test_resume import kill_when
+
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0]},
+                       variants=[{"method": "fo", "peft": "lora"}])
+    sweep = yaml.safe_load(path.read_text())
+    sweep["base"].update(steps=60, eval_every=10, n_train=32)
+    path.write_text(yaml.safe_dump(sweep))
+    folder = tmp_path / "runs" / "run"
+    kill_when(["sweep", str(path)], folder / "log.jsonl", 45)  # the sweep, and with it its run
+    assert (folder / "checkpoint.pt").exists() and not (folder / "metrics.json").exists()
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 0
+    assert "0 finished, 1 to run (1 resume from a checkpoint)" in capsys.readouterr().out
+    assert "resuming" in (folder / "output.log").read_text()
+    resumed = json.loads((folder / "metrics.json").read_text())
+
+    fields = {**sweep["base"], "method": "fo", "peft": "lora", "seed": 0, "out_dir": str(tmp_path / "whole")}
+    whole = run_training(make_config(fields))
+    assert (resumed["best_step"], resumed["best_val_loss"], resumed["test"]) == \
+        (whole["best_step"], whole["best_val_loss"], whole["test"])

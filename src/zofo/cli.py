@@ -139,6 +139,9 @@ def run_to_evaluate(folder: Path, args, given: dict):
     if args.adapter or set(given) - allowed:
         raise ConfigError(f"with a run folder, zofo eval takes the run's own model, adapter and task; only "
                           f"{', '.join('--' + a.replace('_', '-') for a in sorted(allowed))} may be given")
+    if not (folder / "metrics.json").exists():
+        raise ConfigError(f"{folder} holds no finished run (no metrics.json): finish it with zofo train --resume, "
+                          "or evaluate a finished one")
     config = load_config(folder / "config.yaml", given)
     trained_base = (folder / "model").is_dir()
     if config.trains_base_model and not trained_base:

@@ -108,7 +108,7 @@ class RunConfig(BaseModel):
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="parameter dtype")
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="cpu, cuda, cuda:N or auto (CUDA when available)")
     seed: int = Field(0, ge=0, description="seed of data sampling, adapter initialisation, minibatches and directions")
-    steps: int = Field(110, ge=1, description="training steps (bilevel and two-stage: lower and upper steps counted together)")
+    steps: int = Field(220, ge=1, description="training steps (bilevel and two-stage: lower and upper steps counted together)")
     lr: float = Field(1e-5, ge=0, description="constant learning rate of the method's main optimizer: Adam on the adapter (fo); the ZO optimizer (mezo; θ in bilevel and in two-stage's second stage)")
     batch_size: int = Field(8, ge=1, description="training examples per step (bilevel: per minibatch, B_FT and B_P each)")
     eval_every: int = Field(55, ge=1, description="validation loss (and a checkpoint) every N steps and at the last step")

@@ -85,4 +85,5 @@ def run_training(config: RunConfig) -> dict:
     save_results(model, tokenizer, config, run)
     run.plot_losses()
     run.write_metrics(metrics)  # last: its presence marks the run finished
+    run.checkpoint_path.unlink(missing_ok=True)  # a finished run resumes no more
     return metrics

@@ -127,21 +127,20 @@ def model_folder(name: str) -> Path | str:
 
 
 def load_tokenizer(name: str = BUNDLED_MODEL) -> PreTrainedTokenizerFast:
-    """The tokenizer of a model name, without its weights."""
-    return byte_tokenizer() if name in TINY_MODELS else AutoTokenizer.from_pretrained(model_folder(name))
-
-
-def set_special_tokens(model: PreTrainedModel, tokenizer) -> None:
-    """Make pad and eos explicit on the tokenizer, the config and the generation config.
-
-    Padding is on the left everywhere: continuations then end every row at the same position,
-    so scoring only needs the logits of the last few positions.
-    """
+    """The tokenizer of a model name, without its weights: pad (eos where it has none) and eos explicit,
+    padding on the left everywhere, so that continuations end every row at the same position and scoring
+    needs only the logits of the last few positions."""
+    tokenizer = byte_tokenizer() if name in TINY_MODELS else AutoTokenizer.from_pretrained(model_folder(name))
     if tokenizer.eos_token is None:
-        raise ValueError(f"tokenizer of {model.name_or_path!r} has no eos token; set one before training")
+        raise ConfigError(f"the tokenizer of {name!r} has no eos token; set one in its tokenizer_config.json")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def set_special_tokens(model: PreTrainedModel, tokenizer) -> None:
+    """The tokenizer's pad and eos on the model's config and generation config."""
     for config in (model.config, model.generation_config):
         config.pad_token_id = tokenizer.pad_token_id
         config.eos_token_id = tokenizer.eos_token_id

@@ -3,7 +3,8 @@
     config.yaml       the resolved configuration (nested sections)
     log.jsonl         one line per logged step: {"step", "train_loss", ...} or {"step", "val_loss"}
     trajectory.jsonl  the zeroth-order steps (seed, scalars, lr), where the method takes any
-    checkpoint.pt     the state at the last evaluation, for --resume (θ itself comes from the trajectory)
+    checkpoint.pt     the state at the last evaluation, for --resume (θ itself comes from the trajectory);
+                      deleted when the run finishes
     metrics.json      written last: zero-shot and test metrics, best step, timings; its presence means finished
     loss_curves.png   train and validation loss against step
     adapter/          the selected adapter (peft save_pretrained), where the method trains one

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 MASK64 = (1 << 63) - 1
+ALIGN = 16  # elements: packed parameters start at multiples of it, so that the fused kernel's accesses vectorise
 KERNELS = ("auto", "torch", "triton")
 TORCH_BLOCK = 1 << 20
 FORMAT = "u(seed, parameter name, element index)"
@@ -58,6 +59,10 @@ def mix(*numbers: int) -> int:
     return state & MASK64
 
 
+def aligned(numel: int) -> int:
+    return -(-numel // ALIGN) * ALIGN
+
+
 def name_key(name: str) -> int:
     """A parameter's 64-bit key: the same in every process (Python's hash() is not)."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
@@ -72,12 +77,14 @@ class Segment:
     bucket: int
     offset: int  # position of its first element in the bucket
     numel: int
+    extent: int = 0  # elements a pass may write from offset: numel, or up to the next aligned offset when packed
     start: int = 0  # index of its first element within the whole parameter (nonzero for a shard)
     parameter_numel: int | None = None  # elements of the whole parameter (default: numel)
     key: int = field(init=False)
 
     def __post_init__(self):
         self.key = name_key(self.name)
+        self.extent = max(self.extent, self.numel)
         if self.parameter_numel is None:
             self.parameter_numel = self.start + self.numel
 
@@ -86,7 +93,6 @@ class Segment:
 class Bucket:
     flat: torch.Tensor  # 1-D; the parameters are views into it (or it is a view of the one parameter)
     segments: list[Segment]
-    table: torch.Tensor | None = None  # the Triton launch table, built on first use
 
 
 class ParameterSpace:
@@ -112,7 +118,7 @@ class ParameterSpace:
         self.kernel = resolve_kernel(kernel, self.device)
         self.displacement: tuple[int, float] | None = None  # θ currently is θ + scale·u(seed)
         self._generator = torch.Generator(device=self.device)
-        self._tables: dict[tuple, torch.Tensor] = {}
+        self._launches: dict[tuple, object] = {}  # Triton launch tables, built on first use
 
     @property
     def directions(self) -> str:
@@ -130,11 +136,12 @@ class ParameterSpace:
     def segments(self) -> list[Segment]:
         return [s for b in self.buckets for s in b.segments]
 
-    def _add_bucket(self, flat: torch.Tensor, members) -> None:
+    def _add_bucket(self, flat: torch.Tensor, members, packed: bool = False) -> None:
         b, offset, segments = len(self.buckets), 0, []
         for name, p in members:
-            segments.append(Segment(name, p, b, offset, p.numel()))
-            offset += p.numel()
+            extent = aligned(p.numel()) if packed else p.numel()
+            segments.append(Segment(name, p, b, offset, p.numel(), extent))
+            offset += extent
         self.buckets.append(Bucket(flat, segments))
 
     def _pack(self, named, bucket_numel: int) -> None:
@@ -144,18 +151,18 @@ class ParameterSpace:
         for members in groups.values():
             while members:
                 size, take = 0, 0
-                while take < len(members) and (take == 0 or size + members[take][1].numel() <= bucket_numel):
-                    size += members[take][1].numel()
+                while take < len(members) and (take == 0 or size + aligned(members[take][1].numel()) <= bucket_numel):
+                    size += aligned(members[take][1].numel())
                     take += 1
                 batch, members = members[:take], members[take:]
-                flat = torch.empty(size, dtype=batch[0][1].dtype, device=self.device)
+                flat = torch.zeros(size, dtype=batch[0][1].dtype, device=self.device)
                 offset = 0
                 for _, p in batch:
                     n = p.numel()
                     flat[offset : offset + n].copy_(p.data.view(-1))
                     p.data = flat[offset : offset + n].view_as(p)  # the old storage is freed here
-                    offset += n
-                self._add_bucket(flat, batch)
+                    offset += aligned(n)
+                self._add_bucket(flat, batch, packed=True)
 
     def unpack(self) -> None:
         """Give each parameter its own storage again (safetensors refuses tensors that share one)."""
@@ -163,7 +170,7 @@ class ParameterSpace:
         members = [(s.name, s.parameter) for s in self.segments]
         for _, p in members:
             p.data = p.data.clone()
-        self.buckets, self._tables = [], {}
+        self.buckets, self._launches = [], {}
         for name, p in members:
             self._add_bucket(p.data.view(-1), [(name, p)])
 
@@ -179,9 +186,9 @@ class ParameterSpace:
         if self.kernel == "triton":
             from . import kernels
 
-            table = self._table(("slice", segment.name, first, numel), [(0, segment.key, first, numel)])
-            u = torch.empty(numel, dtype=torch.float32, device=self.device)
-            return kernels.gaussian_(u, table, seed)
+            launch = self._launch(("slice", segment.name, first, numel), [(0, segment.key, first, aligned(numel))])
+            u = torch.empty(aligned(numel), dtype=torch.float32, device=self.device)
+            return kernels.gaussian_(u, launch, seed)[:numel]
         return torch.cat(list(self._torch_blocks(seed, segment, first, numel)))
 
     def _torch_blocks(self, seed: int, segment: Segment, first: int, numel: int):
@@ -194,12 +201,12 @@ class ParameterSpace:
             u = torch.randn(length, generator=self._generator, device=self.device, dtype=torch.float32)
             yield u[max(first, begin) - begin : min(first + numel, begin + length) - begin]
 
-    def _table(self, key: tuple, pieces) -> torch.Tensor:
-        if key not in self._tables:
+    def _launch(self, key: tuple, pieces):
+        if key not in self._launches:
             from . import kernels
 
-            self._tables[key] = kernels.program_table(pieces, self.device)
-        return self._tables[key]
+            self._launches[key] = kernels.Launch.of(pieces, self.device)
+        return self._launches[key]
 
     def add_to_segment(self, seed: int, segment: Segment, scale: float) -> None:
         """θ[segment] += scale·u(seed)."""
@@ -207,9 +214,9 @@ class ParameterSpace:
         if self.kernel == "triton":
             from . import kernels
 
-            table = self._table(("segment", segment.name, segment.bucket, segment.offset),
-                                [(segment.offset, segment.key, segment.start, segment.numel)])
-            kernels.add_gaussian_(self.buckets[segment.bucket].flat, table, seed, scale)
+            launch = self._launch(("segment", segment.name, segment.bucket, segment.offset),
+                                  [(segment.offset, segment.key, segment.start, segment.extent)])
+            kernels.add_gaussian_(self.buckets[segment.bucket].flat, launch, seed, scale)
             return
         done = 0
         for u in self._torch_blocks(seed, segment, segment.start, segment.numel):
@@ -225,10 +232,8 @@ class ParameterSpace:
         from . import kernels
 
         for b, bucket in enumerate(self.buckets):
-            if bucket.table is None:
-                bucket.table = kernels.program_table([(s.offset, s.key, s.start, s.numel) for s in bucket.segments],
-                                                     self.device)
-            kernels.add_gaussian_(bucket.flat, bucket.table, seed, scale)
+            launch = self._launch(("bucket", b), [(s.offset, s.key, s.start, s.extent) for s in bucket.segments])
+            kernels.add_gaussian_(bucket.flat, launch, seed, scale)
 
     # --- displacement ----------------------------------------------------------------------------
 
