@@ -238,3 +238,22 @@ def test_a_killed_sweep_takes_its_runs_with_it(tmp_path, data_dir):
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     assert wait_for(lambda: not alive(child), timeout=20), "the run outlived its sweep"
+
+
+def test_a_run_prints_no_library_notices_a_user_cannot_act_on(tmp_path, data_dir):
+    # GPT-2's fused attention makes peft warn about fan_in_fan_out; prefix tuning makes transformers
+    # and peft warn about past_key_values and position ids.
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TQDM_DISABLE": "1"}
+    for peft in ("lora", "prefix"):
+        command = [sys.executable, "-m", "zofo", *tiny_args(data_dir, tmp_path / peft, "--model", "tiny-gpt2", "--peft", peft)]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert "Warning" not in result.stderr and "warn" not in result.stderr.lower(), result.stderr
+
+
+def test_the_sweep_shows_each_running_run_s_step(tmp_path):
+    from zofo.sweep import last_step
+
+    (tmp_path / "log.jsonl").write_text('{"step": 11, "train_loss": 0.5}\n{"step": 12, "val_loss": 0.4}\n')
+    assert last_step(tmp_path) == "12"
+    assert last_step(tmp_path / "nowhere") == "0"
