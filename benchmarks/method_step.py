@@ -151,7 +151,7 @@ def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, pieces: bool) -
     if not pieces:
         return steps
     return {**steps, "phi_gradient_and_adam": phi_gradient_and_adam,
-            "f_evaluation": f_once, "theta_pass": lambda i: bilevel.theta.space.add_direction(i, 0.0),
+            "f_evaluation": f_once, "theta_pass": lambda i: bilevel.zo.space.add_direction(i, 0.0),
             "forward_no_grad_B": forward(one), "forward_no_grad_2B": forward(both), "forward_backward_B": forward_backward,
             "build_batch_2B": lambda i: data.batch(ft + peft, device), "adapter_switch_x2": switch}
 

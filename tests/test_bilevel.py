@@ -82,7 +82,7 @@ def test_an_upper_cycle_switches_adapters_four_times(data_dir, tmp_path):
     method.upper_step(data.train[:4], data.train[4:8], seed=1, step=3)
     assert switches == [LOWER, UPPER, LOWER, UPPER] and method.model.active_adapter == UPPER
 
-    method.theta.spsa.two_sided, method.theta.spsa.q = False, 2  # three evaluations of F: φ is made active again
+    method.zo.spsa.two_sided, method.zo.spsa.q = False, 2  # three evaluations of F: φ is made active again
     method.upper_step(data.train[:4], data.train[4:8], seed=2, step=6)
     assert method.model.active_adapter == UPPER
 
@@ -92,7 +92,7 @@ def test_with_lambda_zero_the_theta_estimate_is_mezos_on_the_ft_loss(data_dir, t
     method, data = build(config, tmp_path)
     method.lower_level([data.train[8:12]])  # z ≠ φ, so the penalty terms would matter if λ did
     ft, peft = data.train[:4], data.train[4:8]
-    spsa = method.theta.spsa
+    spsa = method.zo.spsa
     bilevel = spsa.estimate(UpperObjective(method.peft_model, data, ft, peft, 0.0), 7)
     loss_fn, batch = data.loss_fn(), data.batch(ft, "cpu")
     mezo = spsa.estimate(lambda: loss_fn(method.model, batch), 7)
@@ -197,7 +197,7 @@ def test_same_point_estimates_theta_at_the_old_phi_and_reuses_phi_s_losses_for_f
     method, reference = methods
     ft, peft = data.train[:4], data.train[4:8]
 
-    expected = reference.theta.spsa.estimate(UpperObjective(reference.peft_model, data, ft, peft, 10.0), 5)  # at the old φ
+    expected = reference.zo.spsa.estimate(UpperObjective(reference.peft_model, data, ft, peft, 10.0), 5)  # at the old φ
     reference.phi_gradient(ft, peft)
     reference.phi_update()
     _, _, estimate = method.upper_step(ft, peft, seed=5, step=3)
@@ -207,7 +207,7 @@ def test_same_point_estimates_theta_at_the_old_phi_and_reuses_phi_s_losses_for_f
         torch.testing.assert_close(a, b)  # φ's update does not depend on the order
 
     # phi-first would have estimated F at the new φ: a different number
-    at_new_phi = reference.theta.spsa.estimate(UpperObjective(reference.peft_model, data, ft, peft, 10.0), 5)
+    at_new_phi = reference.zo.spsa.estimate(UpperObjective(reference.peft_model, data, ft, peft, 10.0), 5)
     assert at_new_phi.losses[0] != pytest.approx(expected.losses[0], rel=1e-6)
 
 

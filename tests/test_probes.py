@@ -109,7 +109,7 @@ def test_a_diverging_run_stops_with_the_step_and_keeps_its_log(method, lr, capsy
 
 def test_a_nan_validation_loss_stops_the_run(capsys, tmp_path, data_dir, monkeypatch):
     monkeypatch.setattr("zofo.data.TaskSet.validation_loss", lambda self, model: float("nan"))
-    assert "the validation loss is nan at step 3" in error_of(capsys, tiny_args(data_dir, tmp_path / "run"))
+    assert "the validation loss became nan at step 3" in error_of(capsys, tiny_args(data_dir, tmp_path / "run"))
 
 
 def test_ctrl_c_says_how_to_continue(capsys, tmp_path, data_dir, monkeypatch):

@@ -164,11 +164,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     step = args.step
     if step is None and (folder / "metrics.json").exists():
         step = read_json(folder / "metrics.json").get("best_step")
-    method = METHODS[config.method]
-    if method.replayed_parameters is None:
-        raise ConfigError(f"{folder}: method {config.method!r} takes no zeroth-order steps: nothing to replay")
     model, _ = load_model(config.model, config.dtype, config.device, seed=config.seed)
-    model, named = method.replayed_parameters(model, config)
+    model, named = METHODS[config.method].replayed_parameters(model, config)
     engine = zo_engine(model, named, config.zo, config.lr)
     last = engine.replay(trajectory, until=step)
     engine.space.unpack()

@@ -24,3 +24,11 @@ class RecordError(ZofoError):
 
 class NonFiniteLoss(ZofoError):
     """Training diverged: the step (and the direction's seed)."""
+
+
+def diverged(what: str, value: float, step: int, dtype: str, seed: int | None = None) -> NonFiniteLoss:
+    """The error for a loss that became NaN or infinite: where, and what to try."""
+    where = f"step {step}" + (f" (direction seed {seed})" if seed is not None else "")
+    advice = "lower the learning rate" + (" or train in fp32" if dtype != "fp32" else "")
+    return NonFiniteLoss(f"{what} became {value} at {where}: {advice}. The log keeps the steps before it, "
+                         "and the run folder its last checkpoint")

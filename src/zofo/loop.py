@@ -22,7 +22,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .methods.base import Method, NonFiniteLoss, Selection
+from .errors import diverged
+from .methods.base import Method, Selection
 from .runs import RunFolder
 
 FLUSH_EVERY = 16  # iterations whose logged values wait on the device before one synchronisation
@@ -51,9 +52,7 @@ class PendingLog:
             self.run.log(record)
             bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
             if bad and check:
-                advice = "lower the learning rate" + (" or train in fp32" if self.dtype != "fp32" else "")
-                raise NonFiniteLoss(f"{bad[0]} became {record[bad[0]]} at step {step}: {advice}. The log keeps "
-                                    "every step up to it; the last checkpoint is kept too")
+                raise diverged(bad[0], record[bad[0]], step, self.dtype)
             last = record
         return last
 
@@ -93,8 +92,7 @@ def train(method: Method, run: RunFolder, rebuild: Callable[[], Method], resume_
                 continue
             val_loss = method.tasks.validation_loss(method.model)
             if not math.isfinite(val_loss):
-                raise NonFiniteLoss(f"the validation loss is {val_loss} at step {step}: the model diverged; lower the "
-                                    "learning rate" + (" or train in fp32" if config.dtype != "fp32" else ""))
+                raise diverged("the validation loss", val_loss, step, config.dtype)
             run.log({"step": step, "val_loss": val_loss})
             selection.update(step, val_loss, method)
             method.evaluated(iteration, val_loss, selection)

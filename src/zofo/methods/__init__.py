@@ -1,7 +1,8 @@
 """Training methods. Each is one file with a Method subclass (methods/base.py) that reads like the
 paper's algorithm box; the run loop (loop.py) does the rest. Methods never import each other."""
 
-from .base import Method, NonFiniteLoss
+from ..errors import NonFiniteLoss
+from .base import Method
 from .bilevel import BilevelZOFO
 from .first_order import FirstOrder
 from .mezo import MeZO

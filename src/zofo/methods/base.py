@@ -13,18 +13,22 @@ the start point and the trajectory (seeds and scalars), which the method appends
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from ..config import RunConfig
 from ..data import TaskSet
-from ..errors import NonFiniteLoss
-from ..zo import Trajectory
+from ..errors import diverged
+from ..adapters import base_parameters
+from ..zo import Trajectory, ZOEngine
 
 
 class Method:
     name: str = ""
+    model: torch.nn.Module  # θ with the adapter that is evaluated and saved
+    zo: ZOEngine | None = None  # the zeroth-order machinery of the parameters it moves so, if any
 
     def __init__(self, model, tasks: TaskSet, config: RunConfig, trajectory: Trajectory):
         self.tasks, self.config, self.trajectory = tasks, config, trajectory
@@ -41,8 +45,8 @@ class Method:
 
     def begin(self) -> None:
         """Called once before the first iteration of a fresh run (not of a resumed one)."""
-        if self.engine is not None:
-            self.trajectory.start(self.engine.space.directions)
+        if self.zo is not None:
+            self.trajectory.start(self.zo.space.directions)
 
     def step(self, iteration: int) -> dict[str, Any]:
         """Advance one iteration (0-based); returns what to log, tensors left on the device."""
@@ -51,17 +55,7 @@ class Method:
     def evaluated(self, iteration: int, val_loss: float, best: "Selection") -> None:
         """Called after each evaluation, once the best step is updated."""
 
-    # --- the model to evaluate, and how to come back to a step -----------------------------------
-
-    @property
-    def model(self) -> torch.nn.Module:
-        """θ with the adapter that is evaluated and saved."""
-        raise NotImplementedError
-
-    @property
-    def engine(self):
-        """The ZOEngine whose trajectory this method writes, if any."""
-        return None
+    # --- how to come back to a step -------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
         """What the selection keeps of the current state, to come back to it later (small: adapters;
@@ -70,8 +64,8 @@ class Method:
 
     def restore(self, step: int, snapshot: dict[str, Any]) -> None:
         """On a method at its start point: the state of `step`, as evaluated then."""
-        if self.engine is not None:
-            self.engine.replay(self.trajectory, until=step)
+        if self.zo is not None:
+            self.zo.replay(self.trajectory, until=step)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything beyond the snapshot that the next iterations depend on (optimizer states, samplers)."""
@@ -82,24 +76,24 @@ class Method:
 
     def finish(self) -> torch.nn.Module:
         """The model to test and save: θ with the evaluated adapter, other adapters removed."""
-        if self.engine is not None:
-            self.engine.space.unpack()  # own storage per tensor again, for save_pretrained
+        if self.zo is not None:
+            self.zo.space.unpack()  # own storage per tensor again, for save_pretrained
         return self.model
 
     def summary(self) -> dict[str, Any]:
         """Method-specific facts for metrics.json."""
         facts = {}
-        if self.engine is not None:
-            facts.update(zo_parameters=self.engine.space.numel, zo_optimizer_state_bytes=self.engine.optimizer.state_bytes(),
+        if self.zo is not None:
+            facts.update(zo_parameters=self.zo.space.numel, zo_optimizer_state_bytes=self.zo.optimizer.state_bytes(),
                          trajectory_bytes=self.trajectory.path.stat().st_size)
         return facts
 
     @classmethod
     def replayed_parameters(cls, model, config: RunConfig):
-        """(model, the named parameters the trajectory moves) at the start point, for `zofo replay`; None
-        where the method takes no zeroth-order step. θ is named as in the plain model, so the trajectory
-        of a method that trains θ besides adapters replays onto the plain model."""
-        return None
+        """(model, the named parameters the trajectory moves) at the start point, for `zofo replay`: θ,
+        named as in the plain model, so that the trajectory of a method that trains adapters besides θ
+        replays onto the plain model (the selected adapter is saved with the run)."""
+        return model, base_parameters(model)
 
     # --- shared pieces ---------------------------------------------------------------------------
 
@@ -107,21 +101,17 @@ class Method:
         """One SPSA estimate and ZO update of the engine's parameters, logged to the trajectory:
         the objective is evaluated at the perturbed points (θ left displaced by the last direction),
         then the optimizer's pass takes the displacement back and applies the update."""
-        engine = self.engine
-        estimate = engine.spsa.estimate(objective, seed, at_theta=at_theta)
+        estimate = self.zo.spsa.estimate(objective, seed, at_theta=at_theta)
         check_finite(estimate.losses, step, seed, self.config.dtype)
-        engine.optimizer.step(estimate)
-        self.trajectory.append(step, seed, estimate.scalars, engine.optimizer.lr)
+        self.zo.optimizer.step(estimate)
+        self.trajectory.append(step, seed, estimate.scalars, self.zo.optimizer.lr)
         return estimate
 
 
 def check_finite(values: list[float], step: int, seed: int | None, dtype: str) -> None:
-    bad = [v for v in values if v != v or v in (float("inf"), float("-inf"))]
+    bad = [v for v in values if not math.isfinite(v)]
     if bad:
-        where = f"step {step}" + (f" (direction seed {seed})" if seed is not None else "")
-        advice = "lower the learning rate" + (" or train in fp32" if dtype != "fp32" else "")
-        raise NonFiniteLoss(f"the training loss became {bad[0]} at {where}: {advice}. The log keeps every step "
-                            "before it; the last checkpoint is kept too")
+        raise diverged("the training loss", bad[0], step, dtype, seed)
 
 
 class Selection:

@@ -82,10 +82,6 @@ class BilevelZOFO(Method):
 
     name = "bilevel"
 
-    @classmethod
-    def replayed_parameters(cls, model, config):
-        return model, base_parameters(model)  # θ alone; the selected adapter is saved with the run
-
     def __init__(self, model, tasks, config, trajectory):
         super().__init__(model, tasks, config, trajectory)
         self.data, settings = tasks.single, config.bilevel
@@ -93,7 +89,7 @@ class BilevelZOFO(Method):
         # same-point with one-sided SPSA: F(θ) takes φ's two losses from the forwards of φ's gradient
         self.reuse_phi_forwards = settings.order == "same-point" and config.zo.one_sided
         self.peft_model = with_adapters(model, config.adapter, [UPPER, LOWER], config.seed, same_start=True)
-        self.theta = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)
+        self.zo = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)  # over θ
         self.phi_optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, UPPER), lr=settings.upper_lr)
         self.z_optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, LOWER), lr=settings.lower_lr)
         ft, peft = self.data.split(config.seed)
@@ -106,10 +102,6 @@ class BilevelZOFO(Method):
     def model(self):
         activate(self.peft_model, UPPER)
         return self.peft_model
-
-    @property
-    def engine(self):
-        return self.theta
 
     def schedule(self) -> list[int]:
         return [t * (self.K + 1) for t in range(1, self.config.steps // (self.K + 1) + 1)]
@@ -172,7 +164,7 @@ class BilevelZOFO(Method):
         """Forward passes over one minibatch each (a lower batch, B_FT or B_P) in one upper step and its
         K lower steps, however they are grouped into model calls; K + 2 of them carry a backward."""
         reused = 2 if self.reuse_phi_forwards else 0  # F(θ)'s φ losses come from φ's gradient passes
-        return self.K + 2 + 3 * self.theta.spsa.evaluations - reused
+        return self.K + 2 + 3 * self.zo.spsa.evaluations - reused
 
     # --- state -----------------------------------------------------------------------------------
 

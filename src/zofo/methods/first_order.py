@@ -21,14 +21,10 @@ class FirstOrder(Method):
     def __init__(self, model, tasks, config, trajectory):
         super().__init__(model, tasks, config, trajectory)
         self.data = tasks.single
-        self.peft_model = with_adapters(model, config.adapter, [DEFAULT], config.seed)
+        self.model = self.peft_model = with_adapters(model, config.adapter, [DEFAULT], config.seed)
         self.optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, DEFAULT), lr=config.lr)
         self.sampler = self.data.sampler(config.batch_size, config.seed)
         self.loss_fn = self.data.loss_fn()
-
-    @property
-    def model(self):
-        return self.peft_model
 
     def step(self, iteration: int) -> dict:
         loss = self.loss_fn(self.peft_model, self.data.batch(self.sampler.next(), self.peft_model.device))

@@ -31,8 +31,8 @@ class MeZO(Method):
     def __init__(self, model, tasks, config, trajectory):
         super().__init__(model, tasks, config, trajectory)
         self.data = tasks.single
-        self.zo_model, named = mezo_parameters(model, config)
-        self.theta = zo_engine(self.zo_model, named, config.zo, config.lr)
+        self.model, named = mezo_parameters(model, config)
+        self.zo = zo_engine(self.model, named, config.zo, config.lr)
         self.sampler = self.data.sampler(config.batch_size, config.seed)
         self.loss_fn = self.data.loss_fn()
 
@@ -40,18 +40,10 @@ class MeZO(Method):
     def replayed_parameters(cls, model, config):
         return mezo_parameters(model, config)
 
-    @property
-    def model(self):
-        return self.zo_model
-
-    @property
-    def engine(self):
-        return self.theta
-
     def step(self, iteration: int) -> dict:
         step = iteration + 1
-        batch = self.data.batch(self.sampler.next(), self.zo_model.device)
-        estimate = self.zo_step(lambda: self.loss_fn(self.zo_model, batch), mix(self.config.seed, step), step)
+        batch = self.data.batch(self.sampler.next(), self.model.device)
+        estimate = self.zo_step(lambda: self.loss_fn(self.model, batch), mix(self.config.seed, step), step)
         return {"train_loss": estimate.loss, "projected_grad": estimate.scalars[0]}
 
     def state_dict(self) -> dict:

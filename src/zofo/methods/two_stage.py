@@ -20,29 +20,17 @@ from .base import Method
 class TwoStage(Method):
     name = "two-stage"
 
-    @classmethod
-    def replayed_parameters(cls, model, config):
-        return model, base_parameters(model)  # θ alone; the selected adapter is saved with the run
-
     def __init__(self, model, tasks, config, trajectory):
         super().__init__(model, tasks, config, trajectory)
         self.data, K = tasks.single, config.bilevel.k
         self.T = config.steps // (K + 1)
         self.first_stage_steps = self.T * K
-        self.peft_model = with_adapters(model, config.adapter, [DEFAULT], config.seed)
+        self.model = self.peft_model = with_adapters(model, config.adapter, [DEFAULT], config.seed)
         self.optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, DEFAULT), lr=config.bilevel.lower_lr)
-        self.theta = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)
+        self.zo = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)  # over θ
         self.adapter_sampler = self.data.sampler(config.batch_size, config.seed)
         self.theta_sampler = self.data.sampler(config.batch_size, mix(config.seed, 3))
         self.loss_fn = self.data.loss_fn()
-
-    @property
-    def model(self):
-        return self.peft_model
-
-    @property
-    def engine(self):
-        return self.theta
 
     def schedule(self) -> list[int]:
         return list(range(1, self.first_stage_steps + self.T + 1))
