@@ -71,8 +71,13 @@ def run_training(config: RunConfig) -> dict:
         print(f"zero-shot test {metrics['zero_shot']}", flush=True)
     zero_shot = {k: metrics[k] for k in ("zero_shot", "zero_shot_seconds") if k in metrics}
     method = start_point(model)
+    del model  # the method holds it; released with the method if the selected step is rebuilt
 
-    method, selection = loop.train(method, run, start_point, state, extra_state={"zero_shot": zero_shot})
+    selection = loop.train(method, run, state, extra_state={"zero_shot": zero_shot})
+    if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
+        del method  # one model in memory at a time
+        method = start_point()
+        method.restore(selection.step, selection.snapshot)
     model = method.finish()
     metrics.update(selection.summary())
     metrics.update(method.summary())

@@ -7,7 +7,7 @@
             keep the method's snapshot if val is the lowest so far
             checkpoint: the method's state, the selection, the iteration (atomic; the log and the
                         trajectory are cut back to it on resume)
-    back to the selected step: a method rebuilt at its start point, restored to that step
+    back to the selected step (the caller): a method rebuilt at its start point, restored to that step
 
 Resuming loads the checkpoint into a method at its start point (θ replayed from the trajectory), so a
 run killed at any point ends as the uninterrupted run ends: same metrics, and in fp32 the same weights.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -61,10 +61,10 @@ def plain(value):
     return value.item() if isinstance(value, torch.Tensor) else value
 
 
-def train(method: Method, run: RunFolder, rebuild: Callable[[], Method], resume_state: dict | None = None,
-          extra_state: dict | None = None) -> tuple[Method, Selection]:
-    """Run `method` to its last iteration and return a method at the selected step (`rebuild` makes one
-    at the start point), with the selection. `extra_state` is stored in every checkpoint (zero-shot metrics)."""
+def train(method: Method, run: RunFolder, resume_state: dict | None = None, extra_state: dict | None = None) -> Selection:
+    """Run `method` to its last iteration and return the selection (the caller comes back to the selected
+    step with a method at its start point, once this one is released). `extra_state` is stored in every
+    checkpoint (zero-shot metrics)."""
     config, schedule = method.config, method.schedule()
     selection, first, seconds_before = Selection(), 0, 0.0
     if resume_state is not None:
@@ -105,9 +105,4 @@ def train(method: Method, run: RunFolder, rebuild: Callable[[], Method], resume_
     finally:  # however the run ends, the steps it completed are in the log
         progress.close()
         log.flush(check=False)
-
-    if selection.step != schedule[-1]:  # back to the selected step, from the start point
-        del method
-        method = rebuild()
-        method.restore(selection.step, selection.snapshot)
-    return method, selection
+    return selection
