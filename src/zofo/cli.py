@@ -29,18 +29,24 @@ EVAL_FIELDS = ("task", "model", "hard_prompt", "seed", "data_dir", "n_test", "ma
 
 
 def add_config_options(parser: argparse.ArgumentParser, names=None) -> None:
-    """One --option per config field. Values stay strings here: the config's types convert and check them."""
+    """One --option per config field, grouped by section. Values stay strings here: the config's types
+    convert and check them."""
+    groups = {}
     for flag, (path, info) in FIELDS.items():
         if names is not None and flag not in names:
             continue
+        section = path.split(".")[0] if "." in path else "run"
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"{section} settings" + ("" if section == "run" else f" ({section}: in a config file)"))
+        group = groups[section]
         option = "--" + flag.replace("_", "-")
         help_text = info.description + ("" if info.default is None else f" (default: {info.default})")
         if info.annotation is bool:
-            parser.add_argument(option, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(option, dest=flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
             continue
         choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else None
         metavar = "{" + ",".join(choices) + "}" if choices else path.rsplit(".", 1)[-1].upper()
-        parser.add_argument(option, dest=flag, default=None, metavar=metavar, help=help_text)
+        group.add_argument(option, dest=flag, default=None, metavar=metavar, help=help_text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,6 +18,7 @@ however it dies), and a folder that holds a run is reused only when asked: --res
 from __future__ import annotations
 
 import fcntl
+import json
 import math
 import os
 import shutil
@@ -27,7 +28,7 @@ import torch
 import yaml
 
 from .errors import RunFolderError
-from .records import append_record, read_json, read_records, rewrite_records, write_atomic
+from .records import append_record, read_records, rewrite_records, write_atomic
 
 OUTPUTS = ("metrics.json", "config.yaml", "log.jsonl", "trajectory.jsonl", "checkpoint.pt", "loss_curves.png",
            "adapter", "model")
@@ -131,8 +132,6 @@ class RunFolder:
         return state
 
     def write_metrics(self, metrics: dict) -> None:
-        import json
-
         write_atomic(self.metrics_path, json.dumps(metrics, indent=2) + "\n")
 
     def plot_losses(self) -> Path:
@@ -147,10 +146,6 @@ def differences(old: dict, new: dict, prefix: str = ""):
             yield from differences(a, b, f"{prefix}{key}.")
         elif a != b:
             yield f"{prefix}{key}", a, b
-
-
-def read_metrics(folder: str | Path) -> dict:
-    return read_json(Path(folder) / "metrics.json")
 
 
 def plot_loss_curves(records: list[dict], path: Path, title: str = "") -> Path:
