@@ -59,6 +59,13 @@ def mix(*numbers: int) -> int:
     return state & MASK64
 
 
+def _kernels():
+    """The Triton kernels, imported on first use (the torch path runs without Triton installed)."""
+    from . import kernels
+
+    return kernels
+
+
 def aligned(numel: int) -> int:
     return -(-numel // ALIGN) * ALIGN
 
@@ -124,8 +131,7 @@ class ParameterSpace:
     def directions(self) -> str:
         """What decides u for a seed; a trajectory replays only under the same generator."""
         if self.kernel == "triton":
-            from . import kernels
-
+            kernels = _kernels()
             box_muller = "approximate" if kernels.FAST_MATH else "exact"
             rng = f"triton Philox4x32-{kernels.ROUNDS}, {box_muller} Box-Muller, groups of {kernels.GROUP}"
         else:
@@ -184,11 +190,9 @@ class ParameterSpace:
         numel = segment.numel - start if numel is None else numel
         first = segment.start + start  # index within the whole parameter
         if self.kernel == "triton":
-            from . import kernels
-
             launch = self._launch(("slice", segment.name, first, numel), [(0, segment.key, first, aligned(numel))])
             u = torch.empty(aligned(numel), dtype=torch.float32, device=self.device)
-            return kernels.gaussian_(u, launch, seed)[:numel]
+            return _kernels().gaussian_(u, launch, seed)[:numel]
         return torch.cat(list(self._torch_blocks(seed, segment, first, numel)))
 
     def _torch_blocks(self, seed: int, segment: Segment, first: int, numel: int):
@@ -203,20 +207,16 @@ class ParameterSpace:
 
     def _launch(self, key: tuple, pieces):
         if key not in self._launches:
-            from . import kernels
-
-            self._launches[key] = kernels.Launch.of(pieces, self.device)
+            self._launches[key] = _kernels().Launch.of(pieces, self.device)
         return self._launches[key]
 
     def add_to_segment(self, seed: int, segment: Segment, scale: float) -> None:
         """θ[segment] += scale·u(seed)."""
         view = self.view(segment)
         if self.kernel == "triton":
-            from . import kernels
-
             launch = self._launch(("segment", segment.name, segment.bucket, segment.offset),
                                   [(segment.offset, segment.key, segment.start, segment.extent)])
-            kernels.add_gaussian_(self.buckets[segment.bucket].flat, launch, seed, scale)
+            _kernels().add_gaussian_(self.buckets[segment.bucket].flat, launch, seed, scale)
             return
         done = 0
         for u in self._torch_blocks(seed, segment, segment.start, segment.numel):
@@ -229,11 +229,9 @@ class ParameterSpace:
             for segment in self.segments:
                 self.add_to_segment(seed, segment, scale)
             return
-        from . import kernels
-
         for b, bucket in enumerate(self.buckets):
             launch = self._launch(("bucket", b), [(s.offset, s.key, s.start, s.extent) for s in bucket.segments])
-            kernels.add_gaussian_(bucket.flat, launch, seed, scale)
+            _kernels().add_gaussian_(bucket.flat, launch, seed, scale)
 
     # --- displacement ----------------------------------------------------------------------------
 
