@@ -5,7 +5,8 @@ and memory do not depend on the values):
   forward      inference forward of the objective (no grad)
   zofo         SPSA + ZO-SGD, in-place, packed buckets, restore fused into the update (3 passes;
                the Triton kernel draws u in registers on a GPU)
-  zofo-exact   SPSA + ZO-SGD with on-the-fly perturbation (θ never perturbed in memory)
+  zofo-exact   SPSA + ZO-SGD, exact: θ ± εu written from a kept copy of θ, the update fused with the copy's
+  zofo-per-module  SPSA + ZO-SGD, each module perturbed only during its forward (θ never perturbed in memory)
   mezo-loop    a loop written like MeZO's reference trainer: per-tensor torch.normal after
                reseeding, out-of-place add, 4 passes (perturb, perturb, restore, update)
 Ratios: step time / (2 × forward time), peak memory / inference peak memory.
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from zofo.models import TINY_MODELS, bundled_model_folder, byte_tokenizer, resolve_dtype, tiny_config  # noqa: E402
 from zofo.zo import SPSA, ParameterSpace, ZOSGD  # noqa: E402
 
-VARIANTS = ("forward", "zofo", "zofo-exact", "mezo-loop")
+VARIANTS = ("forward", "zofo", "zofo-exact", "zofo-per-module", "mezo-loop")
 
 
 def model_config(name: str):
@@ -84,9 +85,10 @@ def make_step(variant, model, objective):
         return lambda step: objective()
     if variant == "mezo-loop":
         return lambda step: mezo_loop_step(model, objective, seed=step)
-    exact = variant == "zofo-exact"
-    space = ParameterSpace(model.named_parameters(), pack=not exact)
-    spsa = SPSA(space, eps=1e-3, perturbation="exact" if exact else "in-place", model=model)
+    perturbation = {"zofo": "in-place", "zofo-exact": "exact", "zofo-per-module": "per-module"}[variant]
+    space = ParameterSpace(model.named_parameters(), pack=perturbation != "per-module",
+                           keep_origin=perturbation == "exact")
+    spsa = SPSA(space, eps=1e-3, perturbation=perturbation, model=model)
     sgd = ZOSGD(space, lr=1e-7)
     return lambda step: sgd.step(spsa.estimate(objective, step))
 

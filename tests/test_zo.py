@@ -137,7 +137,7 @@ def test_estimate_is_the_finite_difference_along_the_regenerated_direction(two_s
     model, tokenizer = tiny()
     objective = lm_objective(model, tokenizer)
     space = ParameterSpace(model.named_parameters(), pack=False)
-    spsa = SPSA(space, eps=1e-3, q=q, two_sided=two_sided, perturbation="exact", model=model)
+    spsa = SPSA(space, eps=1e-3, q=q, two_sided=two_sided, perturbation="per-module", model=model)
     estimate = spsa.estimate(objective, step_seed=5)
     assert len(estimate.seeds) == len(estimate.scalars) == q and len(set(estimate.seeds)) == q
     theta = flat_params(space)
@@ -199,7 +199,7 @@ def test_a_given_f_at_theta_replaces_its_evaluation_in_one_sided_spsa():
     objective, calls = lm_objective(model, tokenizer), []
     counted = lambda: (calls.append(1), objective())[1]
     space = ParameterSpace(model.named_parameters(), pack=False)
-    spsa = SPSA(space, eps=1e-3, q=2, two_sided=False, perturbation="exact", model=model)
+    spsa = SPSA(space, eps=1e-3, q=2, two_sided=False, perturbation="per-module", model=model)
     fresh = spsa.estimate(counted, step_seed=3)
     assert len(calls) == 3
     calls.clear()
@@ -226,17 +226,28 @@ def test_objective_need_not_be_differentiable():
         set_theta(space, theta + sign * 0.5 * u)
         at[sign] = negative_accuracy()
     set_theta(space, theta)
-    estimate = SPSA(space, eps=0.5, perturbation="exact", model=model).estimate(negative_accuracy, step_seed=1)
+    estimate = SPSA(space, eps=0.5, perturbation="per-module", model=model).estimate(negative_accuracy, step_seed=1)
     assert estimate.losses == [at[1], at[-1]]
     assert estimate.scalars == [pytest.approx((at[1] - at[-1]) / 1.0)]
 
 
+def drift_free(model, mode: str, **space_options) -> tuple[ParameterSpace, SPSA]:
+    """The space and SPSA of a perturbation mode that never leaves round-off in θ."""
+    if mode == "exact":
+        space = ParameterSpace(model.named_parameters(), keep_origin=True, **space_options)
+    else:
+        space = ParameterSpace(model.named_parameters(), pack=False, **space_options)
+    return space, SPSA(space, eps=1e-3, perturbation=mode, model=model)
+
+
+@pytest.mark.parametrize("mode", ["exact", "per-module"])
+@pytest.mark.parametrize("q", [1, 2])
 @pytest.mark.parametrize("optimizer", [ZOSGD, ZOSignSGD, ZOAdam, lambda s, lr: ZOSGD(s, lr, momentum=0.9, weight_decay=0.1)])
-def test_learning_rate_zero_leaves_fp32_weights_bit_identical_with_exact_perturbation(optimizer):
+def test_learning_rate_zero_leaves_fp32_weights_bit_identical_with_exact_perturbation(optimizer, q, mode):
     model, tokenizer = tiny("tiny-opt")
     before = snapshot(model)
-    space = ParameterSpace(model.named_parameters(), pack=False)
-    spsa = SPSA(space, eps=1e-3, perturbation="exact", model=model)
+    space, spsa = drift_free(model, mode)
+    spsa.q = q
     opt = optimizer(space, 0.0)
     for step in range(5):
         opt.step(spsa.estimate(lm_objective(model, tokenizer), step))
@@ -247,8 +258,12 @@ def test_learning_rate_zero_leaves_fp32_weights_bit_identical_with_exact_perturb
 def drift_after(steps: int, dtype: str, perturbation: str) -> float:
     model, tokenizer = tiny(dtype=dtype)
     before = snapshot(model)
-    space = ParameterSpace(model.named_parameters(), pack=perturbation == "in-place")
-    spsa, opt = SPSA(space, eps=1e-3, perturbation=perturbation, model=model), ZOSGD(space, 0.0)
+    if perturbation == "in-place":
+        space = ParameterSpace(model.named_parameters())
+        spsa = SPSA(space, eps=1e-3)
+    else:
+        space, spsa = drift_free(model, perturbation)
+    opt = ZOSGD(space, 0.0)
     objective = lm_objective(model, tokenizer)
     for step in range(steps):
         opt.step(spsa.estimate(objective, step))
@@ -257,15 +272,16 @@ def drift_after(steps: int, dtype: str, perturbation: str) -> float:
 
 def test_perturb_restore_round_off_after_100_steps_at_learning_rate_zero(capsys):
     """In-place perturbation (MeZO's) cannot restore θ exactly: θ + εu − 2εu + εu rounds. The exact
-    perturbation never writes a perturbed value into θ, so nothing accumulates in any dtype."""
-    drifts = {(dtype, mode): drift_after(100, dtype, mode) for dtype in ("fp32", "bf16", "fp16")
-              for mode in ("in-place", "exact")}
+    perturbation writes θ ± εu from a kept copy of θ and restores by copying it; the per-module one never
+    writes a perturbed value into θ: nothing accumulates in any dtype with either."""
+    modes = ("in-place", "exact", "per-module")
+    drifts = {(dtype, mode): drift_after(100, dtype, mode) for dtype in ("fp32", "bf16", "fp16") for mode in modes}
     with capsys.disabled():
         print("\nmax |θ_100 − θ_0| after 100 ZO-SGD steps with lr 0 (ε = 1e-3, tiny-llama):")
         for (dtype, mode), drift in drifts.items():
-            print(f"  {dtype:5s} {mode:9s} {drift:.3e}")
+            print(f"  {dtype:5s} {mode:10s} {drift:.3e}")
     for dtype in ("fp32", "bf16", "fp16"):
-        assert drifts[(dtype, "exact")] == 0.0
+        assert drifts[(dtype, "exact")] == drifts[(dtype, "per-module")] == 0.0
         assert drifts[(dtype, "in-place")] > 0.0
     assert drifts[("fp32", "in-place")] < 1e-5 < drifts[("bf16", "in-place")]
 
@@ -300,7 +316,7 @@ def test_zo_adam_matches_torch_adam_fed_with_the_materialised_estimate():
     model, tokenizer = tiny()
     objective = lm_objective(model, tokenizer)
     space = ParameterSpace(model.named_parameters(), pack=False)
-    spsa = SPSA(space, eps=1e-3, perturbation="exact", model=model)
+    spsa = SPSA(space, eps=1e-3, perturbation="per-module", model=model)
     zo_adam = ZOAdam(space, lr=1e-3)
     reference = torch.nn.Parameter(flat_params(space))
     torch_adam = torch.optim.Adam([reference], lr=1e-3)
@@ -323,7 +339,7 @@ def test_average_of_spsa_estimates_approaches_the_autograd_gradient(capsys):
     gradient = torch.cat([g.flatten() for g in torch.autograd.grad(loss, [p for _, p in norms])])
     model.requires_grad_(False)
     space = ParameterSpace(norms, pack=False)
-    spsa = SPSA(space, eps=1e-3, perturbation="exact", model=model)
+    spsa = SPSA(space, eps=1e-3, perturbation="per-module", model=model)
     objective = lambda: model(**inputs, labels=inputs["input_ids"]).loss
     total, cosines = torch.zeros_like(gradient), {}
     for n in range(1, 1001):
@@ -342,7 +358,7 @@ def test_one_zo_sgd_step_lowers_the_loss_on_average():
     model, tokenizer = tiny()
     objective = lm_objective(model, tokenizer)
     space = ParameterSpace(model.named_parameters(), pack=False)
-    spsa, sgd = SPSA(space, eps=1e-3, perturbation="exact", model=model), ZOSGD(space, lr=2e-4)
+    spsa, sgd = SPSA(space, eps=1e-3, perturbation="per-module", model=model), ZOSGD(space, lr=2e-4)
     start, theta = objective().item(), flat_params(space)
     changes = []
     for seed in range(40):
@@ -362,3 +378,40 @@ def test_fused_triton_step_is_theta_minus_lr_g_u():
     ZOSGD(space, lr=1e-2).step(estimate)
     expected = theta - 1e-2 * estimate.scalars[0] * direction_of(space, estimate.seeds[0])
     torch.testing.assert_close(flat_params(space), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kernel", ["torch", "triton"])
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_exact_perturbation_steps_like_in_place_and_leaves_no_round_off(kernel, dtype):
+    """Exact mode writes θ ± εu and the update from its kept copy of θ: the same estimates and updates as
+    in place (to round-off), and at lr 0 θ is bit-identical after steps (the fused Triton pass too)."""
+    if kernel == "triton":
+        pytest.importorskip("triton", reason="triton is a dev dependency on Linux x86_64")
+    steps, results = 3, {}
+    for mode in ("in-place", "exact"):
+        model, tokenizer = tiny(dtype=dtype)
+        space = ParameterSpace(model.named_parameters(), kernel=kernel, bucket_numel=40_000,
+                               keep_origin=mode == "exact")
+        spsa, opt = SPSA(space, eps=1e-2, perturbation=mode), ZOSGD(space, lr=1e-2)
+        losses = []
+        for step in range(steps):
+            estimate = spsa.estimate(lm_objective(model, tokenizer), step)
+            opt.step(estimate)
+            losses += estimate.losses
+        results[mode] = (losses, flat_params(space))
+        if mode == "exact":
+            assert space.origin_bytes() == sum(b.flat.numel() * b.flat.element_size() for b in space.buckets)
+            torch.testing.assert_close(torch.cat([o.float() for o in space.origins]),
+                                       torch.cat([b.flat.float() for b in space.buckets]), atol=0, rtol=0)
+    tolerance = 1e-5 if dtype == "fp32" else 2e-2
+    assert results["exact"][0] == pytest.approx(results["in-place"][0], abs=tolerance)
+    torch.testing.assert_close(results["exact"][1], results["in-place"][1], atol=tolerance, rtol=tolerance)
+
+    model, tokenizer = tiny(dtype=dtype)
+    before = snapshot(model)
+    space = ParameterSpace(model.named_parameters(), kernel=kernel, bucket_numel=40_000, keep_origin=True)
+    spsa, opt = SPSA(space, eps=1e-2, perturbation="exact"), ZOSGD(space, lr=0.0)
+    for step in range(steps):
+        opt.step(spsa.estimate(lm_objective(model, tokenizer), step))
+    for name, p in model.named_parameters():
+        assert bits_equal(p, before[name]), name

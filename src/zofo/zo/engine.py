@@ -27,7 +27,8 @@ class ZOEngine:
 
 def zo_engine(model: torch.nn.Module, named_parameters, zo: ZOConfig, lr: float) -> ZOEngine:
     """SPSA and the ZO optimizer over `named_parameters` (names key the directions)."""
-    space = ParameterSpace(named_parameters, pack=zo.perturbation == "in-place")
+    space = ParameterSpace(named_parameters, pack=zo.perturbation != "per-module",
+                           keep_origin=zo.perturbation == "exact")
     spsa = SPSA(space, zo.eps, zo.q, two_sided=not zo.one_sided, perturbation=zo.perturbation, model=model)
     optimizer = make_zo_optimizer(zo.optimizer, space, lr, zo.momentum, zo.weight_decay)
     return ZOEngine(space, spsa, optimizer)

@@ -90,6 +90,26 @@ def _add_gaussian(x_ptr, table_ptr, seed, scale, BLOCK: tl.constexpr, ROUNDS: tl
 
 
 @triton.jit
+def _from_origin_block(x_ptr, origin_ptr, offsets, lo, hi, scale, u, COMMIT: tl.constexpr):
+    mask = (offsets >= lo) & (offsets < hi)
+    origin = tl.load(origin_ptr + offsets, mask=mask)
+    x = (origin.to(tl.float32) + scale * u).to(origin.dtype)
+    tl.store(x_ptr + offsets, x, mask=mask)
+    if COMMIT:
+        tl.store(origin_ptr + offsets, x, mask=mask)
+
+
+@triton.jit(do_not_specialize=["seed"])
+def _add_gaussian_from(x_ptr, origin_ptr, table_ptr, seed, scale, COMMIT: tl.constexpr, BLOCK: tl.constexpr,
+                       ROUNDS: tl.constexpr, FAST_MATH: tl.constexpr, ALIGNED: tl.constexpr):
+    u0, u1, u2, u3, position, lane, lo, hi = _group_normals(table_ptr, seed, BLOCK, ROUNDS, FAST_MATH, ALIGNED)
+    _from_origin_block(x_ptr + position, origin_ptr + position, lane, lo, hi, scale, u0, COMMIT)
+    _from_origin_block(x_ptr + position, origin_ptr + position, lane + BLOCK, lo, hi, scale, u1, COMMIT)
+    _from_origin_block(x_ptr + position, origin_ptr + position, lane + 2 * BLOCK, lo, hi, scale, u2, COMMIT)
+    _from_origin_block(x_ptr + position, origin_ptr + position, lane + 3 * BLOCK, lo, hi, scale, u3, COMMIT)
+
+
+@triton.jit
 def _store_block(u_ptr, offsets, lo, hi, u):
     tl.store(u_ptr + offsets, u, mask=(offsets >= lo) & (offsets < hi))
 
@@ -139,6 +159,15 @@ def add_gaussian_(x: torch.Tensor, launch: Launch, seed: int, scale: float) -> N
     """x += scale·u(seed) over the pieces of the launch, in place; x contiguous and 1-D."""
     _add_gaussian[(launch.table.shape[0],)](x, launch.table, seed, scale, BLOCK=BLOCK, ROUNDS=ROUNDS,
                                             FAST_MATH=FAST_MATH, ALIGNED=launch.aligned, num_warps=WARPS)
+
+
+def add_gaussian_from_(x: torch.Tensor, origin: torch.Tensor, launch: Launch, seed: int, scale: float,
+                       commit: bool = False) -> None:
+    """x = origin + scale·u(seed) over the pieces of the launch (and origin = x as well, with commit): one
+    rounding from the origin, so that a perturbation never accumulates round-off."""
+    _add_gaussian_from[(launch.table.shape[0],)](x, origin, launch.table, seed, scale, COMMIT=commit, BLOCK=BLOCK,
+                                                 ROUNDS=ROUNDS, FAST_MATH=FAST_MATH, ALIGNED=launch.aligned,
+                                                 num_warps=WARPS)
 
 
 def gaussian_(u: torch.Tensor, launch: Launch, seed: int) -> torch.Tensor:

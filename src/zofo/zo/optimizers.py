@@ -50,15 +50,25 @@ class ZOOptimizer:
         return 1.0 - self.lr * self.weight_decay if self.weight_decay and segment.name in self.decayed else 1.0
 
     def _take_back(self, estimate: Estimate) -> dict[int, float]:
-        """Per seed of the estimate, the scale of u that takes θ's displacement back."""
+        """Per seed of the estimate, the scale of u that takes θ's displacement back (with an origin kept,
+        θ is copied back from it instead, and nothing is left pending)."""
         pending = {}
         if self.space.displacement is not None:
             seed, scale = self.space.displacement
             if seed not in estimate.seeds:
                 raise RuntimeError("θ is displaced along a direction that is not this estimate's")
+            if self.space.origins is not None:
+                self.space.restore()
+                return pending
             pending[seed] = -scale
             self.space.displacement = None  # taken back by this step's pass
         return pending
+
+    def _take_back_by_update(self, estimate: Estimate) -> None:
+        """The update about to be written from the origin takes the displacement back."""
+        if self.space.displacement is not None and self.space.displacement[0] not in estimate.seeds:
+            raise RuntimeError("θ is displaced along a direction that is not this estimate's")
+        self.space.displacement = None
 
     @torch.no_grad()
     def step(self, estimate: Estimate) -> None:
@@ -80,6 +90,7 @@ class ZOOptimizer:
                     part.mul_(decay)
                 update = self.update(direction, segment.name, slice(start, start + part.numel()))
                 part.add_(update.to(part.dtype), alpha=-self.lr)
+        space.commit()
 
     def update(self, direction: torch.Tensor, name: str, part: slice) -> torch.Tensor:
         raise NotImplementedError
@@ -108,6 +119,13 @@ class ZOSGD(ZOOptimizer):
         # Plain ZO-SGD: the take-back and the update are one axpy per direction,
         # θ ← θ + (take_back − lr·g/q)·u, over the whole space (one kernel per bucket).
         self.steps += 1
+        space = self.space
+        if space.origins is not None and len(estimate.seeds) == 1 and not self.weight_decay:
+            # θ ← origin − lr·g·u and origin ← θ: the take-back and the update in one pass from the origin
+            # (at lr 0, θ = origin exactly)
+            self._take_back_by_update(estimate)
+            space.set_from_origin(estimate.seeds[0], -self.lr * estimate.scalars[0], commit=True)
+            return
         if self.weight_decay:  # the paper uses none: take back and decay first, one pass more
             self.space.restore()
             for segment in self.space.segments:
@@ -118,6 +136,7 @@ class ZOSGD(ZOOptimizer):
             scale = -self.lr * scalar / q + pending.get(seed, 0.0)
             if scale != 0.0:  # lr 0 and nothing pending: leave θ untouched
                 self.space.add_direction(seed, scale)
+        space.commit()
 
     def update(self, direction, name, part):
         buffer = self.state["momentum"][name][part]

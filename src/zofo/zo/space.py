@@ -13,6 +13,12 @@ gives every parameter its own storage back (safetensors refuses shared storage).
 `displacement`, and the optimizer's next step removes it in the same pass as its update (or `restore()`
 does, alone). Anything that needs θ itself (evaluation, saving) checks that nothing is displaced.
 
+With `keep_origin` the space holds a copy of θ (the *origin*): a displaced θ is written as origin +
+scale·u in one rounding, and restoring it is a copy, so no round-off accumulates in any dtype (θ + εu −
+2εu + εu does not round back to θ in bf16). The optimizer's step writes the new θ from the origin and
+the origin with it (`commit`), in the same pass. Cost: the memory of θ once more; a pass reads the
+origin where it read θ and, at the update, writes both.
+
 Two generators, named in `directions` (a trajectory replays only under the one that wrote it):
 - triton: the fused kernel (kernels.py), Philox4x32 addressed by (seed; element counter, name hash), on a GPU;
 - torch: torch.Generator, one seeded stream per block of TORCH_BLOCK elements of a parameter, keyed by
@@ -105,7 +111,8 @@ class Bucket:
 class ParameterSpace:
     """θ as flat buckets of named parameters, with seeded Gaussian directions addressed by position."""
 
-    def __init__(self, named_parameters, pack: bool = True, bucket_numel: int = 1 << 27, kernel: str = "auto"):
+    def __init__(self, named_parameters, pack: bool = True, bucket_numel: int = 1 << 27, kernel: str = "auto",
+                 keep_origin: bool = False):
         named = [(n, p) for n, p in named_parameters]
         if not named:
             raise ValueError("a zeroth-order method needs at least one parameter to perturb")
@@ -123,6 +130,8 @@ class ParameterSpace:
             for name, p in named:
                 self._add_bucket(p.data.view(-1), [(name, p)])
         self.kernel = resolve_kernel(kernel, self.device)
+        self.keep_origin = keep_origin
+        self.origins = [b.flat.clone() for b in self.buckets] if keep_origin else None  # θ without displacement
         self.displacement: tuple[int, float] | None = None  # θ currently is θ + scale·u(seed)
         self._generator = torch.Generator(device=self.device)
         self._launches: dict[tuple, object] = {}  # Triton launch tables, built on first use
@@ -179,6 +188,8 @@ class ParameterSpace:
         self.buckets, self._launches = [], {}
         for name, p in members:
             self._add_bucket(p.data.view(-1), [(name, p)])
+        if self.keep_origin:
+            self.origins = [b.flat.clone() for b in self.buckets]
 
     def view(self, segment: Segment) -> torch.Tensor:
         return self.buckets[segment.bucket].flat[segment.offset : segment.offset + segment.numel]
@@ -233,21 +244,52 @@ class ParameterSpace:
             launch = self._launch(("bucket", b), [(s.offset, s.key, s.start, s.extent) for s in bucket.segments])
             _kernels().add_gaussian_(bucket.flat, launch, seed, scale)
 
+    def set_from_origin(self, seed: int, scale: float, commit: bool = False) -> None:
+        """θ ← origin + scale·u(seed), one rounding per element; with commit the origin takes the new θ too."""
+        if self.kernel == "triton":
+            for b, bucket in enumerate(self.buckets):
+                launch = self._launch(("bucket", b), [(s.offset, s.key, s.start, s.extent) for s in bucket.segments])
+                _kernels().add_gaussian_from_(bucket.flat, self.origins[b], launch, seed, scale, commit)
+            return
+        for segment in self.segments:
+            view = self.view(segment)
+            origin = self.origins[segment.bucket][segment.offset : segment.offset + segment.numel]
+            done = 0
+            for u in self._torch_blocks(seed, segment, segment.start, segment.numel):
+                part = slice(done, done + u.numel())
+                view[part] = (origin[part].to(torch.float32) + scale * u).to(view.dtype)
+                done += u.numel()
+            if commit:
+                origin.copy_(view)
+
+    def commit(self) -> None:
+        """The current θ becomes the origin (after an update written into θ itself)."""
+        if self.origins is not None:
+            for bucket, origin in zip(self.buckets, self.origins):
+                origin.copy_(bucket.flat)
+
     # --- displacement ----------------------------------------------------------------------------
 
     def displace(self, seed: int, scale: float) -> None:
         """θ ← θ + scale·u(seed), remembered until restore() or an optimizer step takes it back."""
         if self.displacement is not None and self.displacement[0] != seed:
             raise RuntimeError("θ is displaced along another direction: restore() it first")
-        self.add_direction(seed, scale)
         total = scale + (self.displacement[1] if self.displacement else 0.0)
+        if self.origins is not None:
+            self.set_from_origin(seed, total)
+        else:
+            self.add_direction(seed, scale)
         self.displacement = (seed, total)
 
     def restore(self) -> None:
         """Take back the displacement alone (an optimizer step does it fused with its update)."""
         if self.displacement is not None:
             seed, scale = self.displacement
-            self.add_direction(seed, -scale)
+            if self.origins is not None:
+                for bucket, origin in zip(self.buckets, self.origins):
+                    bucket.flat.copy_(origin)
+            else:
+                self.add_direction(seed, -scale)
             self.displacement = None
 
     def check_restored(self, what: str) -> None:
@@ -292,6 +334,9 @@ class ParameterSpace:
         finally:
             for handle in handles:
                 handle.remove()
+
+    def origin_bytes(self) -> int:
+        return sum(o.numel() * o.element_size() for o in self.origins) if self.origins is not None else 0
 
     def state_bytes(self, copies: int = 1, dtype=torch.float32) -> int:
         """Bytes of `copies` optimizer-state tensors the size of θ."""

@@ -13,8 +13,10 @@ distributed run all-reduces them) and reach the host in a single synchronisation
 Perturbation, in "in-place" mode (MeZO's): θ itself is displaced to θ ± εu; after the last evaluation
 it stays displaced (ParameterSpace.displacement) and the optimizer's step takes the displacement back in
 the same pass as its update (three passes over θ per two-sided step), or space.restore() alone does.
-In "exact" mode θ is never modified: each module sees its perturbed weights only during its own forward
-(ParameterSpace.perturbed_on_the_fly), at the cost of extra copies per forward.
+In "exact" mode the space keeps a copy of θ (its origin): θ ± εu is written from it in one rounding and
+restored by a copy, so nothing drifts, at in-place's speed and the memory of θ once more. In "per-module"
+mode θ is never modified: each module sees its perturbed weights only during its own forward
+(ParameterSpace.perturbed_on_the_fly), at the cost of extra copies per forward and no CUDA graphs.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import torch
 
 from .space import ParameterSpace, mix
 
-PERTURBATIONS = ("in-place", "exact")
+PERTURBATIONS = ("in-place", "exact", "per-module")
 
 
 @dataclass
@@ -55,8 +57,10 @@ class SPSA:
             raise ValueError(f"q (directions per step) must be >= 1, got {q}")
         if perturbation not in PERTURBATIONS:
             raise ValueError(f"perturbation must be one of {PERTURBATIONS}, got {perturbation!r}")
-        if perturbation == "exact" and model is None:
-            raise ValueError("exact perturbation hooks the model's modules: pass model=")
+        if perturbation == "per-module" and model is None:
+            raise ValueError("per-module perturbation hooks the model's modules: pass model=")
+        if perturbation == "exact" and space.origins is None:
+            raise ValueError("exact perturbation writes θ ± εu from a copy of θ: build ParameterSpace(..., keep_origin=True)")
         self.space, self.eps, self.q, self.two_sided = space, eps, q, two_sided
         self.perturbation, self.model, self.reduce = perturbation, model, reduce
 
@@ -83,7 +87,7 @@ class SPSA:
             signs = (1, -1) if self.two_sided else (1,)
             for sign in signs:
                 values.append(self._evaluate(objective, seed, sign))
-            if self.perturbation == "in-place" and i < len(seeds) - 1:
+            if self.perturbation != "per-module" and i < len(seeds) - 1:
                 self.space.restore()
         losses = self.reduce(torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.space.device)
                                           for v in values])).tolist()  # the one host synchronisation
@@ -94,7 +98,7 @@ class SPSA:
         return Estimate(seeds, scalars, losses)
 
     def _evaluate(self, objective: Callable, seed: int, sign: int):
-        if self.perturbation == "exact":
+        if self.perturbation == "per-module":
             with self.space.perturbed_on_the_fly(self.model, seed, sign * self.eps):
                 return objective()
         # In place: to θ + εu from θ, to θ − εu from θ + εu.
