@@ -13,7 +13,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from zofo.models import byte_tokenizer, tiny_config  # noqa: E402
+from zofo.tasks import get_task  # noqa: E402
 from zofo.zo import SPSA, ZOAdam, ZOSGD, ParameterSpace, kernels  # noqa: E402
 from zofo.zo.space import name_key  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
@@ -97,6 +100,66 @@ for optimizer in (ZOSGD, ZOAdam):
         opt2.step(spsa2.replay(step, estimate.scalars))
     identical = all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), fresh.state_dict().values()))
     check(f"{optimizer.__name__}: a replay onto another packing is bit-identical (fp32)", identical)
+
+# --- exact perturbation: the fused pass from the kept copy of θ leaves no round-off --------------------
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    trained = model(seed=2, dtype=dtype)
+    before = [p.clone() for p in trained.parameters()]
+    space = ParameterSpace(trained.named_parameters(), bucket_numel=30_000, kernel="triton", keep_origin=True)
+    spsa, opt = SPSA(space, 1e-3, perturbation="exact"), ZOSGD(space, 0.0)
+    for step in range(20):
+        opt.step(spsa.estimate(lambda: trained(input_ids=ids, labels=ids).loss, step))
+    same = all(torch.equal(a.view(torch.uint8), p.view(torch.uint8)) for a, p in zip(before, trained.parameters()))
+    check(f"exact perturbation, lr 0, 20 steps: {dtype} weights bit-identical", same)
+
+# --- CUDA graphs: every method trains as it does eagerly ----------------------------------------------
+if DEVICE == "cuda":
+    from zofo.calls import ModelCalls  # noqa: E402
+    from zofo.config import make_config  # noqa: E402
+    from zofo.data import TaskData, TaskSet  # noqa: E402
+    from zofo.methods import METHODS  # noqa: E402
+    from zofo.zo import Trajectory  # noqa: E402
+    import tempfile  # noqa: E402
+
+    from graphs import varied_examples  # noqa: E402
+
+    examples = varied_examples(250, 48, seed=0)
+    folder = Path(tempfile.mkdtemp())
+    for method, peft in (("fo", "lora"), ("fo", "prefix"), ("fo", "prompt"), ("mezo", "none"), ("mezo", "lora"),
+                         ("mezo", "prompt"), ("bilevel", "lora"), ("bilevel", "prefix"), ("bilevel", "prompt"),
+                         ("two-stage", "lora")):
+        config = make_config(dict(method=method, peft=peft, model="tiny-llama", batch_size=4, lr=1e-3, bilevel_k=2,
+                                  steps=12, zo_eps=1e-2, device="cuda"))
+        logs, captures = {}, 0
+        for mode in ("eager", "graphs"):
+            calls = ModelCalls(mode, pad_id=0)
+            data = TaskData(task=get_task("copa"), train=examples[:32], validation=examples[32:], test=examples[32:],
+                            metadata={}, loss_name="candidates", pad_id=0, calls=calls)
+            trained = METHODS[method](model(seed=3), TaskSet([data]), config, Trajectory(folder / f"{method}-{peft}-{mode}.jsonl"))
+            trained.begin()
+            losses = [float(v) for i in range(len(trained.schedule())) for v in trained.step(i).values()]
+            logs[mode] = losses + [data.validation_loss(trained.model)]
+            captures = calls.captures
+        diff = max(abs(a - b) for a, b in zip(logs["eager"], logs["graphs"]))
+        check(f"graphs: {method} {peft}: the same {len(logs['eager'])} losses as eager", diff < 1e-3,
+              f"max |diff| {diff:.1e}, {captures} graphs captured")
+
+    # A run captures, then packs θ (the parameters move: new graphs), then drops every graph to rebuild
+    # its selected step and captures again, into a new memory pool.
+    calls = ModelCalls("graphs", pad_id=0)
+    data = TaskData(task=get_task("copa"), train=examples, validation=examples, test=examples, metadata={},
+                    loss_name="candidates", pad_id=0, calls=calls)
+    eager = TaskData(task=get_task("copa"), train=examples, validation=examples, test=examples, metadata={},
+                     loss_name="candidates", pad_id=0)
+    m = model(seed=4)
+    reference = eager.loss(m, examples[:5]).item()
+    values = [data.loss(m, examples[:5]).item()]
+    ParameterSpace(m.named_parameters(), bucket_numel=30_000, kernel="triton")
+    values.append(data.loss(m, examples[:5]).item())
+    calls.clear()
+    values.append(data.loss(m, examples[:5]).item())
+    check("graphs: captured again after θ is packed and after clear()", calls.captures == 3 and
+          max(abs(v - reference) for v in values) < 1e-5, f"{calls.captures} captures, losses {values} vs {reference}")
 
 print(f"{len(failures)} failed" if failures else "all checks passed")
 sys.exit(1 if failures else 0)

@@ -42,7 +42,6 @@ from zofo.adapters import DEFAULT, activate, adapter_parameters, with_adapters  
 from zofo.batches import TokenizedExample  # noqa: E402
 from zofo.config import AdapterConfig, make_config  # noqa: E402
 from zofo.data import TaskData, TaskSet  # noqa: E402
-from zofo.losses import example_losses  # noqa: E402
 from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective  # noqa: E402
 from zofo.models import resolve_dtype  # noqa: E402
 from zofo.tasks import get_task  # noqa: E402
@@ -72,7 +71,7 @@ def fresh_model(spec):
 def step_fn(method: str, spec: dict, data: TaskData):
     """A callable doing one step of `method` on a fresh model, and the number of steps it covers."""
     model, device, B = fresh_model(spec), spec["device"], spec["batch_size"]
-    examples, loss_fn = data.train[:B], data.loss_fn()
+    examples = data.train[:B]
     if method in ("fo-lora", "fo-full"):
         if method == "fo-lora":
             model = with_adapters(model, AdapterConfig(peft="lora"), [DEFAULT], seed=0)
@@ -83,9 +82,9 @@ def step_fn(method: str, spec: dict, data: TaskData):
 
         def step(i):  # as the trainer does it: the batch is built from examples every step
             for _ in range(steps):
-                loss_fn(model, data.batch(examples, device)).backward()
+                data.backward(model, examples)
                 optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad(set_to_none=False)
         return step, steps
     if method == "mezo":
         model.requires_grad_(False)
@@ -93,8 +92,7 @@ def step_fn(method: str, spec: dict, data: TaskData):
         spsa, sgd = SPSA(space, 1e-3), ZOSGD(space, 1e-7)
 
         def step(i):
-            batch = data.batch(examples, device)
-            sgd.step(spsa.estimate(lambda: loss_fn(model, batch), i))
+            sgd.step(spsa.estimate(lambda: data.loss(model, examples), i))
         return step, 1
     if method in BILEVEL_VARIANTS:
         K = spec["bilevel_k"]
@@ -120,10 +118,8 @@ BILEVEL_VARIANTS = {"bilevel-lora": {}, "bilevel-lora-same-point": {"bilevel_ord
 def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, pieces: bool) -> dict:
     """The two kinds of step timed alone and, with `pieces`, the pieces of an upper step, to show where
     its time goes (B = the batch size)."""
-    model, data, device = bilevel.model, bilevel.data, bilevel.model.device
-    loss_fn, loss_name = data.loss_fn(), data.loss_name
-    both = data.batch(ft + peft, device)
-    one = data.batch(ft, device)
+    model, data = bilevel.model, bilevel.data
+    both, one = data.batch(ft + peft), data.batch(ft)
 
     def switch(i):  # z then φ again: two of peft's set_adapter walks
         activate(bilevel.peft_model, LOWER)
@@ -131,12 +127,11 @@ def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, pieces: bool) -
 
     def forward(batch):
         def run(i):
-            with torch.no_grad():
-                return example_losses(model, batch, loss_name)[0].sum().item()
+            return data.calls.losses(model, batch, data.loss_name)[0].sum().item()
         return run
 
     def forward_backward(i):
-        loss_fn(model, data.batch(ft, device)).backward()
+        data.backward(model, ft)
 
     def phi_gradient_and_adam(i):
         bilevel.phi_gradient(ft, peft)
@@ -153,7 +148,7 @@ def upper_step_parts(bilevel: BilevelZOFO, ft: list, peft: list, pieces: bool) -
     return {**steps, "phi_gradient_and_adam": phi_gradient_and_adam,
             "f_evaluation": f_once, "theta_pass": lambda i: bilevel.zo.space.add_direction(i, 0.0),
             "forward_no_grad_B": forward(one), "forward_no_grad_2B": forward(both), "forward_backward_B": forward_backward,
-            "build_batch_2B": lambda i: data.batch(ft + peft, device), "adapter_switch_x2": switch}
+            "build_batch_2B": lambda i: data.batch(ft + peft), "adapter_switch_x2": switch}
 
 
 def median_ms(fn, spec: dict, cuda: bool) -> float:

@@ -5,10 +5,11 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
-from zofo.adapters import adapter_parameters, base_parameters
+from zofo.adapters import adapter_parameters, base_parameters, load_adapter
 from zofo.config import make_config
 from zofo.data import prepare_tasks
 from zofo.experiment import run_training
+from zofo.losses import loss_function
 from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective
 from zofo.zo import Trajectory
 
@@ -94,8 +95,9 @@ def test_with_lambda_zero_the_theta_estimate_is_mezos_on_the_ft_loss(data_dir, t
     ft, peft = data.train[:4], data.train[4:8]
     spsa = method.zo.spsa
     bilevel = spsa.estimate(UpperObjective(method.peft_model, data, ft, peft, 0.0), 7)
-    loss_fn, batch = data.loss_fn(), data.batch(ft, "cpu")
-    mezo = spsa.estimate(lambda: loss_fn(method.model, batch), 7)
+    spsa.space.restore()  # θ back from its kept copy (exact perturbation)
+    mezo = spsa.estimate(lambda: data.loss(method.model, ft), 7)
+    spsa.space.restore()
     assert bilevel.seeds == mezo.seeds
     assert bilevel.scalars[0] == pytest.approx(mezo.scalars[0], rel=1e-3, abs=1e-4)
 
@@ -143,7 +145,7 @@ def test_two_stage_tunes_the_prompt_then_theta_with_matched_step_counts(data_dir
     assert [r["step"] for r in records if "train_loss" in r] == list(range(1, 13))
     assert len((folder / "trajectory.jsonl").read_text().splitlines()) == 1 + 4  # the header, 4 upper steps
     theta = AutoModelForCausalLM.from_pretrained(folder / "model")
-    model = PeftModel.from_pretrained(theta, folder / "adapter").eval()
+    model = load_adapter(theta, folder / "adapter")  # peft's loader, and positions that skip left padding
     _, tokenizer = tiny()
     assert prepare_tasks(config, tokenizer).validation_loss(model) == pytest.approx(metrics["best_val_loss"], rel=1e-5)
 
@@ -155,8 +157,8 @@ def test_phi_gradient_is_the_gradient_of_the_ft_loss_plus_lambda_times_the_peft_
     for p in adapter_parameters(method.model, UPPER):  # LoRA B starts at 0: move φ off it
         torch.nn.init.normal_(p, std=0.1)
     ft, peft = data.train[:4], data.train[4:8]
-    loss_fn = data.loss_fn()
-    reference = loss_fn(method.model, data.batch(ft, "cpu")) + 3.0 * loss_fn(method.model, data.batch(peft, "cpu"))
+    loss_fn = loss_function(data.loss_name)
+    reference = loss_fn(method.model, data.batch(ft)) + 3.0 * loss_fn(method.model, data.batch(peft))
     expected = torch.autograd.grad(reference, phi)
     method.phi_gradient(ft, peft)
     for p, g in zip(phi, expected):
@@ -198,6 +200,7 @@ def test_same_point_estimates_theta_at_the_old_phi_and_reuses_phi_s_losses_for_f
     ft, peft = data.train[:4], data.train[4:8]
 
     expected = reference.zo.spsa.estimate(UpperObjective(reference.peft_model, data, ft, peft, 10.0), 5)  # at the old φ
+    reference.zo.space.restore()  # exactly θ again (exact perturbation)
     reference.phi_gradient(ft, peft)
     reference.phi_update()
     _, _, estimate = method.upper_step(ft, peft, seed=5, step=3)
@@ -246,7 +249,7 @@ def test_many_named_adapter_pairs_train_apart_on_one_theta(data_dir, tmp_path):
         activate(model, f"{data.name}_z")
         params = adapter_parameters(model, f"{data.name}_z")
         optimizer = torch.optim.Adam(params, lr=1e-2)
-        data.loss_fn()(model, data.batch(data.train[:4], "cpu")).backward()
+        loss_function(data.loss_name)(model, data.batch(data.train[:4])).backward()
         optimizer.step()
     for name in names:
         moved = any(not torch.equal(a, b) for a, b in zip(before[name].values(), adapter_state(model, name).values()))

@@ -90,12 +90,17 @@ def test_bad_task_files_are_named(content, message, capsys, tmp_path, data_dir):
 
 @pytest.mark.parametrize("method, lr", [("fo", "1e-2"), ("mezo", "1e30"), ("bilevel", "1e-3")])
 def test_a_diverging_run_stops_with_the_step_and_keeps_its_log(method, lr, capsys, tmp_path, data_dir, monkeypatch):
-    if method != "mezo":  # Adam's steps are bounded by its learning rate: make the loss itself NaN at its 5th call
-        import zofo.losses
+    if method != "mezo":  # Adam's steps are bounded by its learning rate: make the loss itself NaN
+        import zofo.calls
 
-        calls, loss = [], zofo.losses.candidates_loss
-        monkeypatch.setattr(zofo.losses, "candidates_loss",
-                            lambda *args: (calls.append(1), loss(*args) * (float("nan") if len(calls) == 5 else 1))[1])
+        calls, losses = [], zofo.calls.example_losses
+        bad_call = 5 if method == "fo" else 9  # bilevel: 8 calls in the first cycle, then the second's lower level
+
+        def nan_at_bad_call(*args):
+            calls.append(1)
+            values, weights = losses(*args)
+            return values * (float("nan") if len(calls) == bad_call else 1), weights
+        monkeypatch.setattr(zofo.calls, "example_losses", nan_at_bad_call)
     out = tmp_path / "run"
     extra = ["--method", method, "--lr", lr, "--steps", "33", "--eval-every", "11", "--bilevel-k", "2",
              "--bilevel-lower-lr", "1e-2", "--bilevel-upper-lr", "1e-2"]

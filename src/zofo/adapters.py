@@ -60,8 +60,39 @@ def with_adapters(model, adapter: AdapterConfig, names: list[str], seed: int, sa
             p.requires_grad_(True)
     for _, p in base_parameters(model):
         p.requires_grad_(False)
+    count_positions_from_mask(model)
     model.set_adapter(names[0])
     return model.eval()  # no dropout, as in MeZO: the same network in training and evaluation
+
+
+def load_adapter(model, folder) -> PeftModel:
+    """A saved adapter on `model`, numbering positions as zofo trained it (see positions_from_attention_mask)."""
+    model = PeftModel.from_pretrained(model, folder)
+    count_positions_from_mask(model)
+    return model.eval()
+
+
+def count_positions_from_mask(model: PeftModel) -> None:
+    """Under prefix or prompt tuning, give the base model position ids that skip left padding."""
+    if model.active_peft_config.is_prompt_learning:
+        model.get_base_model().register_forward_pre_hook(positions_from_attention_mask, with_kwargs=True)
+
+
+def positions_from_attention_mask(module, args, kwargs):
+    """Position ids that count attended tokens only, for the base model under prefix or prompt tuning.
+
+    peft drops the position ids of prompt-learning models, so the base model numbers every position of
+    a left-padded row, padding included: a row's positions (and its loss) would then change with the
+    length of its batch-mates, or with the padding of a static-shape batch. The attention mask peft hands
+    down covers the virtual tokens too, so these positions start after them, as without padding."""
+    mask = kwargs.get("attention_mask")
+    if args or kwargs.get("position_ids") is not None or mask is None or mask.dim() != 2:
+        return None
+    inputs = kwargs.get("inputs_embeds") if kwargs.get("inputs_embeds") is not None else kwargs.get("input_ids")
+    if inputs is None:
+        return None
+    kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -inputs.shape[1]:]
+    return args, kwargs
 
 
 def is_adapter_parameter(model, name: str) -> bool:

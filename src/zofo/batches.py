@@ -68,28 +68,111 @@ def tokenize_examples(examples: list[Example], tokenizer, max_length: int) -> li
 class OptionBatch:
     """Left-padded rows and, for every option, the tokens it predicts at the rows' last positions.
 
-    The model's logits are kept for the last `tail + 1` positions of every row. Option o is scored from
+    The model's logits are kept for the last `kept` positions of every row. Option o is scored from
     row option_rows[o]: at kept position j it predicts targets[o, j] where target_mask[o, j]. An option
     with its own row (context + continuation) predicts its continuation from the positions before it;
-    options sharing a context row predict their one token from the row's last position."""
+    options sharing a context row predict their one token from the row's last position. Example e's
+    options are slots[e, :] where slot_mask[e, :]; its gold one is labels[e].
+
+    A batch may be padded to a larger static shape (`padded`): extra rows, positions, options and
+    examples that no loss, score or gradient sees (example_mask is False for the padded examples)."""
 
     input_ids: torch.Tensor  # [rows, length]
     attention_mask: torch.Tensor  # [rows, length]
     option_rows: torch.Tensor  # [options]
-    targets: torch.Tensor  # [options, tail + 1]
-    target_mask: torch.Tensor  # [options, tail + 1]
-    options_per_example: list[int]
+    targets: torch.Tensor  # [options, kept]
+    target_mask: torch.Tensor  # [options, kept]
+    slots: torch.Tensor  # [examples, max options]: index of each example's options
+    slot_mask: torch.Tensor  # [examples, max options]
     labels: torch.Tensor  # [examples]: index of the gold option within its example
+    example_mask: torch.Tensor  # [examples]: False for padding
+    options_per_example: list[int]  # of the real examples
+    gold_only: bool = False  # one option per example, its gold one (the LM loss)
+
+    TENSORS = ("input_ids", "attention_mask", "option_rows", "targets", "target_mask", "slots", "slot_mask",
+               "labels", "example_mask")
 
     @property
     def kept(self) -> int:
         """Positions whose logits the scores need (`logits_to_keep`)."""
         return self.targets.shape[1]
 
-    def to(self, device) -> "OptionBatch":
-        tensors = {name: getattr(self, name).to(device) for name in
-                   ("input_ids", "attention_mask", "option_rows", "targets", "target_mask", "labels")}
-        return OptionBatch(**tensors, options_per_example=self.options_per_example)
+    @property
+    def examples(self) -> int:
+        """Real examples (padded ones come after them)."""
+        return len(self.options_per_example)
+
+    @property
+    def shape(self) -> "BatchShape":
+        return BatchShape(*self.input_ids.shape, self.targets.shape[0], self.kept, *self.slots.shape)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, name) for name in self.TENSORS}
+
+    def to(self, device, non_blocking: bool = False) -> "OptionBatch":
+        return self.with_tensors({n: t.to(device, non_blocking=non_blocking) for n, t in self.tensors().items()})
+
+    def with_tensors(self, tensors: dict[str, torch.Tensor]) -> "OptionBatch":
+        return OptionBatch(**tensors, options_per_example=self.options_per_example, gold_only=self.gold_only)
+
+    def padded(self, shape: "BatchShape", pad_id: int) -> "OptionBatch":
+        """This batch at a larger shape. Extra rows are a pad token attended everywhere (a row with
+        nothing to attend to would give NaN activations, and NaN·0 gradients); extra positions and kept
+        positions come first (rows are left-padded, targets end at the last position); extra options
+        predict nothing; an extra example has one slot, option 0, and example_mask False."""
+        rows, length = self.input_ids.shape
+        options, kept = self.targets.shape
+        examples, slots = self.slots.shape
+        if (shape.rows < rows or shape.length < length or shape.options < options or shape.kept < kept
+                or shape.examples < examples or shape.slots < slots):
+            raise ValueError(f"cannot pad a batch of shape {self.shape} to the smaller {shape}")
+        input_ids = torch.full((shape.rows, shape.length), pad_id, dtype=torch.long)
+        input_ids[:rows, shape.length - length:] = self.input_ids
+        attention_mask = torch.ones((shape.rows, shape.length), dtype=torch.long)
+        attention_mask[:rows] = 0
+        attention_mask[:rows, shape.length - length:] = self.attention_mask
+        option_rows = torch.zeros(shape.options, dtype=torch.long)
+        option_rows[:options] = self.option_rows
+        targets = torch.zeros((shape.options, shape.kept), dtype=torch.long)
+        targets[:options, shape.kept - kept:] = self.targets
+        target_mask = torch.zeros((shape.options, shape.kept), dtype=torch.bool)
+        target_mask[:options, shape.kept - kept:] = self.target_mask
+        slot_index = torch.zeros((shape.examples, shape.slots), dtype=torch.long)
+        slot_index[:examples, :slots] = self.slots
+        slot_mask = torch.zeros((shape.examples, shape.slots), dtype=torch.bool)
+        slot_mask[:examples, :slots] = self.slot_mask
+        slot_mask[examples:, 0] = True
+        labels = torch.zeros(shape.examples, dtype=torch.long)
+        labels[:examples] = self.labels
+        example_mask = torch.zeros(shape.examples, dtype=torch.bool)
+        example_mask[:examples] = self.example_mask
+        return self.with_tensors(dict(
+            input_ids=input_ids, attention_mask=attention_mask, option_rows=option_rows, targets=targets,
+            target_mask=target_mask, slots=slot_index, slot_mask=slot_mask, labels=labels, example_mask=example_mask))
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    rows: int
+    length: int
+    options: int
+    kept: int
+    examples: int
+    slots: int
+
+    def bucketed(self) -> "BatchShape":
+        """The static shape this batch is padded to: each size rounded up to a few values per octave
+        (lengths to multiples of 8), so that few shapes cover every batch and padding costs under 25 %."""
+        return BatchShape(bucket(self.rows), max(16, -(-bucket(self.length) // 8) * 8), bucket(self.options),
+                          bucket(self.kept), bucket(self.examples), bucket(self.slots))
+
+
+def bucket(n: int) -> int:
+    """n rounded up to 1..8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...: four values per octave above 8."""
+    if n <= 8:
+        return max(n, 1)
+    step = 1 << (n.bit_length() - 3)
+    return -(-n // step) * step
 
 
 def option_batch(examples: list[TokenizedExample], pad_id: int, gold_only: bool = False) -> OptionBatch:
@@ -123,7 +206,15 @@ def option_batch(examples: list[TokenizedExample], pad_id: int, gold_only: bool 
             targets[o, tail - len(continuation) : tail] = torch.tensor(continuation)
             target_mask[o, tail - len(continuation) : tail] = True
     option_rows = torch.tensor([r for r, _, _ in scored], dtype=torch.long)
-    return OptionBatch(input_ids, attention_mask, option_rows, targets, target_mask, per_example, torch.tensor(labels))
+    slots = torch.zeros((len(examples), max(per_example)), dtype=torch.long)
+    slot_mask = torch.zeros((len(examples), max(per_example)), dtype=torch.bool)
+    first = 0
+    for e, n in enumerate(per_example):
+        slots[e, :n] = torch.arange(first, first + n)
+        slot_mask[e, :n] = True
+        first += n
+    return OptionBatch(input_ids, attention_mask, option_rows, targets, target_mask, slots, slot_mask,
+                       torch.tensor(labels), torch.ones(len(examples), dtype=torch.bool), per_example, gold_only)
 
 
 def context_batch(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:

@@ -119,18 +119,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if adapter and (Path(adapter).parent / "model").is_dir() and (Path(adapter).parent / "config.yaml").exists():
             raise ConfigError(f"{adapter} was trained together with the base weights in {Path(adapter).parent / 'model'}: "
                               f"evaluate the run instead: zofo eval {Path(adapter).parent}")
-    from peft import PeftModel
-
+    from .adapters import load_adapter
+    from .calls import ModelCalls
     from .data import prepare_task
     from .models import check_model, load_model, load_tokenizer, resolve_device
 
-    resolve_device(config.device)
+    graphs = config.uses_graphs(resolve_device(config.device))
     model_name = model_name or config.model
     check_model(model_name)
-    data = prepare_task(config, load_tokenizer(config.model))
+    tokenizer = load_tokenizer(config.model)
+    calls = ModelCalls("graphs" if graphs else "eager", pad_id=tokenizer.pad_token_id)
+    data = prepare_task(config, tokenizer, calls=calls)
     model, tokenizer = load_model(model_name, config.dtype, config.device, seed=config.seed)
     if adapter:
-        model = PeftModel.from_pretrained(model, adapter).eval()
+        model = load_adapter(model, adapter)
     examples = data.validation if args.split == "validation" else data.test
     metrics = {"task": config.data.task, "model": model_name, "adapter": adapter, "split": args.split,
                **data.test_metrics(model, tokenizer, examples)}

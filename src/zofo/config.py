@@ -67,7 +67,7 @@ class ZOConfig(Section):
     one_sided: bool = Field(False, description="one-sided SPSA [f(θ+εu) − f(θ)]/ε instead of two-sided")
     optimizer: Literal["zo-sgd", "zo-sign-sgd", "zo-adam"] = Field("zo-sgd", description="optimizer consuming the (seed, scalar) estimate; zo-adam keeps two fp32 copies of the parameters")
     momentum: float = Field(0.0, ge=0, lt=1, description="ZO-SGD momentum (adds one fp32 copy of the parameters)")
-    perturbation: Literal["in-place", "exact"] = Field("in-place", description="in-place: write θ ± εu into the weights, the restore fused with the update (MeZO's memory; round-off drift in bf16/fp16); exact: perturb each module's weights only during its forward (θ changes only by updates; slower)")
+    perturbation: Literal["in-place", "exact", "per-module"] = Field("in-place", description="in-place: write θ ± εu into the weights, the restore fused with the update (MeZO's memory; round-off drift in bf16/fp16); exact: keep one copy of θ and write θ ± εu from it (no drift; memory of θ once more, about in-place's speed); per-module: perturb each module's weights only during its forward (no drift, one module's copy; slow, no CUDA graphs)")
     weight_decay: float = Field(0.0, ge=0, description="weight decay of the ZO optimizer (biases and normalisation weights excluded)")
 
 
@@ -104,6 +104,7 @@ class RunConfig(BaseModel):
     model: str = Field("smollm2-135m-instruct", description="the bundled model, tiny-gpt2 / tiny-opt / tiny-llama, a local Hugging Face folder or a Hub id")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="parameter dtype")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto (CUDA when available)")
+    graphs: Literal["auto", "on", "off"] = Field("auto", description="run every model call (forwards, backwards, evaluation) from CUDA graphs captured once per padded batch shape: 4-6x faster for small models on a GPU; auto = on for CUDA devices, off on the CPU")
     seed: int = Field(0, ge=0, description="seed of data sampling, adapter initialisation, minibatches and directions")
     steps: int = Field(220, ge=1, description="training steps (bilevel and two-stage: lower and upper steps counted together)")
     lr: float = Field(1e-5, ge=0, description="constant learning rate of the method's main optimizer: Adam on the adapter (fo); the ZO optimizer (mezo; θ in bilevel and in two-stage's second stage)")
@@ -137,6 +138,9 @@ class RunConfig(BaseModel):
         if self.method in ("bilevel", "two-stage") and self.steps < self.bilevel.k + 1:
             raise ValueError(f"method {self.method!r} needs steps >= bilevel.k + 1 = {self.bilevel.k + 1} (one upper "
                              f"step with its K lower steps), got steps = {self.steps}")
+        if self.graphs == "on" and self.zo.perturbation == "per-module" and self.uses("zo.perturbation"):
+            raise ValueError("--zo-perturbation per-module perturbs inside each forward, which a CUDA graph cannot "
+                             "capture: use --zo-perturbation exact (no drift either), or --graphs off")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
         generative = TASKS[self.data.task].generative
@@ -160,6 +164,13 @@ class RunConfig(BaseModel):
     def trains_base_model(self) -> bool:
         """Whether the method moves θ (and the run saves it as model/) besides any adapter."""
         return self.method in ("bilevel", "two-stage") or (self.method == "mezo" and self.adapter.peft == "none")
+
+    def uses_graphs(self, device) -> bool:
+        """Whether model calls run from CUDA graphs on `device` (graphs=on needs a CUDA device)."""
+        if self.graphs == "on" and device.type != "cuda":
+            raise ConfigError(f"--graphs on needs a CUDA device, and this run is on {device}: use --graphs auto or off")
+        per_module = self.zo.perturbation == "per-module" and self.uses("zo.perturbation")
+        return device.type == "cuda" and self.graphs != "off" and not per_module
 
     def run_dir(self) -> Path:
         if self.out_dir:

@@ -7,12 +7,14 @@ Data flows one way: files -> records (tasks/) -> examples -> tokenized examples 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import torch
 
 from .batches import MinibatchSampler, OptionBatch, TokenizedExample, option_batch, tokenize_examples
+from .calls import ModelCalls
 from .config import RunConfig
 from .evaluation import evaluate, mean_loss
-from .losses import loss_function
 from .tasks import Task, get_task, load_splits
 
 
@@ -47,16 +49,27 @@ class TaskData:
     pad_id: int
     eval_batch_size: int = 32
     max_new_tokens: int = 50
+    calls: ModelCalls = field(default_factory=ModelCalls)  # eager, or CUDA graphs (calls.py)
 
     @property
     def name(self) -> str:
         return self.task.name
 
-    def loss_fn(self):
-        return loss_function(self.loss_name)
+    def batch(self, examples: list[TokenizedExample]) -> OptionBatch:
+        """The training loss's batch of `examples`, on the host (the model call moves it)."""
+        return option_batch(examples, self.pad_id, gold_only=self.loss_name == "lm")
 
-    def batch(self, examples: list[TokenizedExample], device) -> OptionBatch:
-        return option_batch(examples, self.pad_id, gold_only=self.loss_name == "lm").to(device)
+    def loss(self, model, examples: list[TokenizedExample]) -> torch.Tensor:
+        """The training loss of `examples` (a tensor on the model's device), no gradient."""
+        return self.batch_loss(model, self.batch(examples))
+
+    def batch_loss(self, model, batch: OptionBatch) -> torch.Tensor:
+        """The training loss of a batch built once and evaluated several times (at θ + εu and θ − εu)."""
+        return self.calls.loss(model, batch, self.loss_name)
+
+    def backward(self, model, examples: list[TokenizedExample], scale: float = 1.0) -> torch.Tensor:
+        """The training loss of `examples`, its gradient (times scale) added to the trainable .grad."""
+        return self.calls.backward(model, self.batch(examples), self.loss_name, scale)
 
     def sampler(self, batch_size: int, seed: int, examples: list[TokenizedExample] | None = None) -> ExampleSampler:
         """Minibatches of the training examples (or of a subset of them)."""
@@ -71,11 +84,11 @@ class TaskData:
         return [self.train[i] for i in order[:cut]], [self.train[i] for i in order[cut:]]
 
     def validation_loss(self, model) -> float:
-        return mean_loss(model, self.loss_name, self.validation, self.pad_id, self.eval_batch_size)
+        return mean_loss(model, self.loss_name, self.validation, self.pad_id, self.eval_batch_size, self.calls)
 
     def test_metrics(self, model, tokenizer, examples: list[TokenizedExample] | None = None) -> dict[str, float]:
         return evaluate(model, tokenizer, self.task, self.test if examples is None else examples,
-                        self.eval_batch_size, self.max_new_tokens)
+                        self.eval_batch_size, self.max_new_tokens, self.calls)
 
 
 class TaskSet:
@@ -117,7 +130,8 @@ class TaskSet:
         return self.single.metadata if len(self.tasks) == 1 else {data.name: data.metadata for data in self}
 
 
-def prepare_task(config: RunConfig, tokenizer, task_name: str | None = None) -> TaskData:
+def prepare_task(config: RunConfig, tokenizer, task_name: str | None = None,
+                 calls: ModelCalls | None = None) -> TaskData:
     data = config.data
     task = get_task(task_name or data.task)
     splits = load_splits(task, data.data_dir, config.seed, data.n_train, data.n_val, data.n_test)
@@ -130,9 +144,13 @@ def prepare_task(config: RunConfig, tokenizer, task_name: str | None = None) -> 
         task=task, train=tokenized(splits.train), validation=tokenized(splits.validation),
         test=tokenized(splits.test), metadata=splits.metadata, loss_name=config.loss_for(task),
         pad_id=tokenizer.pad_token_id, eval_batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+        calls=calls or ModelCalls(pad_id=tokenizer.pad_token_id),
     )
 
 
-def prepare_tasks(config: RunConfig, tokenizer, names: list[str] | None = None) -> TaskSet:
-    """The run's task (or the named tasks), sampled with the run's seed and tokenized."""
-    return TaskSet([prepare_task(config, tokenizer, name) for name in (names or [config.data.task])])
+def prepare_tasks(config: RunConfig, tokenizer, names: list[str] | None = None,
+                  calls: ModelCalls | None = None) -> TaskSet:
+    """The run's task (or the named tasks), sampled with the run's seed and tokenized; every model call
+    goes through `calls` (one object for the run, so that the tasks' graphs share one memory pool)."""
+    calls = calls or ModelCalls(pad_id=tokenizer.pad_token_id)
+    return TaskSet([prepare_task(config, tokenizer, name, calls) for name in (names or [config.data.task])])

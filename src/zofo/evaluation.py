@@ -6,20 +6,23 @@ import torch
 from tqdm.auto import tqdm
 
 from .batches import TokenizedExample, chunks_by_rows, context_batch, option_batch
-from .losses import example_losses, grouped_scores, option_scores
+from .calls import ModelCalls
 from .metrics import compute_metric
 from .tasks import Task
 
 
 @torch.no_grad()
-def predict_options(model, examples: list[TokenizedExample], pad_id: int, max_rows: int = 32) -> list[int]:
-    """Index of the highest-scoring option of each example; several examples share one forward."""
-    device = model.device
+def predict_options(model, examples: list[TokenizedExample], pad_id: int, max_rows: int = 32,
+                    calls: ModelCalls | None = None) -> list[int]:
+    """Index of the highest-scoring option of each example; several examples share one forward, and
+    the predictions reach the host in one synchronisation at the end."""
+    calls = calls or ModelCalls(pad_id=pad_id)
+    chunks = chunks_by_rows(examples, max_rows)
+    argmaxes = [calls.scores(model, option_batch([examples[i] for i in chunk], pad_id)).argmax(-1)
+                for chunk in tqdm(chunks, desc="scoring", leave=False, unit="batch")]
     predictions = [0] * len(examples)
-    for chunk in tqdm(chunks_by_rows(examples, max_rows), desc="scoring", leave=False, unit="batch"):
-        batch = option_batch([examples[i] for i in chunk], pad_id).to(device)
-        scores = grouped_scores(option_scores(model, batch), batch.options_per_example)
-        for i, prediction in zip(chunk, scores.argmax(-1).tolist()):
+    if chunks:
+        for i, prediction in zip([i for chunk in chunks for i in chunk], torch.cat(argmaxes).tolist()):
             predictions[i] = prediction
     return predictions
 
@@ -45,7 +48,7 @@ def generate_answers(
 
 
 def evaluate(model, tokenizer, task: Task, examples: list[TokenizedExample], batch_size: int = 32,
-             max_new_tokens: int = 50) -> dict[str, float]:
+             max_new_tokens: int = 50, calls: ModelCalls | None = None) -> dict[str, float]:
     """The task's metric(s) on `examples`: accuracy / macro-F1 by candidate scoring, F1 / EM by generation."""
     was_training = model.training
     model.eval()
@@ -53,24 +56,26 @@ def evaluate(model, tokenizer, task: Task, examples: list[TokenizedExample], bat
         if task.generative:
             predictions = generate_answers(model, tokenizer, examples, batch_size, max_new_tokens)
             return compute_metric(task.metric, predictions, [list(e.answers) for e in examples])
-        predictions = predict_options(model, examples, tokenizer.pad_token_id, batch_size)
+        predictions = predict_options(model, examples, tokenizer.pad_token_id, batch_size, calls)
         return compute_metric(task.metric, predictions, [e.label for e in examples])
     finally:
         model.train(was_training)
 
 
 @torch.no_grad()
-def mean_loss(model, loss: str, examples: list[TokenizedExample], pad_id: int, max_rows: int = 32) -> float:
+def mean_loss(model, loss: str, examples: list[TokenizedExample], pad_id: int, max_rows: int = 32,
+              calls: ModelCalls | None = None) -> float:
     """The training loss over `examples` (the validation loss that selects checkpoints): per-example
     values summed on the device, one synchronisation at the end."""
+    calls = calls or ModelCalls(pad_id=pad_id)
     was_training = model.training
     model.eval()
     try:
         total, weight = torch.zeros((), device=model.device), torch.zeros((), device=model.device)
         gold_only = loss == "lm"
         for chunk in chunks_by_rows(examples, max_rows):
-            batch = option_batch([examples[i] for i in chunk], pad_id, gold_only=gold_only).to(model.device)
-            values, weights = example_losses(model, batch, loss)
+            batch = option_batch([examples[i] for i in chunk], pad_id, gold_only=gold_only)
+            values, weights = calls.losses(model, batch, loss)
             total += values.sum()
             weight += weights.sum()
         return (total / weight).item()

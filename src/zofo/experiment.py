@@ -12,6 +12,7 @@ import time
 import torch
 
 from . import loop
+from .calls import ModelCalls
 from .config import RunConfig
 from .data import prepare_tasks
 from .methods import METHODS, Method
@@ -44,11 +45,13 @@ def save_results(model, tokenizer, config: RunConfig, run: RunFolder) -> None:
 
 def run_training(config: RunConfig) -> dict:
     device = resolve_device(config.device)
+    graphs = config.uses_graphs(device)
     check_model(config.model)
     run = RunFolder(config.run_dir())
     state = run.open(config.to_dict(), config.resume, config.overwrite)
     tokenizer = load_tokenizer(config.model)
-    tasks = prepare_tasks(config, tokenizer)
+    calls = ModelCalls("graphs" if graphs else "eager", pad_id=tokenizer.pad_token_id)
+    tasks = prepare_tasks(config, tokenizer, calls=calls)
 
     def start_point(model=None) -> Method:  # the base model and the seeded adapters, before any step
         if model is None:
@@ -76,6 +79,7 @@ def run_training(config: RunConfig) -> dict:
     selection = loop.train(method, run, state, extra_state={"zero_shot": zero_shot})
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
         del method  # one model in memory at a time
+        calls.clear()  # its graphs too
         method = start_point()
         method.restore(selection.step, selection.snapshot)
     model = method.finish()
@@ -84,6 +88,7 @@ def run_training(config: RunConfig) -> dict:
     start = time.perf_counter()
     metrics["test"] = tasks.test_metrics(model, tokenizer)
     metrics["test_seconds"] = round(time.perf_counter() - start, 2)
+    metrics["graphs"] = calls.summary()  # captures and the seconds they took, the test's included
     print(f"test at best step {selection.step}: {metrics['test']}", flush=True)
 
     metrics["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -37,38 +37,39 @@ def target_logprobs(model, batch: OptionBatch) -> torch.Tensor:
 
 
 def option_scores(model, batch: OptionBatch) -> torch.Tensor:
-    """Mean log-probability of each option's continuation, [options]."""
-    return target_logprobs(model, batch).sum(-1) / batch.target_mask.sum(-1)
+    """Mean log-probability of each option's continuation, [options] (0 for an option that predicts nothing)."""
+    return target_logprobs(model, batch).sum(-1) / batch.target_mask.sum(-1).clamp(min=1)
 
 
-def grouped_scores(scores: torch.Tensor, options_per_example: list[int]) -> torch.Tensor:
-    """[options] -> [examples, max options], padded with -inf."""
-    if len(set(options_per_example)) == 1:
-        return scores.view(len(options_per_example), options_per_example[0])
-    grouped = scores.new_full((len(options_per_example), max(options_per_example)), float("-inf"))
-    for i, part in enumerate(torch.split(scores, options_per_example)):
-        grouped[i, : len(part)] = part
-    return grouped
+def grouped_scores(scores: torch.Tensor, batch: OptionBatch) -> torch.Tensor:
+    """[options] -> [examples, slots], -inf where an example has fewer options. Static shapes: no
+    host synchronisation, so it can be captured in a CUDA graph."""
+    return scores[batch.slots].masked_fill(~batch.slot_mask, float("-inf"))
 
 
 def example_losses(model, batch: OptionBatch, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-example loss numerators and weights: the loss of any group of examples is
     values[group].sum() / weights[group].sum(). "candidates": cross-entropy per example, weight 1;
-    "lm": summed NLL of the gold continuation's tokens, weight = its token count (build the batch gold_only)."""
+    "lm": summed NLL of the gold continuation's tokens, weight = its token count (build the batch gold_only).
+    Padded examples have value and weight 0."""
+    real = batch.example_mask.to(torch.float32)
     if loss == "candidates":
-        scores = grouped_scores(option_scores(model, batch), batch.options_per_example)
+        scores = grouped_scores(option_scores(model, batch), batch)
         values = F.cross_entropy(scores, batch.labels, reduction="none")
-        return values, torch.ones_like(values)
+        return values * real, real
     if loss == "lm":
-        if any(n != 1 for n in batch.options_per_example):
+        if not batch.gold_only:
             raise ValueError("the LM loss needs a gold-only batch (one row per example)")
-        return -target_logprobs(model, batch).sum(-1), batch.target_mask.sum(-1).to(torch.float32)
+        gold = batch.slots[:, 0]
+        nll = -target_logprobs(model, batch).sum(-1)[gold]
+        return nll * real, batch.target_mask.sum(-1)[gold].to(torch.float32) * real
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
 def group_means(values: torch.Tensor, weights: torch.Tensor, sizes: list[int]) -> list[torch.Tensor]:
     """The loss of each consecutive group of examples (sizes), e.g. [B_FT, B_P] in one batch."""
-    return [v.sum() / w.sum() for v, w in zip(torch.split(values, sizes), torch.split(weights, sizes))]
+    real = sum(sizes)  # padded examples come last
+    return [v.sum() / w.sum() for v, w in zip(torch.split(values[:real], sizes), torch.split(weights[:real], sizes))]
 
 
 def candidates_loss(model, batch: OptionBatch) -> torch.Tensor:

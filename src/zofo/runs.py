@@ -33,7 +33,8 @@ from .records import append_record, read_records, rewrite_records, write_atomic
 OUTPUTS = ("metrics.json", "config.yaml", "log.jsonl", "trajectory.jsonl", "checkpoint.pt", "loss_curves.png",
            "adapter", "model")
 # Fields that may differ between a run and its resumption: where it runs, not what it computes.
-RESUMABLE_CHANGES = {"resume", "overwrite", "out_dir", "device", "eval_batch_size", "data.data_dir"}
+# How the run executes, not what it computes (graphs change losses only at float round-off).
+RESUMABLE_CHANGES = {"resume", "overwrite", "out_dir", "device", "graphs", "eval_batch_size", "data.data_dir"}
 
 
 class RunFolder:

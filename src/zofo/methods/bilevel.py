@@ -28,7 +28,7 @@ from torch.profiler import record_function
 from ..adapters import (DEFAULT, activate, adapter_parameters, adapter_state, base_parameters, load_adapter_state,
                         with_adapters)
 from ..data import TaskData
-from ..losses import example_losses, group_means
+from ..losses import group_means
 from ..zo import mix, zo_engine
 from .base import Method
 
@@ -43,19 +43,19 @@ class UpperObjective:
 
     def __init__(self, model, data: TaskData, ft: list, peft: list, lam: float, separate: bool = False):
         self.model, self.data, self.lam = model, data, lam
-        device, peft_batch = model.device, data.batch(peft, model.device)
+        peft_batch = data.batch(peft)
         # (adapter, batch, sizes of its groups of examples); the groups in order are B_FT·φ, B_P·φ, B_P·z
         if separate:
-            self.calls = [(UPPER, data.batch(ft, device), [len(ft)]), (UPPER, peft_batch, [len(peft)])]
+            self.calls = [(UPPER, data.batch(ft), [len(ft)]), (UPPER, peft_batch, [len(peft)])]
         else:
-            self.calls = [(UPPER, data.batch(ft + peft, device), [len(ft), len(peft)])]
+            self.calls = [(UPPER, data.batch(ft + peft), [len(ft), len(peft)])]
         self.calls.append((LOWER, peft_batch, [len(peft)]))
 
     def _losses_of(self, calls) -> list[torch.Tensor]:
         losses = []
         for adapter, batch, sizes in calls:
             activate(self.model, adapter)
-            losses += group_means(*example_losses(self.model, batch, self.data.loss_name), sizes)
+            losses += group_means(*self.data.calls.losses(self.model, batch, self.data.loss_name), sizes)
         return losses
 
     def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,7 +96,6 @@ class BilevelZOFO(Method):
         self.ft_sampler = self.data.sampler(config.batch_size, mix(config.seed, 1), ft)
         self.peft_sampler = self.data.sampler(config.batch_size, mix(config.seed, 2), peft)
         self.split_sizes = {"ft": len(ft), "peft": len(peft)}
-        self.loss_fn = self.data.loss_fn()
 
     @property
     def model(self):
@@ -121,11 +120,9 @@ class BilevelZOFO(Method):
             activate(self.peft_model, LOWER)
             losses = []
             for peft_batch in peft_batches:
-                loss = self.loss_fn(self.peft_model, self.data.batch(peft_batch, self.peft_model.device))
-                loss.backward()
+                losses.append(self.data.backward(self.peft_model, peft_batch))
                 self.z_optimizer.step()
-                self.z_optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.detach())
+                self.z_optimizer.zero_grad(set_to_none=False)  # in place, for a captured backward
             activate(self.peft_model, UPPER)
         return losses
 
@@ -133,16 +130,13 @@ class BilevelZOFO(Method):
         """Accumulate ∇_φ [L(θ,φ;B_FT) + λ·L(θ,φ;B_P)] in φ's .grad, as two backward passes: the
         activations held at once are those of one minibatch, as in a first-order PEFT step.
         Returns the two losses, detached."""
-        model, device = self.peft_model, self.peft_model.device
-        ft_loss = self.loss_fn(model, self.data.batch(ft_batch, device))
-        ft_loss.backward()
-        p_loss = self.loss_fn(model, self.data.batch(peft_batch, device))
-        (self.lam * p_loss).backward()
-        return ft_loss.detach(), p_loss.detach()
+        ft_loss = self.data.backward(self.peft_model, ft_batch)
+        p_loss = self.data.backward(self.peft_model, peft_batch, scale=self.lam)
+        return ft_loss, p_loss
 
     def phi_update(self) -> None:
         self.phi_optimizer.step()
-        self.phi_optimizer.zero_grad(set_to_none=True)
+        self.phi_optimizer.zero_grad(set_to_none=False)  # in place, for a captured backward
 
     def upper_step(self, ft_batch: list, peft_batch: list, seed: int, step: int):
         """φ by its exact gradient and θ by SPSA on F, in the configured order; z untouched."""

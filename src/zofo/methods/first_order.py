@@ -24,14 +24,12 @@ class FirstOrder(Method):
         self.model = self.peft_model = with_adapters(model, config.adapter, [DEFAULT], config.seed)
         self.optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, DEFAULT), lr=config.lr)
         self.sampler = self.data.sampler(config.batch_size, config.seed)
-        self.loss_fn = self.data.loss_fn()
 
     def step(self, iteration: int) -> dict:
-        loss = self.loss_fn(self.peft_model, self.data.batch(self.sampler.next(), self.peft_model.device))
-        loss.backward()
+        loss = self.data.backward(self.peft_model, self.sampler.next())
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {"train_loss": loss.detach()}
+        self.optimizer.zero_grad(set_to_none=False)  # in place: a captured backward writes into these tensors
+        return {"train_loss": loss}
 
     def snapshot(self) -> dict:
         return {"adapter": adapter_state(self.peft_model, DEFAULT)}

@@ -34,7 +34,6 @@ class MeZO(Method):
         self.model, named = mezo_parameters(model, config)
         self.zo = zo_engine(self.model, named, config.zo, config.lr)
         self.sampler = self.data.sampler(config.batch_size, config.seed)
-        self.loss_fn = self.data.loss_fn()
 
     @classmethod
     def replayed_parameters(cls, model, config):
@@ -42,8 +41,8 @@ class MeZO(Method):
 
     def step(self, iteration: int) -> dict:
         step = iteration + 1
-        batch = self.data.batch(self.sampler.next(), self.model.device)
-        estimate = self.zo_step(lambda: self.loss_fn(self.model, batch), mix(self.config.seed, step), step)
+        batch = self.data.batch(self.sampler.next())
+        estimate = self.zo_step(lambda: self.data.batch_loss(self.model, batch), mix(self.config.seed, step), step)
         return {"train_loss": estimate.loss, "projected_grad": estimate.scalars[0]}
 
     def state_dict(self) -> dict:

@@ -30,7 +30,6 @@ class TwoStage(Method):
         self.zo = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)  # over θ
         self.adapter_sampler = self.data.sampler(config.batch_size, config.seed)
         self.theta_sampler = self.data.sampler(config.batch_size, mix(config.seed, 3))
-        self.loss_fn = self.data.loss_fn()
 
     def schedule(self) -> list[int]:
         return list(range(1, self.first_stage_steps + self.T + 1))
@@ -41,14 +40,13 @@ class TwoStage(Method):
     def step(self, iteration: int) -> dict:
         model, step = self.peft_model, iteration + 1
         if step <= self.first_stage_steps:  # stage 1: Adam on φ
-            loss = self.loss_fn(model, self.data.batch(self.adapter_sampler.next(), model.device))
-            loss.backward()
+            loss = self.data.backward(model, self.adapter_sampler.next())
             self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            return {"train_loss": loss.detach()}
-        batch = self.data.batch(self.theta_sampler.next(), model.device)  # stage 2: MeZO on θ
+            self.optimizer.zero_grad(set_to_none=False)  # in place, for a captured backward
+            return {"train_loss": loss}
+        batch = self.data.batch(self.theta_sampler.next())  # stage 2: MeZO on θ
         t = step - self.first_stage_steps
-        estimate = self.zo_step(lambda: self.loss_fn(model, batch), mix(self.config.seed, t), step)
+        estimate = self.zo_step(lambda: self.data.batch_loss(model, batch), mix(self.config.seed, t), step)
         return {"train_loss": estimate.loss}
 
     def evaluated(self, iteration: int, val_loss: float, best) -> None:

@@ -1,0 +1,207 @@
+"""Every model call of training and evaluation, eager or replayed from CUDA graphs.
+
+A small model's step on a GPU is bound by kernel launches, not arithmetic: SmolLM2-135M's eager forward
+takes 35 ms on an H200, the same forward replayed from a CUDA graph 6-8 ms. With `graphs` on, each call
+pads its batch to a bucketed static shape (batches.BatchShape.bucketed), copies it into that shape's
+static input tensors and replays the graph captured for (what is computed, the shape, the active adapter);
+the first call of each kind captures it, which costs a warm-up run and the capture (well under a second
+for a small model). Three kinds of call:
+
+    losses(model, batch, loss)           per-example loss values and weights, no gradient
+    scores(model, batch)                 each example's option scores (candidate scoring)
+    backward(model, batch, loss, scale)  the mean loss, its gradient times `scale` accumulated into .grad
+
+A graph reads the weights where they were when it was captured, so everything that moves them must do so
+in place (optimizers, the ZO passes and loading adapter states do); if a parameter's storage moves
+(packing, unpacking, new adapters), the model's graphs are dropped and captured again. A backward graph
+accumulates into the .grad tensors that existed at its capture: zero them in place (zero_grad(set_to_none=
+False)); if one is replaced, the graph is captured again. Outputs are copied out of the graph's memory
+at once: graphs share one memory pool and a later replay may overwrite it.
+
+Mode "static" pads like "graphs" but runs eagerly: the same shapes and arithmetic on any device, which
+is how the CPU tests check that padding changes no loss, score or gradient.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+import torch
+
+from .batches import OptionBatch
+from .losses import example_losses, grouped_scores, option_scores
+
+MODES = ("eager", "static", "graphs")
+WARMUP_RUNS = 2  # eager runs on a side stream before capture (cuBLAS workspaces, lazy initialisation)
+
+
+def _mean_loss_backward(model, batch: OptionBatch, loss: str, scale: float) -> torch.Tensor:
+    values, weights = example_losses(model, batch, loss)
+    mean = values.sum() / weights.sum()
+    (mean * scale if scale != 1.0 else mean).backward()
+    return mean.detach()
+
+
+def _losses(model, batch: OptionBatch, loss: str):
+    return example_losses(model, batch, loss)
+
+
+def _scores(model, batch: OptionBatch) -> torch.Tensor:
+    return grouped_scores(option_scores(model, batch), batch)
+
+
+class _Graph:
+    """One captured call. Its input is one flat int64 buffer on the device, into which a whole batch is
+    copied from pinned host memory in one transfer; the graph itself unpacks it into the batch's tensors."""
+
+    def __init__(self, batch: OptionBatch, device):
+        self.layout = [(name, t.shape, t.dtype) for name, t in batch.tensors().items()]
+        self.flat = flatten(batch).to(device)
+        self.graph = torch.cuda.CUDAGraph()
+        self.outputs: tuple[torch.Tensor, ...] = ()
+        self.grads: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self.template = batch
+
+    def batch(self) -> OptionBatch:
+        """The static batch: views of the flat buffer, cast where the field is not int64."""
+        tensors, offset = {}, 0
+        for name, shape, dtype in self.layout:
+            n = shape.numel()
+            part = self.flat[offset : offset + n].view(shape)
+            tensors[name] = part if dtype == torch.int64 else part.to(dtype)
+            offset += n
+        return self.template.with_tensors(tensors)
+
+    def valid(self) -> bool:
+        return all(p.grad is grad for p, grad in self.grads)
+
+
+def flatten(batch: OptionBatch) -> torch.Tensor:
+    return torch.cat([t.reshape(-1).to(torch.int64) for t in batch.tensors().values()])
+
+
+class ModelCalls:
+    """The run's model calls (one object per run); see the module's docstring."""
+
+    def __init__(self, mode: str = "eager", pad_id: int = 0):
+        if mode not in MODES:
+            raise ValueError(f"model-call mode must be one of {MODES}, got {mode!r}")
+        self.mode, self.pad_id = mode, pad_id
+        self.captures, self.capture_seconds = 0, 0.0
+        # id(model) -> (the model, weakly; the hash of its parameters' addresses; its graphs by (kind, args,
+        # shape, adapter)). The graphs share one memory pool; once any are dropped, new captures take a
+        # new pool (PyTorch refuses to capture into a pool whose graphs are all gone).
+        self._graphs: dict[int, tuple[weakref.ref, int, dict]] = {}
+        self._pool = None
+        self._staged: tuple = (None, None, None)  # (batch, padded, pinned flat copy): SPSA evaluates one batch twice
+
+    # --- the three calls -----------------------------------------------------------------------
+
+    @torch.no_grad()
+    def losses(self, model, batch: OptionBatch, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, weights) per example, padded examples last with weight 0 (see losses.example_losses)."""
+        return self._call("losses", model, batch, (loss,), _losses)
+
+    @torch.no_grad()
+    def scores(self, model, batch: OptionBatch) -> torch.Tensor:
+        """[examples, slots] option scores of the real examples, -inf in empty slots."""
+        scores = self._call("scores", model, batch, (), _scores)
+        return scores[: batch.examples, : batch.slots.shape[1]]
+
+    def backward(self, model, batch: OptionBatch, loss: str, scale: float = 1.0) -> torch.Tensor:
+        """The batch's mean loss (detached); ∇(scale·loss) is added to the trainable parameters' .grad."""
+        with torch.enable_grad():
+            return self._call("backward", model, batch, (loss, scale), _mean_loss_backward)
+
+    def loss(self, model, batch: OptionBatch, loss: str) -> torch.Tensor:
+        """The batch's mean loss, no gradient."""
+        values, weights = self.losses(model, batch, loss)
+        return values.sum() / weights.sum()
+
+    def summary(self) -> dict:
+        return {"mode": self.mode, "captures": self.captures, "capture_seconds": round(self.capture_seconds, 2)}
+
+    # --- machinery -------------------------------------------------------------------------------
+
+    def _call(self, kind: str, model, batch: OptionBatch, args: tuple, function):
+        device = model.device
+        if self.mode == "eager":
+            return function(model, batch.to(device), *args)
+        if self._staged[0] is not batch:
+            padded = batch.padded(batch.shape.bucketed(), self.pad_id)
+            self._staged = (batch, padded, None)
+        padded = self._staged[1]
+        if self.mode == "static" or device.type != "cuda":
+            return function(model, padded.to(device), *args)
+        graphs = self._graphs_of(model)
+        key = (kind, args, padded.shape, getattr(model, "active_adapter", None))
+        graph = graphs.get(key)
+        if graph is None or not graph.valid():
+            graph = graphs[key] = self._capture(model, padded, args, function)
+        if self._staged[2] is None:
+            self._staged = (batch, padded, flatten(padded).pin_memory())
+        graph.flat.copy_(self._staged[2], non_blocking=True)
+        graph.graph.replay()
+        outputs = tuple(o.clone() for o in graph.outputs)  # the shared pool is overwritten by the next replay
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    def _graphs_of(self, model) -> dict:
+        """The model's graphs; none once any of its parameters has moved to other storage."""
+        dead = [key for key, (ref, _, _) in self._graphs.items() if ref() is None]
+        for key in dead:
+            self._drop(key)
+        fingerprint = hash(tuple(p.data_ptr() for p in model.parameters()))
+        entry = self._graphs.get(id(model))
+        if entry is None or entry[0]() is not model or entry[1] != fingerprint:
+            if entry is not None:
+                self._drop(id(model))
+            entry = self._graphs[id(model)] = (weakref.ref(model), fingerprint, {})
+        return entry[2]
+
+    def _drop(self, key: int) -> None:
+        if self._graphs.pop(key)[2]:
+            self._pool = None
+
+    def clear(self) -> None:
+        """Release every graph (and so the memory they hold)."""
+        self._graphs, self._pool = {}, None
+
+    def _capture(self, model, batch: OptionBatch, args: tuple, function) -> _Graph:
+        start = time.perf_counter()
+        device = model.device
+        make_capturable(model)
+        graph = _Graph(batch, device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        saved = [None if p.grad is None else p.grad.clone() for p in trainable]
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        # peft builds some tensors with plain torch.ones(...): made on the device, they need no copy
+        with torch.cuda.stream(side), torch.device(device):
+            for _ in range(WARMUP_RUNS):
+                function(model, graph.batch(), *args)
+        torch.cuda.current_stream(device).wait_stream(side)
+        # The warm-up runs created .grad where there was none and added to the rest: undo that, keeping the
+        # tensors, so that the captured backward accumulates into them as a plain backward would.
+        for p, grad in zip(trainable, saved):
+            if p.grad is not None:
+                p.grad.zero_() if grad is None else p.grad.copy_(grad)
+        with torch.cuda.graph(graph.graph, pool=self._pool), torch.device(device):
+            outputs = function(model, graph.batch(), *args)
+        graph.outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        graph.grads = [(p, p.grad) for p in trainable if p.grad is not None]
+        torch.cuda.synchronize(device)
+        self.captures += 1
+        self.capture_seconds += time.perf_counter() - start
+        return graph
+
+
+def make_capturable(model) -> None:
+    """peft keeps prompt-learning token indices on the CPU and copies them to the device in every forward,
+    which a CUDA graph cannot capture: keep them on the model's device."""
+    tokens = getattr(model, "prompt_tokens", None)
+    if isinstance(tokens, dict):
+        for name, t in tokens.items():
+            tokens[name] = t.to(model.device)
+

@@ -1,0 +1,122 @@
+"""Model calls at static shapes (calls.py): what CUDA graphs replay, checked on the CPU.
+
+Mode "static" pads every batch to its bucketed shape exactly as mode "graphs" does before capture, and
+runs eagerly; so these tests check that padding changes no loss, score or gradient, and that every method
+trains the same with it. The capture itself needs CUDA: benchmarks/graphs.py checks it on a GPU."""
+
+import pytest
+import torch
+
+from zofo.batches import BatchShape, bucket, option_batch
+from zofo.calls import ModelCalls
+from zofo.config import make_config
+from zofo.data import prepare_tasks
+from zofo.errors import ConfigError
+from zofo.losses import loss_function
+from zofo.methods import METHODS
+from zofo.zo import Trajectory
+
+from conftest import tiny
+
+TOLERANCE = dict(atol=2e-5, rtol=2e-5)  # fp32: padding changes only the order of some sums
+
+
+def test_buckets_are_few_and_waste_under_a_quarter():
+    assert [bucket(n) for n in (1, 7, 8, 9, 11, 16, 17, 33, 100)] == [1, 7, 8, 10, 12, 16, 20, 40, 112]
+    assert all(n <= bucket(n) < 1.25 * n + 1 for n in range(1, 5000))
+    assert len({bucket(n) for n in range(1, 513)}) == 32
+    shape = BatchShape(rows=13, length=37, options=26, kept=3, examples=13, slots=2).bucketed()
+    assert shape == BatchShape(rows=14, length=40, options=28, kept=3, examples=14, slots=2)
+    assert BatchShape(1, 5, 1, 1, 1, 1).bucketed().length == 16  # lengths: multiples of 8, at least 16
+
+
+def task_batches(task, data_dir, n=6):
+    config = make_config(dict(model="tiny-llama", task=task, data_dir=str(data_dir), n_train=n, n_val=4, n_test=4,
+                              max_length=100))
+    model, tokenizer = tiny()
+    data = prepare_tasks(config, tokenizer).single
+    return model, data
+
+
+@pytest.mark.parametrize("task, loss", [("sst2", "candidates"), ("copa", "candidates"), ("copa", "lm"),
+                                        ("record", "candidates"), ("record", "lm"), ("boolq", "lm")])
+def test_padding_changes_no_loss_score_or_gradient(data_dir, task, loss):
+    from zofo.adapters import with_adapters
+    from zofo.config import AdapterConfig
+
+    model, data = task_batches(task, data_dir)
+    model = with_adapters(model, AdapterConfig(peft="lora"), ["default"], seed=0)
+    for p in model.parameters():
+        if p.requires_grad:  # LoRA B starts at 0: give the adapter a gradient of its own
+            torch.nn.init.normal_(p, std=0.05)
+    examples = data.train[:5]
+    batch = option_batch(examples, data.pad_id, gold_only=loss == "lm")
+    eager, static = ModelCalls("eager"), ModelCalls("static", pad_id=data.pad_id)
+    assert batch.shape.bucketed() != batch.shape or task == "sst2"
+
+    values, weights = eager.losses(model, batch, loss)
+    padded_values, padded_weights = static.losses(model, batch, loss)
+    n = len(examples)
+    torch.testing.assert_close(padded_values[:n], values, **TOLERANCE)
+    torch.testing.assert_close(padded_weights[:n], weights)
+    assert padded_values[n:].abs().sum() == 0 and padded_weights[n:].sum() == 0
+    if loss == "candidates":
+        torch.testing.assert_close(static.scores(model, batch), eager.scores(model, batch), **TOLERANCE)
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grads = {}
+    for name, calls in (("eager", eager), ("static", static)):
+        for p in trainable:
+            p.grad = None
+        mean = calls.backward(model, batch, loss, scale=3.0)
+        grads[name] = (mean, [p.grad.clone() for p in trainable])
+    torch.testing.assert_close(grads["static"][0], grads["eager"][0], **TOLERANCE)
+    reference = loss_function(loss)(model, batch.padded(batch.shape.bucketed(), data.pad_id))
+    torch.testing.assert_close(grads["static"][0], reference.detach(), **TOLERANCE)
+    for g_static, g_eager in zip(grads["static"][1], grads["eager"][1]):
+        assert g_eager.abs().sum() > 0
+        torch.testing.assert_close(g_static, g_eager, atol=1e-5, rtol=1e-4)
+
+
+def test_backward_accumulates_into_existing_gradients(data_dir):
+    model, data = task_batches("sst2", data_dir)
+    model.requires_grad_(False).lm_head.weight.requires_grad_(True)
+    batch = data.batch(data.train[:3])
+    calls = ModelCalls("static", pad_id=data.pad_id)
+    calls.backward(model, batch, data.loss_name)
+    once = model.lm_head.weight.grad.clone()
+    calls.backward(model, batch, data.loss_name, scale=2.0)
+    torch.testing.assert_close(model.lm_head.weight.grad, 3 * once, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method, peft", [("fo", "lora"), ("fo", "prompt"), ("fo", "prefix"), ("mezo", "none"),
+                                          ("mezo", "lora"), ("mezo", "prompt"), ("bilevel", "lora"),
+                                          ("bilevel", "prefix"), ("two-stage", "lora")])
+def test_every_method_trains_the_same_at_static_shapes(data_dir, tmp_path, method, peft):
+    """Three iterations of each method, eagerly and at padded static shapes: the same logged losses and the
+    same validation loss, to float tolerance."""
+    config = make_config(dict(model="tiny-llama", task="copa", data_dir=str(data_dir), n_train=24, n_val=6,
+                              n_test=4, batch_size=3, device="cpu", method=method, peft=peft, lr=1e-3,
+                              bilevel_k=1, steps=6, zo_eps=1e-2))
+    logs = {}
+    for mode in ("eager", "static"):
+        model, tokenizer = tiny()
+        tasks = prepare_tasks(config, tokenizer, calls=ModelCalls(mode, pad_id=tokenizer.pad_token_id))
+        trained = METHODS[method](model, tasks, config, Trajectory(tmp_path / f"{mode}.jsonl"))
+        trained.begin()
+        steps = [trained.step(i) for i in range(3)]
+        logs[mode] = ([float(v) for log in steps for v in log.values()], tasks.validation_loss(trained.model))
+    assert logs["static"][0] == pytest.approx(logs["eager"][0], rel=1e-4, abs=1e-4)
+    assert logs["static"][1] == pytest.approx(logs["eager"][1], rel=1e-4, abs=1e-5)
+
+
+def test_graphs_on_without_cuda_is_refused_before_any_loading():
+    config = make_config(dict(graphs="on", device="cpu"))
+    with pytest.raises(ConfigError, match="--graphs on needs a CUDA device"):
+        config.uses_graphs(torch.device("cpu"))
+    assert not make_config({}).uses_graphs(torch.device("cpu"))  # auto: off on the CPU
+    assert make_config({}).uses_graphs(torch.device("cuda"))  # and on for CUDA
+    assert not make_config(dict(graphs="off")).uses_graphs(torch.device("cuda"))
+    with pytest.raises(ConfigError, match="per-module"):
+        make_config(dict(graphs="on", zo_perturbation="per-module"))
+    assert not make_config(dict(zo_perturbation="per-module")).uses_graphs(torch.device("cuda"))
