@@ -5,6 +5,7 @@
 source scripts/gpu_setup.sh
 OUT=${OUT:-results/benchmarks}; mkdir -p $OUT
 python3 benchmarks/cuda_checks.py | tee $OUT/cuda_checks.txt
+python3 benchmarks/graphs.py --output $OUT/graphs.jsonl | tee $OUT/graphs.txt
 python3 benchmarks/kernel_sweep.py ${QUICK:+--quick} | tee $OUT/kernel_sweep.txt
 for shape in "16 256" "8 128"; do
   set -- $shape
