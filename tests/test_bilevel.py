@@ -256,3 +256,42 @@ def test_many_named_adapter_pairs_train_apart_on_one_theta(data_dir, tmp_path):
         assert moved == name.endswith("_z"), name
     assert all(torch.equal(p, theta[n]) for n, p in base_parameters(model))
     assert tasks.validation_loss(model) == pytest.approx(sum(d.validation_loss(model) for d in tasks) / 3)
+
+
+def test_the_authors_cycles_take_k_then_k_minus_one_lower_steps_and_may_end_on_lower_steps(data_dir, tmp_path):
+    config = small_config(data_dir, tmp_path, bilevel_k=3, steps=12, bilevel_cycle="authors")
+    method, _ = build(config, tmp_path)
+    assert method.schedule() == [4, 7, 10, 12]
+    assert [method.cycle(i) for i in range(4)] == [(3, True), (2, True), (2, True), (2, False)]
+    logs = [method.step(i) for i in range(4)]
+    assert "train_loss" not in logs[-1] and "lower_loss" in logs[-1]
+    assert [r["step"] for r in method.trajectory.read()] == [4, 7, 10]  # one ZO step per upper step
+    paper = small_config(data_dir, tmp_path, bilevel_k=3, steps=12)
+    assert build(paper, tmp_path)[0].schedule() == [4, 8, 12]
+
+
+def test_shared_optimizer_uses_one_learning_rate_and_needs_zo_adam(data_dir, tmp_path):
+    from zofo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="zo-adam"):
+        small_config(data_dir, tmp_path, bilevel_optimizer="shared")
+    config = small_config(data_dir, tmp_path, bilevel_optimizer="shared", zo_optimizer="zo-adam", lr=3e-4)
+    method, _ = build(config, tmp_path)
+    assert method.phi_optimizer.param_groups[0]["lr"] == method.zo.optimizer.lr == 3e-4
+
+
+@pytest.mark.parametrize("evaluated", ["upper", "lower"])
+def test_a_run_selects_and_saves_the_evaluated_adapter_and_tests_the_other_and_theta_alone(data_dir, tmp_path, evaluated):
+    config = small_config(data_dir, tmp_path, steps=9, eval_every=3, zero_shot=False, bilevel_eval_adapter=evaluated)
+    metrics = run_training(config)
+    other = "test_theta_z" if evaluated == "upper" else "test_theta_phi"
+    assert set(metrics) >= {"test", other, "test_theta_alone"} and metrics["evaluated_adapter"] == evaluated
+    folder = tmp_path / "run"
+    theta = AutoModelForCausalLM.from_pretrained(folder / "model")
+    saved = load_adapter(theta, folder / "adapter")  # the evaluated adapter, under peft's default name
+    _, tokenizer = tiny()
+    tasks = prepare_tasks(config, tokenizer)
+    assert tasks.validation_loss(saved) == pytest.approx(metrics["best_val_loss"], rel=1e-5)
+    assert tasks.test_metrics(saved, tokenizer) == metrics["test"]
+    with saved.disable_adapter():
+        assert tasks.test_metrics(saved, tokenizer) == metrics["test_theta_alone"]

@@ -134,7 +134,8 @@ class ModelCalls:
         if self.mode == "static" or device.type != "cuda":
             return function(model, padded.to(device), *args)
         graphs = self._graphs_of(model)
-        key = (kind, args, padded.shape, getattr(model, "active_adapter", None))
+        # peft runs the active adapter's modules, or none inside disable_adapter()
+        key = (kind, args, padded.shape, getattr(model, "active_adapter", None), getattr(model, "_adapters_disabled", False))
         graph = graphs.get(key)
         if graph is None or not graph.valid():
             graph = graphs[key] = self._capture(model, padded, args, function)

@@ -78,6 +78,9 @@ class BilevelConfig(Section):
     lam: float = Field(10.0, ge=0, alias="lambda", description="penalty weight λ")
     lower_lr: float = Field(5e-4, ge=0, description="Adam learning rate of the lower adapter z (two-stage: of its first-stage adapter)")
     upper_lr: float = Field(5e-4, ge=0, description="Adam learning rate of the upper adapter φ")
+    eval_adapter: Literal["upper", "lower"] = Field("upper", description="the adapter evaluated, selected and saved with θ: upper = φ (ALGORITHM.md); lower = z (the authors' code, whose runs end on lower steps). Bilevel runs test the other one and θ alone as well")
+    cycle: Literal["paper", "authors"] = Field("paper", description="paper = every cycle K lower steps and one upper step, steps // (K + 1) cycles; authors = the first cycle K lower steps, later ones K − 1, until exactly `steps` steps (the last cycle may end on lower steps)")
+    optimizer: Literal["separate", "shared"] = Field("separate", description="separate = θ's ZO optimizer at --lr, φ's Adam at --bilevel-upper-lr; shared = one learning rate, --lr, for θ and φ (the authors' code: ZO-Adam on θ, so it needs --zo-optimizer zo-adam)")
     order: Literal["phi-first", "same-point"] = Field("phi-first", description="order within an upper step: phi-first = update φ, then estimate θ's SPSA at the new φ (ALGORITHM.md's box); same-point = estimate θ at the old φ and update both from that point (the authors' code); with --zo-one-sided, F(θ) then reuses the losses of φ's gradient passes")
 
 
@@ -135,6 +138,9 @@ class RunConfig(BaseModel):
         if self.method != "mezo" and self.adapter.peft == "none":
             raise ValueError(f"method {self.method!r} trains an adapter: set --peft lora, prefix or prompt "
                              "(peft none is for full-model mezo)")
+        if self.method == "bilevel" and self.bilevel.optimizer == "shared" and self.zo.optimizer != "zo-adam":
+            raise ValueError("--bilevel-optimizer shared is the authors' one Adam for θ and φ: set --zo-optimizer zo-adam "
+                             f"(got {self.zo.optimizer})")
         if self.method in ("bilevel", "two-stage") and self.steps < self.bilevel.k + 1:
             raise ValueError(f"method {self.method!r} needs steps >= bilevel.k + 1 = {self.bilevel.k + 1} (one upper "
                              f"step with its K lower steps), got steps = {self.steps}")

@@ -82,12 +82,18 @@ def run_training(config: RunConfig) -> dict:
         calls.clear()  # its graphs too
         method = start_point()
         method.restore(selection.step, selection.snapshot)
+    start = time.perf_counter()
+    other_tests = method.other_tests(lambda variant: tasks.test_metrics(variant, tokenizer))
+    other_seconds = time.perf_counter() - start
     model = method.finish()
     metrics.update(selection.summary())
     metrics.update(method.summary())
     start = time.perf_counter()
     metrics["test"] = tasks.test_metrics(model, tokenizer)
     metrics["test_seconds"] = round(time.perf_counter() - start, 2)
+    if other_tests:
+        metrics.update(other_tests, other_tests_seconds=round(other_seconds, 2))
+        print("also tested at that step: " + ", ".join(f"{k} {v}" for k, v in other_tests.items()), flush=True)
     metrics["graphs"] = calls.summary()  # captures and the seconds they took, the test's included
     print(f"test at best step {selection.step}: {metrics['test']}", flush=True)
 

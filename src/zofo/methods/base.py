@@ -14,6 +14,7 @@ the start point and the trajectory (seeds and scalars), which the method appends
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -74,6 +75,10 @@ class Method:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def other_tests(self, evaluate) -> dict[str, Any]:
+        """Further test metrics at the selected step, before finish(): {name: evaluate(model variant)}."""
+        return {}
+
     def finish(self) -> torch.nn.Module:
         """The model to test and save: θ with the evaluated adapter, other adapters removed."""
         if self.zo is not None:
@@ -85,7 +90,10 @@ class Method:
         facts = {}
         if self.zo is not None:
             facts.update(zo_parameters=self.zo.space.numel, zo_optimizer_state_bytes=self.zo.optimizer.state_bytes(),
-                         trajectory_bytes=self.trajectory.path.stat().st_size)
+                         trajectory_bytes=self.trajectory.path.stat().st_size,
+                         zo_origin_bytes=self.zo.space.origin_bytes())
+            if hasattr(self, "update_changed_fraction"):
+                facts["first_update_changed_fraction"] = round(self.update_changed_fraction, 4)
         return facts
 
     @classmethod
@@ -103,9 +111,24 @@ class Method:
         then the optimizer's pass takes the displacement back and applies the update."""
         estimate = self.zo.spsa.estimate(objective, seed, at_theta=at_theta)
         check_finite(estimate.losses, step, seed, self.config.dtype)
+        if self.zo.optimizer.steps == 0 and self.config.lr > 0:
+            self.check_update_resolution(estimate)
         self.zo.optimizer.step(estimate)
         self.trajectory.append(step, seed, estimate.scalars, self.zo.optimizer.lr)
         return estimate
+
+
+    def check_update_resolution(self, estimate) -> None:
+        """Warn, at the first ZO step, when most of θ would not move: the update is below the dtype's
+        resolution (an upper learning rate of 1e-7 on bf16 weights), so training θ does nothing."""
+        self.update_changed_fraction = self.zo.changed_fraction(estimate)
+        if self.update_changed_fraction < RESOLUTION_WARNING:
+            warnings.warn(f"the first zeroth-order update changed only {self.update_changed_fraction:.1%} of the "
+                          f"sampled weights: at lr {self.config.lr:g} most of it is below the resolution of "
+                          f"{self.config.dtype} weights and is lost; raise --lr or train in fp32", stacklevel=2)
+
+
+RESOLUTION_WARNING = 0.5  # fraction of θ's elements the first update must change
 
 
 def check_finite(values: list[float], step: int, seed: int | None, dtype: str) -> None:

@@ -18,6 +18,13 @@ first-order on the adapter at the lower level, tied by a penalty.
                 With one-sided SPSA, F(θ) then takes its first two losses from the forwards of φ's
                 gradient: one minibatch forward (z on B_P) instead of three.
 F's three losses cost two model calls: φ on B_FT ∪ B_P, z on B_P.
+
+The authors' protocol, as options (ALGORITHM.md's algorithm is the default):
+    bilevel.eval_adapter lower   select, test and save θ with z instead of θ with φ
+    bilevel.cycle authors        K lower steps in the first cycle, K − 1 in later ones, until exactly
+                                 `steps` steps (with K = 30 and 5,000 steps the run ends on lower steps)
+    bilevel.optimizer shared     one learning rate (--lr) for θ's ZO-Adam and φ's Adam
+Every run also tests the other adapter with θ, and θ alone, at the selected step.
 """
 
 from __future__ import annotations
@@ -86,11 +93,13 @@ class BilevelZOFO(Method):
         super().__init__(model, tasks, config, trajectory)
         self.data, settings = tasks.single, config.bilevel
         self.K, self.lam = settings.k, settings.lam
+        self.evaluated_adapter = UPPER if settings.eval_adapter == "upper" else LOWER
         # same-point with one-sided SPSA: F(θ) takes φ's two losses from the forwards of φ's gradient
         self.reuse_phi_forwards = settings.order == "same-point" and config.zo.one_sided
         self.peft_model = with_adapters(model, config.adapter, [UPPER, LOWER], config.seed, same_start=True)
         self.zo = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)  # over θ
-        self.phi_optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, UPPER), lr=settings.upper_lr)
+        phi_lr = config.lr if settings.optimizer == "shared" else settings.upper_lr
+        self.phi_optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, UPPER), lr=phi_lr)
         self.z_optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, LOWER), lr=settings.lower_lr)
         ft, peft = self.data.split(config.seed)
         self.ft_sampler = self.data.sampler(config.batch_size, mix(config.seed, 1), ft)
@@ -99,19 +108,38 @@ class BilevelZOFO(Method):
 
     @property
     def model(self):
-        activate(self.peft_model, UPPER)
+        """θ with the evaluated adapter (φ, or z with bilevel.eval_adapter lower) active."""
+        activate(self.peft_model, self.evaluated_adapter)
         return self.peft_model
 
     def schedule(self) -> list[int]:
-        return [t * (self.K + 1) for t in range(1, self.config.steps // (self.K + 1) + 1)]
+        """The counted step at the end of each cycle (lower and upper steps counted together)."""
+        steps, K = self.config.steps, self.K
+        if self.config.bilevel.cycle == "paper":
+            return [t * (K + 1) for t in range(1, steps // (K + 1) + 1)]
+        ends, done = [], 0
+        while done < steps:  # the authors': K lower steps, later K − 1, each group followed by an upper step
+            done = min(done + (K if not ends else K - 1) + 1, steps)
+            ends.append(done)
+        return ends
+
+    def cycle(self, iteration: int) -> tuple[int, bool]:
+        """(lower steps, whether an upper step follows) of a cycle."""
+        schedule = self.schedule()
+        length = schedule[iteration] - (schedule[iteration - 1] if iteration else 0)
+        lower = self.K if iteration == 0 or self.config.bilevel.cycle == "paper" else self.K - 1
+        return (lower, True) if length == lower + 1 else (length, False)
 
     def step(self, iteration: int) -> dict:
         t = iteration + 1
-        lower_losses = self.lower_level([self.peft_sampler.next() for _ in range(self.K)])
-        ft_loss, p_loss, estimate = self.upper_step(self.ft_sampler.next(), self.peft_sampler.next(),
-                                                    mix(self.config.seed, t), step=t * (self.K + 1))
-        return {"train_loss": ft_loss, "lower_loss": lower_losses[-1], "penalty_phi": p_loss,
-                "upper_objective": estimate.loss}
+        lower, upper = self.cycle(iteration)
+        lower_losses = self.lower_level([self.peft_sampler.next() for _ in range(lower)])
+        log = {"lower_loss": lower_losses[-1]} if lower_losses else {}
+        if upper:
+            ft_loss, p_loss, estimate = self.upper_step(self.ft_sampler.next(), self.peft_sampler.next(),
+                                                        mix(self.config.seed, t), step=self.schedule()[iteration])
+            log.update(train_loss=ft_loss, penalty_phi=p_loss, upper_objective=estimate.loss)
+        return log
 
     def lower_level(self, peft_batches: list[list]) -> list[torch.Tensor]:
         """K steps z ← Adam_z.step(∇_z L(θ, z; B)), one per minibatch B of D_PEFT; θ and φ untouched.
@@ -163,11 +191,12 @@ class BilevelZOFO(Method):
     # --- state -----------------------------------------------------------------------------------
 
     def snapshot(self) -> dict:
-        return {"phi": adapter_state(self.peft_model, UPPER)}
+        return {"phi": adapter_state(self.peft_model, UPPER), "z": adapter_state(self.peft_model, LOWER)}
 
     def restore(self, step: int, snapshot: dict) -> None:
         super().restore(step, snapshot)  # θ from the trajectory
         load_adapter_state(self.peft_model, UPPER, snapshot["phi"])
+        load_adapter_state(self.peft_model, LOWER, snapshot["z"])
 
     def state_dict(self) -> dict:
         return {"z": adapter_state(self.peft_model, LOWER), "phi_optimizer": self.phi_optimizer.state_dict(),
@@ -181,11 +210,26 @@ class BilevelZOFO(Method):
         self.ft_sampler.load_state_dict(state["ft_sampler"])
         self.peft_sampler.load_state_dict(state["peft_sampler"])
 
+    def other_tests(self, evaluate) -> dict:
+        """At the selected step: the other adapter with θ, and θ alone (where does the gain come from?)."""
+        other, label = (LOWER, "theta_z") if self.evaluated_adapter == UPPER else (UPPER, "theta_phi")
+        activate(self.peft_model, other)
+        results = {f"test_{label}": evaluate(self.peft_model)}
+        activate(self.peft_model, self.evaluated_adapter)
+        with self.peft_model.disable_adapter():
+            results["test_theta_alone"] = evaluate(self.peft_model)
+        return results
+
     def finish(self):
-        self.peft_model.delete_adapter(LOWER)
+        if self.evaluated_adapter == LOWER:  # z is saved in φ's place, under peft's default name
+            load_adapter_state(self.peft_model, LOWER, adapter_state(self.peft_model, LOWER), into=UPPER)
+            self.evaluated_adapter = UPPER
         activate(self.peft_model, UPPER)
+        self.peft_model.delete_adapter(LOWER)
         return super().finish()
 
     def summary(self) -> dict:
-        return {**super().summary(), "upper_steps": len(self.schedule()), "split": self.split_sizes,
+        upper_steps = sum(self.cycle(i)[1] for i in range(len(self.schedule())))
+        return {**super().summary(), "upper_steps": upper_steps, "evaluated_adapter": self.config.bilevel.eval_adapter,
+                "split": self.split_sizes,
                 "forward_passes_per_upper_cycle": self.forward_passes_per_upper_cycle()}

@@ -95,6 +95,10 @@ class ZOOptimizer:
     def update(self, direction: torch.Tensor, name: str, part: slice) -> torch.Tensor:
         raise NotImplementedError
 
+    def first_update(self, direction: torch.Tensor) -> torch.Tensor:
+        """The update the rule makes from fresh state (θ moves by −lr times it): d for SGD (momentum too)."""
+        return direction
+
     def state_dict(self) -> dict:
         return {"steps": self.steps, **{k: {n: t.cpu() for n, t in v.items()} for k, v in self.state.items()}}
 
@@ -147,6 +151,9 @@ class ZOSignSGD(ZOOptimizer):
     def update(self, direction, name, part):
         return direction.sign_()
 
+    def first_update(self, direction):
+        return direction.sign()
+
 
 class ZOAdam(ZOOptimizer):
     state_names = ("exp_avg", "exp_avg_sq")
@@ -155,6 +162,9 @@ class ZOAdam(ZOOptimizer):
                  weight_decay: float = 0.0, decays: Callable[[str, torch.Tensor], bool] = is_decayed):
         super().__init__(space, lr, weight_decay, decays)
         self.betas, self.eps = betas, eps
+
+    def first_update(self, direction):
+        return direction / (direction.abs() + self.eps)  # m̂ / (√v̂ + ε) at step 1
 
     def update(self, direction, name, part):
         beta1, beta2 = self.betas
