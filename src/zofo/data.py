@@ -15,7 +15,7 @@ from .batches import MinibatchSampler, OptionBatch, TokenizedExample, option_bat
 from .calls import ModelCalls
 from .config import RunConfig
 from .evaluation import evaluate, mean_loss
-from .tasks import Task, get_task, load_splits
+from .tasks import Task, get_task, load_splits, metaicl
 
 
 class ExampleSampler:
@@ -146,6 +146,19 @@ def prepare_task(config: RunConfig, tokenizer, task_name: str | None = None,
         pad_id=tokenizer.pad_token_id, eval_batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
         calls=calls or ModelCalls(pad_id=tokenizer.pad_token_id),
     )
+
+
+def metaicl_task_data(name: str, config: RunConfig, tokenizer, calls: ModelCalls | None = None,
+                      validation: int = 16) -> TaskData:
+    """A MetaICL meta-training task: its pool (the union of its 16-shot files) shuffled with the seed, the
+    first `validation` examples held out to select on (the test tasks are never looked at)."""
+    records = metaicl.training_pool(name, config.data.data_dir)
+    random.Random(f"metaicl-{name}-{config.seed}").shuffle(records)
+    examples = tokenize_examples([metaicl.example(r) for r in records], tokenizer, config.data.max_length)
+    return TaskData(task=metaicl.task_of(name, records), train=examples[validation:], validation=examples[:validation],
+                    test=[], metadata={"pool": len(records), "validation": validation}, loss_name="candidates",
+                    pad_id=tokenizer.pad_token_id, eval_batch_size=config.eval_batch_size,
+                    calls=calls or ModelCalls(pad_id=tokenizer.pad_token_id))
 
 
 def prepare_tasks(config: RunConfig, tokenizer, names: list[str] | None = None,

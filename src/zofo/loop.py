@@ -90,7 +90,7 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
                 progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if k != "step" and isinstance(v, float)})
             if not evaluate:
                 continue
-            val_loss = method.tasks.validation_loss(method.model)
+            val_loss = method.validation_loss()
             if not math.isfinite(val_loss):
                 raise diverged("the validation loss", val_loss, step, config.dtype)
             run.log({"step": step, "val_loss": val_loss})

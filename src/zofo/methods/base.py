@@ -53,6 +53,10 @@ class Method:
         """Advance one iteration (0-based); returns what to log, tensors left on the device."""
         raise NotImplementedError
 
+    def validation_loss(self) -> float:
+        """What selects the step: the validation loss of the model to test (mean over its tasks)."""
+        return self.tasks.validation_loss(self.model)
+
     def evaluated(self, iteration: int, val_loss: float, best: "Selection") -> None:
         """Called after each evaluation, once the best step is updated."""
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataError
-from .base import Example, read_jsonl, resolve_data_dir
+from .base import Example, Task, read_jsonl, resolve_data_dir
 
 SEEDS = (100, 13, 21, 42, 87)
 SHOTS = 16
@@ -108,6 +108,12 @@ def example(record: dict) -> Example:
     """Input as the context, each option after a space as a continuation (MetaICL without demonstrations)."""
     options = tuple((record["input"], " " + option) for option in record["options"])
     return Example(options, record["options"].index(record["output"]))
+
+
+def task_of(name: str, records: list[dict]) -> Task:
+    """The Task a MetaICL task is scored as: macro-F1 for classification, accuracy for QA (MetaICL's)."""
+    return Task(name=name, metric="macro_f1" if is_classification(records) else "accuracy", generative=False,
+                files={}, hub=("", None))
 
 
 def is_classification(records: list[dict]) -> bool:

@@ -1,0 +1,105 @@
+"""Bilevel ZOFO over many tasks (methods/meta_bilevel.py), on a tiny model and four MetaICL tasks."""
+
+import pytest
+import torch
+
+from zofo.adapters import adapter_state, base_parameters
+from zofo.config import make_config
+from zofo.data import TaskSet, metaicl_task_data
+from zofo.methods.bilevel import UpperObjective
+from zofo.methods.meta_bilevel import MetaBilevelZOFO
+from zofo.zo import Trajectory
+
+from conftest import tiny
+
+TASKS = ("ag_news", "emo", "glue-sst2", "tweet_eval-hate")
+
+
+def build(data_dir, tmp_path, tasks_per_step=2, **overrides):
+    values = dict(model="tiny-llama", data_dir=str(data_dir), batch_size=2, device="cpu", lr=1e-3, max_length=96,
+                  bilevel_lower_lr=1e-2, bilevel_upper_lr=1e-2, bilevel_k=2, bilevel_lambda=10.0, steps=6,
+                  zo_eps=1e-2, zo_perturbation="exact")
+    config = make_config({**values, **overrides})
+    model, tokenizer = tiny()
+    tasks = TaskSet([metaicl_task_data(name, config, tokenizer, validation=4) for name in TASKS])
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    method = MetaBilevelZOFO(model, tasks, config, Trajectory(tmp_path / "trajectory.jsonl"), tasks_per_step)
+    method.begin()
+    return method
+
+
+def objectives(method, lam):
+    """Each task's F_i with its own minibatches and adapters (after one lower level, so that z_i ≠ φ_i)."""
+    found = []
+    for i, data in enumerate(method.data):
+        method.lower_level(i)
+        ft, peft = data.train[:2], data.train[2:4]
+        found.append(UpperObjective(method.peft_model, data, ft, peft, lam, upper=method.phi(i), lower=method.z(i)))
+    return found
+
+
+def test_the_estimate_of_the_summed_objective_is_the_sum_of_the_tasks_estimates(data_dir, tmp_path):
+    method = build(data_dir, tmp_path)
+    parts, spsa = objectives(method, 10.0), method.zo.spsa
+    total = spsa.estimate(lambda: torch.stack([f() for f in parts]).sum(), 7)
+    spsa.space.restore()
+    each = []
+    for f in parts:
+        each.append(spsa.estimate(f, 7).scalars[0])
+        spsa.space.restore()
+    assert total.scalars[0] == pytest.approx(sum(each), rel=1e-4, abs=1e-4)
+    assert len({round(s, 6) for s in each}) == len(each)  # the tasks do contribute different terms
+
+
+def test_with_lambda_zero_the_estimate_is_mezos_on_the_summed_fine_tuning_loss(data_dir, tmp_path):
+    method = build(data_dir, tmp_path, bilevel_lambda=0.0)
+    parts, spsa = objectives(method, 0.0), method.zo.spsa
+    bilevel = spsa.estimate(lambda: torch.stack([f() for f in parts]).sum(), 3)
+    spsa.space.restore()
+
+    def summed_ft_loss():
+        losses = []
+        for i, (f, data) in enumerate(zip(parts, method.data)):
+            method.peft_model.set_adapter(method.phi(i))
+            losses.append(data.loss(method.peft_model, data.train[:2]))
+        return torch.stack(losses).sum()
+    mezo = spsa.estimate(summed_ft_loss, 3)
+    assert bilevel.scalars[0] == pytest.approx(mezo.scalars[0], rel=1e-4, abs=1e-4)
+
+
+def test_an_iteration_moves_theta_and_only_the_sampled_tasks_adapters(data_dir, tmp_path):
+    method = build(data_dir, tmp_path, tasks_per_step=2)
+    before = {name: adapter_state(method.peft_model, name) for name in method.optimizers}
+    theta = {n: p.clone() for n, p in base_parameters(method.peft_model)}
+    sampled = method.sampled_tasks(1)
+    assert len(sampled) == 2 and sampled == method.sampled_tasks(1)  # seeded: the same for a resumed run
+    assert len({tuple(method.sampled_tasks(t)) for t in range(1, 11)}) > 1
+    log = method.step(0)
+    assert {"train_loss", "lower_loss", "upper_objective"} <= set(log)
+    for i in range(len(TASKS)):
+        for name in (method.phi(i), method.z(i)):
+            after = adapter_state(method.peft_model, name)
+            moved = any(not torch.equal(after[k], before[name][k]) for k in after)
+            assert moved == (i in sampled), name
+    assert any(not torch.equal(p, theta[n]) for n, p in base_parameters(method.peft_model))
+    assert [r["step"] for r in method.trajectory.read()] == [3]
+    assert method.validation_loss() > 0
+
+
+def test_a_method_rebuilt_from_its_start_point_and_state_continues_as_the_uninterrupted_one(data_dir, tmp_path):
+    """What the run loop's resume does: restore the checkpointed step (θ from the trajectory), load the state."""
+    whole = build(data_dir, tmp_path / "whole", zo_perturbation="in-place")
+    for i in range(2):
+        whole.step(i)
+    first = build(data_dir, tmp_path / "cut", zo_perturbation="in-place")
+    first.step(0)
+    snapshot, state = first.snapshot(), first.state_dict()
+    resumed = MetaBilevelZOFO(tiny()[0], TaskSet(first.data), first.config, first.trajectory, first.tasks_per_step)
+    resumed.restore(first.schedule()[0], snapshot)
+    resumed.load_state_dict(state)
+    resumed.step(1)
+    for name in whole.optimizers:
+        a, b = adapter_state(whole.peft_model, name), adapter_state(resumed.peft_model, name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    theta = dict(base_parameters(resumed.peft_model))
+    assert all(torch.equal(p, theta[n]) for n, p in base_parameters(whole.peft_model))
