@@ -103,3 +103,26 @@ def test_a_method_rebuilt_from_its_start_point_and_state_continues_as_the_uninte
         assert all(torch.equal(a[k], b[k]) for k in a), name
     theta = dict(base_parameters(resumed.peft_model))
     assert all(torch.equal(p, theta[n]) for n, p in base_parameters(whole.peft_model))
+
+
+def test_the_meta_test_tunes_a_fresh_lora_per_task_and_seed_and_leaves_theta_as_it_was(data_dir):
+    from zofo.meta_test import meta_test
+
+    model, tokenizer = tiny()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tasks = ["poem_sentiment", "ai2_arc"]  # a classification task (macro-F1) and a QA task (accuracy)
+    untrained = meta_test(model, tokenizer, tasks, data_dir, seeds=(13, 21), steps=0, limit=6, max_length=96)
+    for result in untrained["tasks"].values():  # LoRA starts at B = 0: untuned, θ with it is θ alone
+        assert result["tuned_by_seed"] == {13: result["zero_shot"], 21: result["zero_shot"]}
+    assert untrained["tasks"]["poem_sentiment"]["metric"] == "macro_f1"
+    assert untrained["tasks"]["ai2_arc"]["metric"] == "accuracy"
+    # a fresh adapter per task and seed: seed 21 of the second task scores as it does alone; an adapter
+    # carried over from the earlier task or seed would have started elsewhere
+    options = dict(steps=3, lr=5e-2, limit=6, max_length=96)
+    tuned = meta_test(model, tokenizer, tasks, data_dir, seeds=(13, 21), **options)
+    alone = meta_test(model, tokenizer, tasks[1:], data_dir, seeds=(21,), **options)
+    assert tuned["tasks"]["ai2_arc"]["tuned_by_seed"][21] == alone["tasks"]["ai2_arc"]["tuned_by_seed"][21]
+    trained_away = [r["tuned_by_seed"][s] != r["zero_shot"] for r in tuned["tasks"].values() for s in (13, 21)]
+    assert any(trained_away) and tuned["test_cap"] == 6
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

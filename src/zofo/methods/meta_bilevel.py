@@ -11,9 +11,9 @@ with its own pair of adapters, θ moved by one SPSA estimate of the sampled task
 Only the sampled tasks' adapters move in an iteration. Memory: one model, 2 × (tasks) adapters and their
 Adam states.
 
-Not yet a command (issue 12): the meta-test protocol (zero-shot θ, and a fresh LoRA tuned for 10 steps on
-each test task) and its baselines come next; until then the run loop's validation is the mean over the
-training tasks of their held-out loss with their own φ_i.
+Not yet a command (issue 12): the meta-test protocol is `zofo.meta_test.meta_test`; the command that
+meta-trains and then meta-tests, and the baselines, come next. The run loop's validation is the mean over
+the training tasks of their held-out loss with their own φ_i.
 """
 
 from __future__ import annotations
