@@ -126,3 +126,27 @@ def test_the_meta_test_tunes_a_fresh_lora_per_task_and_seed_and_leaves_theta_as_
     assert any(trained_away) and tuned["test_cap"] == 6
     assert model.state_dict().keys() == before.keys()
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_meta_training_runs_from_the_command_line_and_meta_tests_the_pretrained_and_the_trained_theta(data_dir, tmp_path):
+    import json
+
+    from zofo.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--method", "meta-bilevel", "--model", "tiny-llama", "--data-dir", str(data_dir), "--device", "cpu",
+            "--meta-setting", "class_to_class", "--meta-train-tasks", "3", "--meta-test-tasks", "2",
+            "--meta-tasks-per-step", "2", "--meta-test-cap", "6", "--meta-tune-steps", "2", "--meta-val-per-task", "4",
+            "--steps", "6", "--bilevel-k", "2", "--eval-every", "3", "--batch-size", "2", "--max-length", "96",
+            "--lr", "1e-3", "--zo-eps", "1e-2", "--out-dir", str(out)]
+    with pytest.warns(UserWarning, match="tasks without their files"):
+        assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["train_tasks"]) == 3 and len(metrics["test_tasks"]) == 2
+    assert metrics["data"]["missing"]["train"] and metrics["data"]["setting"] == "class_to_class"
+    for result in (metrics["pretrained"], metrics["meta_test"]):
+        assert set(result["tasks"]) == set(metrics["test_tasks"]) and result["seeds"] == [100, 13, 21, 42, 87]
+        assert all(r["test_examples"] == 6 for r in result["tasks"].values())
+    assert metrics["test"]["zero_shot"] == metrics["meta_test"]["zero_shot"]
+    assert metrics["best_step"] in (3, 6) and (out / "model" / "model.safetensors").exists()
+    assert [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val_loss" in r] == [3, 6]

@@ -26,6 +26,10 @@ METHODS = {  # (extra flags, train_loss lines logged when the kill comes)
     "bilevel": (["--method", "bilevel", "--peft", "lora", "--lr", "1e-3", "--bilevel-k", "2"], 12),
     "two-stage": (["--method", "two-stage", "--peft", "prefix", "--lr", "1e-3", "--bilevel-k", "2",
                    "--bilevel-lower-lr", "1e-2"], 50),
+    "meta-bilevel": (["--method", "meta-bilevel", "--peft", "lora", "--lr", "1e-3", "--bilevel-k", "2",
+                      "--meta-train-tasks", "3", "--meta-test-tasks", "1", "--meta-tasks-per-step", "2",
+                      "--meta-test-cap", "4", "--meta-tune-steps", "1", "--meta-val-per-task", "4",
+                      "--max-length", "96"], 12),
 }
 
 

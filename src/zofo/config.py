@@ -5,6 +5,7 @@
       adapter: AdapterConfig  PEFT type and size                                         (flags --peft, --lora-r, ...)
       zo:      ZOConfig       the zeroth-order estimator and optimizer                   (flags --zo-eps, ...)
       bilevel: BilevelConfig  Bilevel ZOFO's K, λ, adapter learning rates and step order (flags --bilevel-k, ...)
+      meta:    MetaConfig     multi-task meta-training on a MetaICL setting, and its meta-test  (flags --meta-setting, ...)
 
 Every field has one *flag name*: its section's prefix and its own name (`zo_eps`, `bilevel_lambda`, `task`).
 A YAML file may nest sections (`zo: {eps: 1.0e-3}`), use dotted keys (`zo.eps`) or flag names
@@ -84,7 +85,21 @@ class BilevelConfig(Section):
     order: Literal["phi-first", "same-point"] = Field("phi-first", description="order within an upper step: phi-first = update φ, then estimate θ's SPSA at the new φ (ALGORITHM.md's box); same-point = estimate θ at the old φ and update both from that point (the authors' code); with --zo-one-sided, F(θ) then reuses the losses of φ's gradient passes")
 
 
-SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "adapter": AdapterConfig, "zo": ZOConfig, "bilevel": BilevelConfig}
+class MetaConfig(Section):
+    flag_prefix: ClassVar[str] = "meta_"
+
+    setting: str = Field("class_to_class", description="MetaICL setting (a file metaicl/config/<setting>.json in the data folder): class_to_class, non_class_to_class, qa_to_qa, non_qa_to_qa, ...")
+    tasks_per_step: int = Field(5, ge=1, description="training tasks sampled per outer iteration (M)")
+    train_tasks: int | None = Field(None, ge=1, description="use only the first N training tasks of the setting (default: all; for quick runs)")
+    test_tasks: int | None = Field(None, ge=1, description="meta-test only the first N test tasks of the setting (default: all)")
+    val_per_task: int = Field(16, ge=1, description="examples of each training task held out to select on")
+    test_cap: int | None = Field(None, ge=1, description="at most N test examples per test task (a seeded sample; default: all)")
+    tune_steps: int = Field(10, ge=0, description="meta-test: Adam steps of the fresh LoRA on each test task's demonstrations")
+    tune_lr: float = Field(1e-3, gt=0, description="meta-test: learning rate of that LoRA")
+
+
+SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "adapter": AdapterConfig, "zo": ZOConfig,
+                                      "bilevel": BilevelConfig, "meta": MetaConfig}
 
 # Which sections (or single fields) each method reads; the fields of the others do not affect its run.
 USED_BY_METHOD = {
@@ -92,6 +107,8 @@ USED_BY_METHOD = {
     "mezo": {"data", "adapter", "zo"},
     "bilevel": {"data", "adapter", "zo", "bilevel"},
     "two-stage": {"data", "adapter", "zo", "bilevel.k", "bilevel.lower_lr"},
+    "meta-bilevel": {"data.data_dir", "data.max_length", "adapter", "zo", "bilevel.k", "bilevel.lambda",
+                     "bilevel.lower_lr", "bilevel.upper_lr", "meta"},
 }
 PEFT_FIELDS = {"adapter.lora_r": "lora", "adapter.lora_alpha": "lora", "adapter.prefix_tokens": "prefix",
                "adapter.prompt_tokens": "prompt"}
@@ -103,7 +120,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
-    method: Literal["fo", "mezo", "bilevel", "two-stage"] = Field("bilevel", description="fo = first-order PEFT (Adam on the adapter, base frozen); mezo = SPSA on the whole model (--peft none) or on the adapter; bilevel = Bilevel ZOFO (ZO on the base, first-order on the adapters, penalty λ); two-stage = first-order PEFT, then MeZO on the base with the adapter frozen")
+    method: Literal["fo", "mezo", "bilevel", "two-stage", "meta-bilevel"] = Field("bilevel", description="fo = first-order PEFT (Adam on the adapter, base frozen); mezo = SPSA on the whole model (--peft none) or on the adapter; bilevel = Bilevel ZOFO (ZO on the base, first-order on the adapters, penalty λ); two-stage = first-order PEFT, then MeZO on the base with the adapter frozen; meta-bilevel = Bilevel ZOFO meta-training on a MetaICL setting's training tasks, then the meta-test on its test tasks")
     model: str = Field("smollm2-135m-instruct", description="the bundled model, tiny-gpt2 / tiny-opt / tiny-llama, a local Hugging Face folder or a Hub id")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="parameter dtype")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto (CUDA when available)")
@@ -125,6 +142,7 @@ class RunConfig(BaseModel):
     adapter: AdapterConfig = AdapterConfig()
     zo: ZOConfig = ZOConfig()
     bilevel: BilevelConfig = BilevelConfig()
+    meta: MetaConfig = MetaConfig()
 
     @field_validator("device")
     @classmethod
@@ -141,7 +159,7 @@ class RunConfig(BaseModel):
         if self.method == "bilevel" and self.bilevel.optimizer == "shared" and self.zo.optimizer != "zo-adam":
             raise ValueError("--bilevel-optimizer shared is the authors' one Adam for θ and φ: set --zo-optimizer zo-adam "
                              f"(got {self.zo.optimizer})")
-        if self.method in ("bilevel", "two-stage") and self.steps < self.bilevel.k + 1:
+        if self.method in ("bilevel", "two-stage", "meta-bilevel") and self.steps < self.bilevel.k + 1:
             raise ValueError(f"method {self.method!r} needs steps >= bilevel.k + 1 = {self.bilevel.k + 1} (one upper "
                              f"step with its K lower steps), got steps = {self.steps}")
         if self.graphs == "on" and self.zo.perturbation == "per-module" and self.uses("zo.perturbation"):
@@ -181,7 +199,8 @@ class RunConfig(BaseModel):
     def run_dir(self) -> Path:
         if self.out_dir:
             return Path(self.out_dir)
-        return Path("runs") / f"{self.data.task}-{self.method}-{self.adapter.peft}-seed{self.seed}"
+        name = self.meta.setting if self.method == "meta-bilevel" else self.data.task
+        return Path("runs") / f"{name}-{self.method}-{self.adapter.peft}-seed{self.seed}"
 
     def uses(self, path: str) -> bool:
         """Whether this run's method reads the field at `path` (e.g. "bilevel.lambda"): report rows leave

@@ -14,8 +14,11 @@ import torch
 from . import loop
 from .calls import ModelCalls
 from .config import RunConfig
-from .data import prepare_tasks
+from .data import TaskSet, metaicl_task_data, prepare_tasks
+from .meta_test import meta_test
 from .methods import METHODS, Method
+from .methods.meta_bilevel import MetaBilevelZOFO
+from .tasks import metaicl
 from .models import check_model, load_model, load_tokenizer, resolve_device
 from .runs import RunFolder
 from .zo import Trajectory
@@ -33,17 +36,23 @@ def save_results(model, tokenizer, config: RunConfig, run: RunFolder) -> None:
     if hasattr(model, "peft_config"):
         model.save_pretrained(run.folder / "adapter")
     if config.trains_base_model and config.save_model:
-        if not hasattr(model, "peft_config"):
-            base = model
-        elif model.active_peft_config.is_prompt_learning:
-            base = model.get_base_model()
-        else:
-            base = model.unload()  # removes the LoRA layers without merging them into θ
+        base = plain_model(model)
         base.save_pretrained(run.folder / "model")
         tokenizer.save_pretrained(run.folder / "model")
 
 
+def plain_model(model):
+    """θ alone: the base model without its adapters (LoRA layers removed, not merged into θ)."""
+    if not hasattr(model, "peft_config"):
+        return model
+    if model.active_peft_config.is_prompt_learning:
+        return model.get_base_model()
+    return model.unload()
+
+
 def run_training(config: RunConfig) -> dict:
+    if config.method == "meta-bilevel":
+        return run_meta_training(config)
     device = resolve_device(config.device)
     graphs = config.uses_graphs(device)
     check_model(config.model)
@@ -102,4 +111,70 @@ def run_training(config: RunConfig) -> dict:
     run.plot_losses()
     run.write_metrics(metrics)  # last: its presence marks the run finished
     run.checkpoint_path.unlink(missing_ok=True)  # a finished run resumes no more
+    return metrics
+
+
+def run_meta_training(config: RunConfig) -> dict:
+    """Meta-train θ on a MetaICL setting's training tasks (Bilevel ZOFO with a pair of adapters per task),
+    select the step on their held-out examples, then meta-test θ on the setting's test tasks (zero-shot, and
+    tuned with a fresh LoRA per task and seed). The pretrained model is meta-tested the same way first:
+    the zero-shot and the tuned-pretrained baselines."""
+    device = resolve_device(config.device)
+    graphs = config.uses_graphs(device)
+    setting = metaicl.load_setting(config.meta.setting, config.data.data_dir)  # a wrong setting fails at once
+    train_names, test_names = setting.train[: config.meta.train_tasks], setting.test[: config.meta.test_tasks]
+    check_model(config.model)
+    run = RunFolder(config.run_dir())
+    state = run.open(config.to_dict(), config.resume, config.overwrite)
+    tokenizer = load_tokenizer(config.model)
+    calls = ModelCalls("graphs" if graphs else "eager", pad_id=tokenizer.pad_token_id)
+    tasks = TaskSet([metaicl_task_data(name, config, tokenizer, calls, config.meta.val_per_task) for name in train_names])
+
+    def start_point(model=None) -> MetaBilevelZOFO:
+        if model is None:
+            model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
+        return MetaBilevelZOFO(model, tasks, config, Trajectory(run.trajectory_path), config.meta.tasks_per_step)
+
+    def test(model) -> dict:
+        start = time.perf_counter()
+        results = meta_test(model, tokenizer, list(test_names), config.data.data_dir, steps=config.meta.tune_steps,
+                            lr=config.meta.tune_lr, limit=config.meta.test_cap, max_length=config.data.max_length,
+                            calls=calls)
+        return {**results, "seconds": round(time.perf_counter() - start, 2)}
+
+    model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
+    metrics = {"method": config.method, "peft": config.adapter.peft, "model": config.model, "seed": config.seed,
+               "device": device_name(device), "dtype": config.dtype, "data": setting.metadata(),
+               "train_tasks": list(train_names), "test_tasks": list(test_names)}
+    if state is not None:
+        metrics.update(state["pretrained"])
+        print(f"resuming {run.folder} after step {state['step']}", flush=True)
+    elif config.zero_shot:
+        metrics["pretrained"] = test(model)  # the zero-shot and the tuned-pretrained baselines
+        print(f"pretrained model: zero-shot {metrics['pretrained']['zero_shot']:.4f}, "
+              f"tuned {metrics['pretrained']['tuned']:.4f}", flush=True)
+    pretrained = {k: metrics[k] for k in ("pretrained",) if k in metrics}
+    method = start_point(model)
+    del model
+
+    selection = loop.train(method, run, state, extra_state={"pretrained": pretrained})
+    if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
+        del method
+        calls.clear()
+        method = start_point()
+        method.restore(selection.step, selection.snapshot)
+    metrics.update(selection.summary())
+    metrics.update(method.summary())
+    theta = plain_model(method.finish())
+    metrics["meta_test"] = test(theta)  # ours (zero-shot) and ours (tuned)
+    metrics["test"] = {k: metrics["meta_test"][k] for k in ("zero_shot", "tuned", "tuned_std_over_seeds")}
+    print(f"meta-trained θ at step {selection.step}: zero-shot {metrics['meta_test']['zero_shot']:.4f}, "
+          f"tuned {metrics['meta_test']['tuned']:.4f}", flush=True)
+    metrics["graphs"] = calls.summary()
+    if config.save_model:
+        theta.save_pretrained(run.folder / "model")
+        tokenizer.save_pretrained(run.folder / "model")
+    run.plot_losses()
+    run.write_metrics(metrics)  # last: its presence marks the run finished
+    run.checkpoint_path.unlink(missing_ok=True)
     return metrics

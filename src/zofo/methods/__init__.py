@@ -5,9 +5,11 @@ from ..errors import NonFiniteLoss
 from .base import Method
 from .bilevel import BilevelZOFO
 from .first_order import FirstOrder
+from .meta_bilevel import MetaBilevelZOFO
 from .mezo import MeZO
 from .two_stage import TwoStage
 
-METHODS: dict[str, type[Method]] = {"fo": FirstOrder, "mezo": MeZO, "bilevel": BilevelZOFO, "two-stage": TwoStage}
+METHODS: dict[str, type[Method]] = {"fo": FirstOrder, "mezo": MeZO, "bilevel": BilevelZOFO, "two-stage": TwoStage,
+                                    "meta-bilevel": MetaBilevelZOFO}
 
 __all__ = ["METHODS", "Method", "NonFiniteLoss", "BilevelZOFO", "FirstOrder", "MeZO", "TwoStage"]

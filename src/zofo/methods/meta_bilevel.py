@@ -11,9 +11,9 @@ with its own pair of adapters, θ moved by one SPSA estimate of the sampled task
 Only the sampled tasks' adapters move in an iteration. Memory: one model, 2 × (tasks) adapters and their
 Adam states.
 
-Not yet a command (issue 12): the meta-test protocol is `zofo.meta_test.meta_test`; the command that
-meta-trains and then meta-tests, and the baselines, come next. The run loop's validation is the mean over
-the training tasks of their held-out loss with their own φ_i.
+`zofo train --method meta-bilevel --meta-setting ...` runs it (experiment.run_meta_training), then the
+meta-test (meta_test.py). The run loop's validation is the mean over the training tasks of their held-out
+loss with their own φ_i.
 """
 
 from __future__ import annotations
@@ -26,17 +26,17 @@ from ..adapters import activate, adapter_parameters, adapter_state, base_paramet
 from ..data import TaskSet
 from ..zo import mix, zo_engine
 from .base import Method
-from .bilevel import UpperObjective
+from .penalty import UpperObjective
 
 
 class MetaBilevelZOFO(Method):
     name = "meta-bilevel"
 
-    def __init__(self, model, tasks: TaskSet, config, trajectory, tasks_per_step: int = 5):
+    def __init__(self, model, tasks: TaskSet, config, trajectory, tasks_per_step: int | None = None):
         super().__init__(model, tasks, config, trajectory)
         settings = config.bilevel
         self.K, self.lam, self.data = settings.k, settings.lam, list(tasks)
-        self.tasks_per_step = min(tasks_per_step, len(self.data))
+        self.tasks_per_step = min(tasks_per_step or config.meta.tasks_per_step, len(self.data))
         names = [name for i in range(len(self.data)) for name in (self.phi(i), self.z(i))]
         self.peft_model = with_adapters(model, config.adapter, names, config.seed, same_start=True)
         self.zo = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)  # over θ

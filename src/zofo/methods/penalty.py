@@ -1,0 +1,57 @@
+"""Bilevel ZOFO's upper-level objective, shared by the single-task and the multi-task methods:
+
+    F(θ) = L(θ, φ; B_FT) + λ·(L(θ, φ; B_P) − L(θ, z; B_P))
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..adapters import DEFAULT, activate
+from ..data import TaskData
+from ..losses import group_means
+
+UPPER, LOWER = DEFAULT, "lower"  # φ keeps peft's default name, so the saved adapter loads as usual
+
+
+class UpperObjective:
+    """F(θ) = L(θ, φ; B_FT) + λ·(L(θ, φ; B_P) − L(θ, z; B_P)), a tensor on the model's device.
+
+    Two model calls, φ on B_FT ∪ B_P and z on B_P; or, `separate`, one call per minibatch: the shapes of
+    φ's gradient passes, so that a loss taken from those passes compares like with like."""
+
+    def __init__(self, model, data: TaskData, ft: list, peft: list, lam: float, separate: bool = False,
+                 upper: str = UPPER, lower: str = LOWER):
+        self.model, self.data, self.lam, self.lower = model, data, lam, lower
+        peft_batch = data.batch(peft)
+        # (adapter, batch, sizes of its groups of examples); the groups in order are B_FT·φ, B_P·φ, B_P·z
+        if separate:
+            self.calls = [(upper, data.batch(ft), [len(ft)]), (upper, peft_batch, [len(peft)])]
+        else:
+            self.calls = [(upper, data.batch(ft + peft), [len(ft), len(peft)])]
+        self.calls.append((lower, peft_batch, [len(peft)]))
+
+    def _losses_of(self, calls) -> list[torch.Tensor]:
+        losses = []
+        for adapter, batch, sizes in calls:
+            activate(self.model, adapter)
+            losses += group_means(*self.data.calls.losses(self.model, batch, self.data.loss_name), sizes)
+        return losses
+
+    def losses(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(L(θ,φ;B_FT), L(θ,φ;B_P), L(θ,z;B_P))."""
+        # Begin with the adapter the previous evaluation left active: F at θ+εu and θ−εu then switch
+        # adapters twice in all, not four times (peft's set_adapter walks every module).
+        if self.model.active_adapter == self.lower:
+            z_loss, *phi_losses = self._losses_of(self.calls[-1:]) + self._losses_of(self.calls[:-1])
+            return (*phi_losses, z_loss)
+        return tuple(self._losses_of(self.calls))
+
+    def __call__(self) -> torch.Tensor:
+        ft_loss, p_loss, z_loss = self.losses()
+        return ft_loss + self.lam * (p_loss - z_loss)
+
+    def given_phi_losses(self, ft_loss: torch.Tensor, p_loss: torch.Tensor) -> torch.Tensor:
+        """F at the current θ from L(θ,φ;B_FT) and L(θ,φ;B_P) already computed: only z's forward runs."""
+        (z_loss,) = self._losses_of(self.calls[-1:])
+        return ft_loss + self.lam * (p_loss - z_loss)
