@@ -107,7 +107,7 @@ USED_BY_METHOD = {
     "mezo": {"data", "adapter", "zo"},
     "bilevel": {"data", "adapter", "zo", "bilevel"},
     "two-stage": {"data", "adapter", "zo", "bilevel.k", "bilevel.lower_lr"},
-    "meta-bilevel": {"data.data_dir", "data.max_length", "adapter", "zo", "bilevel.k", "bilevel.lambda",
+    "meta-bilevel": {"data.data_dir", "data.max_length", "data.loss", "adapter", "zo", "bilevel.k", "bilevel.lambda",
                      "bilevel.lower_lr", "bilevel.upper_lr", "meta"},
 }
 PEFT_FIELDS = {"adapter.lora_r": "lora", "adapter.lora_alpha": "lora", "adapter.prefix_tokens": "prefix",

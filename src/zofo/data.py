@@ -151,12 +151,15 @@ def prepare_task(config: RunConfig, tokenizer, task_name: str | None = None,
 def metaicl_task_data(name: str, config: RunConfig, tokenizer, calls: ModelCalls | None = None,
                       validation: int = 16) -> TaskData:
     """A MetaICL meta-training task: its pool (the union of its 16-shot files) shuffled with the seed, the
-    first `validation` examples held out to select on (the test tasks are never looked at)."""
+    first `validation` examples held out to select on (the test tasks are never looked at). Its loss is
+    MetaICL's own, the LM loss of the gold answer, unless --loss candidates: a task such as `discovery`
+    has 174 options, so the candidates loss would forward (and back-propagate) 174 rows per example."""
     records = metaicl.training_pool(name, config.data.data_dir)
     random.Random(f"metaicl-{name}-{config.seed}").shuffle(records)
     examples = tokenize_examples([metaicl.example(r) for r in records], tokenizer, config.data.max_length)
+    loss = "candidates" if config.data.loss == "candidates" else "lm"
     return TaskData(task=metaicl.task_of(name, records), train=examples[validation:], validation=examples[:validation],
-                    test=[], metadata={"pool": len(records), "validation": validation}, loss_name="candidates",
+                    test=[], metadata={"pool": len(records), "validation": validation}, loss_name=loss,
                     pad_id=tokenizer.pad_token_id, eval_batch_size=config.eval_batch_size,
                     calls=calls or ModelCalls(pad_id=tokenizer.pad_token_id))
 

@@ -139,7 +139,7 @@ def run_meta_training(config: RunConfig) -> dict:
         start = time.perf_counter()
         results = meta_test(model, tokenizer, list(test_names), config.data.data_dir, steps=config.meta.tune_steps,
                             lr=config.meta.tune_lr, limit=config.meta.test_cap, max_length=config.data.max_length,
-                            calls=calls)
+                            calls=calls, loss=tasks[train_names[0]].loss_name)
         return {**results, "seconds": round(time.perf_counter() - start, 2)}
 
     model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)

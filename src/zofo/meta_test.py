@@ -4,7 +4,8 @@
         zero-shot   θ alone: no adapter, no demonstrations
         for each demonstration seed s (100, 13, 21, 42, 87):
             tuned   θ frozen; a fresh LoRA trained for `steps` full-batch Adam steps on 4 examples per class
-                    of seed s's 16-shot train file (QA: 4 examples); then predict without demonstrations
+                    of seed s's 16-shot train file (QA: 4 examples), on the LM loss of the gold answers
+                    (MetaICL's objective; `loss`), then predict without demonstrations
     score: macro-F1 for classification tasks, accuracy for QA (MetaICL's); per task the mean over seeds, per
     setting the mean over tasks, with the std over seeds of the setting's mean.
 """
@@ -32,16 +33,18 @@ def score(metrics: dict) -> float:
 
 def meta_test(model, tokenizer, tasks: list[str], data_dir=None, seeds=metaicl.SEEDS, steps: int = 10,
               lr: float = 1e-3, per_class: int = 4, limit: int | None = None, max_length: int = 256,
-              calls: ModelCalls | None = None, adapter: AdapterConfig = AdapterConfig(peft="lora")) -> dict:
+              calls: ModelCalls | None = None, adapter: AdapterConfig = AdapterConfig(peft="lora"),
+              loss: str = "lm") -> dict:
     """Zero-shot and tuned scores of `model` (θ; unchanged when this returns) on each test task; see the
     module's docstring. `limit` caps each test set (a random sample; say so with the numbers)."""
     calls = calls or ModelCalls(pad_id=tokenizer.pad_token_id)
-    results = {"tasks": {}, "seeds": list(seeds), "steps": steps, "lr": lr, "per_class": per_class, "test_cap": limit}
+    results = {"tasks": {}, "seeds": list(seeds), "steps": steps, "lr": lr, "per_class": per_class, "test_cap": limit,
+               "loss": loss}
 
     def task_data(name: str, records: list[dict], test: list[dict]) -> TaskData:
         tokenized = lambda rows: tokenize_examples([metaicl.example(r) for r in rows], tokenizer, max_length)
         return TaskData(task=metaicl.task_of(name, test), train=tokenized(records), validation=[], test=tokenized(test),
-                        metadata={}, loss_name="candidates", pad_id=tokenizer.pad_token_id, calls=calls)
+                        metadata={}, loss_name=loss, pad_id=tokenizer.pad_token_id, calls=calls)
 
     tuned = with_adapters(model, adapter, [TUNED], seed=0)  # θ frozen; the adapter re-initialised per task and seed
     fresh = adapter_state(tuned, TUNED)
