@@ -90,10 +90,10 @@ class MetaConfig(Section):
 
     setting: str = Field("class_to_class", description="MetaICL setting (a file metaicl/config/<setting>.json in the data folder): class_to_class, non_class_to_class, qa_to_qa, non_qa_to_qa, ...")
     tasks_per_step: int = Field(5, ge=1, description="training tasks sampled per outer iteration (M)")
-    train_tasks: int | None = Field(None, ge=1, description="use only the first N training tasks of the setting (default: all; for quick runs)")
-    test_tasks: int | None = Field(None, ge=1, description="meta-test only the first N test tasks of the setting (default: all)")
+    train_tasks: int | None = Field(None, ge=1, description="use only the first N training tasks of the setting, for quick runs (unset: all)")
+    test_tasks: int | None = Field(None, ge=1, description="meta-test only the first N test tasks of the setting (unset: all)")
     val_per_task: int = Field(16, ge=1, description="examples of each training task held out to select on")
-    test_cap: int | None = Field(None, ge=1, description="at most N test examples per test task (a seeded sample; default: all)")
+    test_cap: int | None = Field(None, ge=1, description="at most N test examples per test task, a seeded sample (unset: all)")
     tune_steps: int = Field(10, ge=0, description="meta-test: Adam steps of the fresh LoRA on each test task's demonstrations")
     tune_lr: float = Field(1e-3, gt=0, description="meta-test: learning rate of that LoRA")
 
