@@ -34,6 +34,8 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from method_step import shared_examples  # noqa: E402
+
 from zofo.adapters import DEFAULT, adapter_parameters, with_adapters  # noqa: E402
 from zofo.batches import TokenizedExample  # noqa: E402
 from zofo.calls import ModelCalls  # noqa: E402
@@ -49,17 +51,6 @@ SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=3
                     num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
                     rms_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=100000.0)
 MODES = ("eager", "graphs")
-
-
-def shared_examples(vocab: int, n: int, length: int, seed: int = 0) -> list[TokenizedExample]:
-    """n examples of `length` tokens and two one-token candidates after one context (one row each)."""
-    g = torch.Generator().manual_seed(seed)
-    examples = []
-    for _ in range(n):
-        context = tuple(torch.randint(0, vocab, (length - 1,), generator=g).tolist())
-        a, b = torch.randint(0, vocab, (2,), generator=g).tolist()
-        examples.append(TokenizedExample(((context, (a,)), (context, (b,))), label=int(a % 2)))
-    return examples
 
 
 def varied_examples(vocab: int, n: int, seed: int = 0) -> list[TokenizedExample]:

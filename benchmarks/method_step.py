@@ -51,13 +51,19 @@ SPEC_KEYS = {"model", "dtype", "device", "batch_size", "length", "bilevel_k", "m
              "pieces"}
 
 
-def synthetic_data(vocab: int, batch: int, length: int, seed: int = 0) -> TaskData:
+def shared_examples(vocab: int, n: int, length: int, seed: int = 0) -> list[TokenizedExample]:
+    """n examples of `length` tokens and two one-token candidates after one context (one row each)."""
     g = torch.Generator().manual_seed(seed)
     examples = []
-    for _ in range(4 * batch):
+    for _ in range(n):
         context = tuple(torch.randint(0, vocab, (length - 1,), generator=g).tolist())
         a, b = torch.randint(0, vocab, (2,), generator=g).tolist()
         examples.append(TokenizedExample(((context, (a,)), (context, (b,))), label=0))
+    return examples
+
+
+def synthetic_data(vocab: int, batch: int, length: int, seed: int = 0) -> TaskData:
+    examples = shared_examples(vocab, 4 * batch, length, seed)
     return TaskData(task=get_task("sst2"), train=examples, validation=examples[:batch], test=examples[:batch],
                     metadata={}, loss_name="candidates", pad_id=0)
 

@@ -42,10 +42,6 @@ def _mean_loss_backward(model, batch: OptionBatch, loss: str, scale: float) -> t
     return mean.detach()
 
 
-def _losses(model, batch: OptionBatch, loss: str):
-    return example_losses(model, batch, loss)
-
-
 def _scores(model, batch: OptionBatch) -> torch.Tensor:
     return grouped_scores(option_scores(model, batch), batch)
 
@@ -100,7 +96,7 @@ class ModelCalls:
     @torch.no_grad()
     def losses(self, model, batch: OptionBatch, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(values, weights) per example, padded examples last with weight 0 (see losses.example_losses)."""
-        return self._call("losses", model, batch, (loss,), _losses)
+        return self._call("losses", model, batch, (loss,), example_losses)
 
     @torch.no_grad()
     def scores(self, model, batch: OptionBatch) -> torch.Tensor:

@@ -50,16 +50,22 @@ def plain_model(model):
     return model.unload()
 
 
-def run_training(config: RunConfig) -> dict:
-    if config.method == "meta-bilevel":
-        return run_meta_training(config)
+def open_run(config: RunConfig):
+    """What is checked before any model loads (the device and graphs on it, the model source, the run
+    folder), then the tokenizer and the run's model calls: (device, run, checkpoint state, tokenizer, calls)."""
     device = resolve_device(config.device)
     graphs = config.uses_graphs(device)
     check_model(config.model)
     run = RunFolder(config.run_dir())
     state = run.open(config.to_dict(), config.resume, config.overwrite)
     tokenizer = load_tokenizer(config.model)
-    calls = ModelCalls("graphs" if graphs else "eager", pad_id=tokenizer.pad_token_id)
+    return device, run, state, tokenizer, ModelCalls("graphs" if graphs else "eager", pad_id=tokenizer.pad_token_id)
+
+
+def run_training(config: RunConfig) -> dict:
+    if config.method == "meta-bilevel":
+        return run_meta_training(config)
+    device, run, state, tokenizer, calls = open_run(config)
     tasks = prepare_tasks(config, tokenizer, calls=calls)
 
     def start_point(model=None) -> Method:  # the base model and the seeded adapters, before any step
@@ -119,15 +125,9 @@ def run_meta_training(config: RunConfig) -> dict:
     select the step on their held-out examples, then meta-test θ on the setting's test tasks (zero-shot, and
     tuned with a fresh LoRA per task and seed). The pretrained model is meta-tested the same way first:
     the zero-shot and the tuned-pretrained baselines."""
-    device = resolve_device(config.device)
-    graphs = config.uses_graphs(device)
     setting = metaicl.load_setting(config.meta.setting, config.data.data_dir)  # a wrong setting fails at once
     train_names, test_names = setting.train[: config.meta.train_tasks], setting.test[: config.meta.test_tasks]
-    check_model(config.model)
-    run = RunFolder(config.run_dir())
-    state = run.open(config.to_dict(), config.resume, config.overwrite)
-    tokenizer = load_tokenizer(config.model)
-    calls = ModelCalls("graphs" if graphs else "eager", pad_id=tokenizer.pad_token_id)
+    device, run, state, tokenizer, calls = open_run(config)
     tasks = TaskSet([metaicl_task_data(name, config, tokenizer, calls, config.meta.val_per_task) for name in train_names])
 
     def start_point(model=None) -> MetaBilevelZOFO:

@@ -47,6 +47,7 @@ class BilevelZOFO(Method):
         self.data, settings = tasks.single, config.bilevel
         self.K, self.lam = settings.k, settings.lam
         self.evaluated_adapter = UPPER if settings.eval_adapter == "upper" else LOWER
+        self._schedule = self._cycle_ends()
         # same-point with one-sided SPSA: F(θ) takes φ's two losses from the forwards of φ's gradient
         self.reuse_phi_forwards = settings.order == "same-point" and config.zo.one_sided
         self.peft_model = with_adapters(model, config.adapter, [UPPER, LOWER], config.seed, same_start=True)
@@ -67,6 +68,9 @@ class BilevelZOFO(Method):
 
     def schedule(self) -> list[int]:
         """The counted step at the end of each cycle (lower and upper steps counted together)."""
+        return self._schedule
+
+    def _cycle_ends(self) -> list[int]:
         steps, K = self.config.steps, self.K
         if self.config.bilevel.cycle == "paper":
             return [t * (K + 1) for t in range(1, steps // (K + 1) + 1)]
