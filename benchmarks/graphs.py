@@ -1,20 +1,22 @@
 """CUDA graphs against eager PyTorch, side by side in one run (issue 10's targets), on random-init weights.
 
 SmolLM2-135M's architecture, fp32 and bf16, 16 examples x 128 tokens (two one-token candidates sharing
-the context, as SST-2), through the library's own methods and model calls; every workload built twice,
-eager and with graphs, and timed in alternating rounds:
+the context, as SST-2), through the library's own methods and model calls; every workload built once per
+mode (eager; graphs; compiled = torch.compile inside the graphs) and timed in alternating rounds:
   zo-sgd    a two-sided ZO-SGD step on the full model (MeZO)
   fo-lora   a first-order LoRA step (forward, backward, Adam)
   bilevel   one Bilevel ZOFO cycle, K = 10, LoRA (K lower steps, φ's gradient, SPSA on F)
   scoring   candidate scoring of 64 examples, 16 rows per forward
   forward   one forward of the training loss (the captured forward is the reference below)
 Each is also set against its compute floor (forward-equivalents x 2 x parameters x tokens FLOPs, at the
-matmul rate measured here) and against the same number of captured forwards.
+matmul rate measured here) and against the same number of captured forwards (of its own mode). The
+dtype "tf32" is fp32 weights with TF32 matmuls (--tf32).
 
 OPT-1.3B bf16: the ZO step with graphs against two captured forwards plus three fused passes over θ
 (8 x 128), and at 16 x 256 the in-place and the exact perturbation against two forwards.
 
-    python benchmarks/graphs.py [--output results/benchmarks/graphs.jsonl]
+    python benchmarks/graphs.py [--modes eager,graphs,compiled] [--dtypes fp32,bf16,tf32]
+                                [--workloads zo-sgd,scoring] [--output results/benchmarks/graphs.jsonl]
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ from zofo.zo import SPSA, ZOSGD, ParameterSpace, Trajectory  # noqa: E402
 SMOLLM2_135M = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                     num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
                     rms_norm_eps=1e-5, tie_word_embeddings=True, rope_theta=100000.0)
-MODES = ("eager", "graphs")
+MODES = ("eager", "graphs", "compiled")
+WORKLOADS = ("zo-sgd", "fo-lora", "bilevel", "scoring", "forward")
 
 
 def varied_examples(vocab: int, n: int, seed: int = 0) -> list[TokenizedExample]:
@@ -73,12 +76,18 @@ def task_data(examples, calls: ModelCalls) -> TaskData:
 def fresh_model(config, dtype: str, seed: int = 0):
     torch.manual_seed(seed)
     with torch.device("cuda"):
-        return AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype)).eval()
+        return AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(storage(dtype))).eval()
+
+
+def storage(dtype: str) -> str:
+    """The parameters' dtype; "tf32" is fp32 weights with TF32 matmuls."""
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    return "fp32" if dtype == "tf32" else dtype
 
 
 def workload(name: str, mode: str, config, dtype: str, examples, batch: int):
     """(a callable doing one unit of `name`, its forward-equivalents, the ModelCalls it uses)."""
-    calls = ModelCalls(mode, pad_id=0)
+    calls = ModelCalls("graphs" if mode == "compiled" else mode, pad_id=0, compile=mode == "compiled")
     data, model = task_data(examples, calls), fresh_model(config, dtype)
     minibatch = examples[:batch]
     if name == "forward":
@@ -121,42 +130,45 @@ def timed_ms(fn, iters: int, start: int) -> float:
 
 def matmul_tflops(dtype: str) -> float:
     n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=resolve_dtype(dtype))
-    b = torch.randn(n, n, device="cuda", dtype=resolve_dtype(dtype))
+    a = torch.randn(n, n, device="cuda", dtype=resolve_dtype(storage(dtype)))
+    b = torch.randn(n, n, device="cuda", dtype=resolve_dtype(storage(dtype)))
     ms = timed_ms(lambda i: a @ b, 10, 0)
     return 2 * n**3 / (ms / 1e3) / 1e12
 
 
-def smollm2_table(dtype: str, rounds: int, iters: int, batch: int = 16, length: int = 128) -> dict:
+def smollm2_table(dtype: str, rounds: int, iters: int, modes, names, batch: int = 16, length: int = 128) -> dict:
     config = LlamaConfig(**SMOLLM2_135M)
     examples = shared_examples(config.vocab_size, 256, length)
-    names = ("zo-sgd", "fo-lora", "bilevel", "scoring", "forward")
+    names = list(names) + (["forward"] if "forward" not in names else [])  # the reference
     built = {}
     for name in names:
-        for mode in MODES:
+        for mode in modes:
             fn, forwards, calls = workload(name, mode, config, dtype, examples, batch)
             begin = time.perf_counter()
-            for i in range(2):  # warm-up; with graphs, the captures
+            for i in range(2):  # warm-up; with graphs, the captures (and compiles)
                 fn(i)
             torch.cuda.synchronize()
             built[name, mode] = dict(fn=fn, forwards=forwards, calls=calls, first_s=time.perf_counter() - begin, ms=[])
+            print(f"  built {name} {mode} ({built[name, mode]['first_s']:.1f} s)", flush=True)
     for r in range(rounds):
         for key, b in built.items():
             b["ms"].append(timed_ms(b["fn"], iters if key[0] != "bilevel" else max(2, iters // 4), 10 + r * iters))
     parameters = sum(p.numel() for p in fresh_model(config, dtype).parameters())
     tflops = matmul_tflops(dtype)
     floor_forward_ms = 2 * parameters * batch * length / (tflops * 1e12) * 1e3
-    captured_forward = statistics.median(built["forward", "graphs"]["ms"])
     rows = {}
     for name in names:
-        eager, graphs = built[name, "eager"], built[name, "graphs"]
-        speedups = [e / g for e, g in zip(eager["ms"], graphs["ms"])]
-        ms = statistics.median(graphs["ms"])
-        rows[name] = dict(eager_ms=statistics.median(eager["ms"]), graphs_ms=ms, speedup=statistics.median(speedups),
-                          speedup_by_round=speedups, forwards=graphs["forwards"],
-                          x_floor=ms / (graphs["forwards"] * floor_forward_ms),
-                          x_captured_forwards=ms / (graphs["forwards"] * captured_forward),
-                          captures=graphs["calls"].captures, capture_s=graphs["calls"].capture_seconds)
+        eager = built[name, "eager"]
+        for mode in modes[1:]:
+            b = built[name, mode]
+            captured_forward = statistics.median(built["forward", mode]["ms"])
+            speedups = [e / g for e, g in zip(eager["ms"], b["ms"])]
+            ms = statistics.median(b["ms"])
+            rows[f"{name} {mode}"] = dict(
+                workload=name, mode=mode, eager_ms=statistics.median(eager["ms"]), ms=ms,
+                speedup=statistics.median(speedups), speedup_by_round=speedups, forwards=b["forwards"],
+                x_floor=ms / (b["forwards"] * floor_forward_ms), x_captured_forwards=ms / (b["forwards"] * captured_forward),
+                captures=b["calls"].captures, capture_s=b["calls"].capture_seconds, first_s=b["first_s"])
     return dict(model="smollm2-135m (random init)", dtype=dtype, batch=batch, length=length, parameters=parameters,
                 matmul_tflops=tflops, floor_forward_ms=floor_forward_ms, rows=rows)
 
@@ -176,7 +188,7 @@ def opt_shape(config, batch: int, length: int, rounds: int, iters: int) -> dict:
     examples = shared_examples(config.vocab_size, 64, length)
     model = fresh_model(config, "bf16").requires_grad_(False)
     minibatch = examples[:batch]
-    eager, graphs = (task_data(examples, ModelCalls(mode, pad_id=0)) for mode in MODES)
+    eager, graphs = (task_data(examples, ModelCalls(mode, pad_id=0)) for mode in ("eager", "graphs"))
     space = ParameterSpace(model.named_parameters())
     spsa, sgd = SPSA(space, 1e-3), ZOSGD(space, 1e-9)
     units = {"forward_eager": lambda i: eager.loss(model, minibatch),
@@ -210,11 +222,11 @@ def opt_shape(config, batch: int, length: int, rounds: int, iters: int) -> dict:
     return row
 
 
-def profile_forward(dtype: str, batch: int = 16, length: int = 128, rows: int = 25) -> None:
+def profile_forward(dtype: str, compile: bool, batch: int = 16, length: int = 128, rows: int = 25) -> None:
     """The device's time per kernel in replays of the captured forward, to show where it goes."""
     config = LlamaConfig(**SMOLLM2_135M)
     examples = shared_examples(config.vocab_size, batch, length)
-    data, model = task_data(examples, ModelCalls("graphs", pad_id=0)), fresh_model(config, dtype)
+    data, model = task_data(examples, ModelCalls("graphs", pad_id=0, compile=compile)), fresh_model(config, dtype)
     for i in range(3):
         data.loss(model, examples)
     torch.cuda.synchronize()
@@ -222,7 +234,7 @@ def profile_forward(dtype: str, batch: int = 16, length: int = 128, rows: int = 
         for i in range(10):
             data.loss(model, examples)
         torch.cuda.synchronize()
-    print(f"\ncaptured forward, {dtype}, {batch} x {length}: kernels by device time (10 replays)")
+    print(f"\ncaptured forward{' (compiled)' if compile else ''}, {dtype}, {batch} x {length}: kernels by device time (10 replays)")
     print(prof.key_averages().table(sort_by="device_time_total", row_limit=rows))
 
 
@@ -230,7 +242,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--dtypes", default="fp32,bf16")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="fp32, bf16, tf32 (fp32 weights, TF32 matmuls)")
+    parser.add_argument("--modes", default="eager,graphs", help=f"eager first, then any of {MODES[1:]}")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--skip-opt", action="store_true")
     parser.add_argument("--profile", metavar="DTYPE", help="only profile the captured forward in this dtype")
     parser.add_argument("--output", help="append the results as one JSON line to this file")
@@ -238,20 +252,27 @@ def main():
     if not torch.cuda.is_available():
         sys.exit("CUDA graphs need a CUDA device")
     if args.profile:
-        return profile_forward(args.profile)
-    record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "smollm2": []}
+        return profile_forward(args.profile, compile="compiled" in args.modes)
+    record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    modes = tuple(args.modes.split(","))
+    if modes[0] != "eager" or not set(modes[1:]) <= set(MODES[1:]):
+        sys.exit(f"--modes: eager first, then any of {MODES[1:]}")
     for dtype in args.dtypes.split(","):
-        table = smollm2_table(dtype, args.rounds, args.iters)
-        record["smollm2"].append(table)
+        table = smollm2_table(dtype, args.rounds, args.iters, modes, args.workloads.split(","))
         print(f"\nSmolLM2-135M architecture, {dtype}, {table['batch']} x {table['length']}; matmul "
               f"{table['matmul_tflops']:.0f} TFLOP/s, compute floor of a forward {table['floor_forward_ms']:.2f} ms")
-        print("| workload | eager ms | graphs ms | speed-up (each round) | x compute floor | x captured forwards | "
-              "graphs (capture s) |")
-        print("|---|---|---|---|---|---|---|")
-        for name, r in table["rows"].items():
+        print("| workload | mode | eager ms | ms | speed-up (each round) | x compute floor | x captured forwards | "
+              "graphs (capture + compile s) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in table["rows"].values():
             rounds = ", ".join(f"{x:.2f}" for x in r["speedup_by_round"])
-            print(f"| {name} | {r['eager_ms']:.1f} | {r['graphs_ms']:.1f} | {r['speedup']:.2f} ({rounds}) | "
-                  f"{r['x_floor']:.1f} | {r['x_captured_forwards']:.2f} | {r['captures']} ({r['capture_s']:.1f}) |")
+            print(f"| {r['workload']} | {r['mode']} | {r['eager_ms']:.1f} | {r['ms']:.1f} | {r['speedup']:.2f} ({rounds}) | "
+                  f"{r['x_floor']:.1f} | {r['x_captured_forwards']:.2f} | {r['captures']} ({r['capture_s']:.1f}) |", flush=True)
+        if args.output:  # each dtype as soon as it is done: a call cut short keeps what finished
+            with open(args.output, "a") as f:
+                f.write(json.dumps({**record, "smollm2": table}) + "\n")
     if not args.skip_opt:
         record["opt"] = opt_table(args.rounds, args.iters)
         print("\nOPT-1.3B bf16 (random init), ms (medians of rounds)")
@@ -263,10 +284,9 @@ def main():
             if "exact_x_two_captured_forwards" in row:
                 print(f"  exact perturbation: / 2 captured forwards = {row['exact_x_two_captured_forwards']:.3f}, "
                       f"/ in-place step = {row['exact_x_in_place']:.3f}")
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if args.output:
+            with open(args.output, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":

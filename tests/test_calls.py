@@ -120,3 +120,49 @@ def test_graphs_on_without_cuda_is_refused_before_any_loading():
     with pytest.raises(ConfigError, match="per-module"):
         make_config(dict(graphs="on", zo_perturbation="per-module"))
     assert not make_config(dict(zo_perturbation="per-module")).uses_graphs(torch.device("cuda"))
+
+
+def test_compile_and_tf32_are_refused_where_they_cannot_apply():
+    with pytest.raises(ConfigError, match="--compile compiles the calls that CUDA graphs capture"):
+        make_config(dict(compile=True)).uses_graphs(torch.device("cpu"))
+    with pytest.raises(ConfigError, match="drop --graphs off"):
+        make_config(dict(compile=True, graphs="off"))
+    assert make_config(dict(compile=True)).uses_graphs(torch.device("cuda"))
+    with pytest.raises(ConfigError, match="--tf32 is a matmul mode for fp32 weights"):
+        make_config(dict(tf32=True, dtype="bf16"))
+
+
+def test_compiled_calls_give_the_eager_losses_scores_and_gradients(data_dir):
+    """torch.compile (inductor, here its CPU code) inside the static calls: the same values to fp32
+    tolerance, with the adapter switched off and on (a recompile, not a stale graph)."""
+    from zofo.adapters import with_adapters
+    from zofo.config import AdapterConfig
+
+    model, data = task_batches("sst2", data_dir)
+    model = with_adapters(model, AdapterConfig(peft="lora"), ["default"], seed=0)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    batch = data.batch(data.train[:5])
+    eager, compiled = ModelCalls("static", pad_id=data.pad_id), ModelCalls("static", pad_id=data.pad_id, compile=True)
+    with pytest.raises(ValueError, match="static shapes"):
+        ModelCalls("eager", compile=True)
+    for calls in (eager, compiled):
+        with model.disable_adapter():
+            base = calls.losses(model, batch, "candidates")[0]
+        adapted = calls.losses(model, batch, "candidates")[0]
+        assert not torch.allclose(base, adapted, atol=1e-4)  # the adapter is seen by both
+        if calls is eager:
+            reference = (base, adapted)
+    torch.testing.assert_close(base, reference[0], **TOLERANCE)
+    torch.testing.assert_close(adapted, reference[1], **TOLERANCE)
+    torch.testing.assert_close(compiled.scores(model, batch), eager.scores(model, batch), **TOLERANCE)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    grads = []
+    for calls in (eager, compiled):
+        for p in trainable:
+            p.grad = None
+        calls.backward(model, batch, "candidates", scale=2.0)
+        grads.append([p.grad.clone() for p in trainable])
+    for g_compiled, g_eager in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g_compiled, g_eager, atol=1e-5, rtol=1e-4)

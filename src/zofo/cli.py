@@ -120,15 +120,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ConfigError(f"{adapter} was trained together with the base weights in {Path(adapter).parent / 'model'}: "
                               f"evaluate the run instead: zofo eval {Path(adapter).parent}")
     from .adapters import load_adapter
-    from .calls import ModelCalls
+    from .calls import model_calls
     from .data import prepare_task
     from .models import check_model, load_model, load_tokenizer, resolve_device
 
-    graphs = config.uses_graphs(resolve_device(config.device))
+    device = resolve_device(config.device)
+    config.uses_graphs(device)  # refuses --graphs on / --compile without CUDA before anything loads
     model_name = model_name or config.model
     check_model(model_name)
     tokenizer = load_tokenizer(config.model)
-    calls = ModelCalls("graphs" if graphs else "eager", pad_id=tokenizer.pad_token_id)
+    calls = model_calls(config, device, tokenizer.pad_token_id)
     data = prepare_task(config, tokenizer, calls=calls)
     model, tokenizer = load_model(model_name, config.dtype, config.device, seed=config.seed)
     if adapter:

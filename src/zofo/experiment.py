@@ -12,7 +12,7 @@ import time
 import torch
 
 from . import loop
-from .calls import ModelCalls
+from .calls import model_calls
 from .config import RunConfig
 from .data import TaskSet, metaicl_task_data, prepare_tasks
 from .meta_test import meta_test
@@ -54,12 +54,12 @@ def open_run(config: RunConfig):
     """What is checked before any model loads (the device and graphs on it, the model source, the run
     folder), then the tokenizer and the run's model calls: (device, run, checkpoint state, tokenizer, calls)."""
     device = resolve_device(config.device)
-    graphs = config.uses_graphs(device)
+    config.uses_graphs(device)  # refuses --graphs on / --compile without CUDA before anything loads
     check_model(config.model)
     run = RunFolder(config.run_dir())
     state = run.open(config.to_dict(), config.resume, config.overwrite)
     tokenizer = load_tokenizer(config.model)
-    return device, run, state, tokenizer, ModelCalls("graphs" if graphs else "eager", pad_id=tokenizer.pad_token_id)
+    return device, run, state, tokenizer, model_calls(config, device, tokenizer.pad_token_id)
 
 
 def run_training(config: RunConfig) -> dict:
