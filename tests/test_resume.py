@@ -30,6 +30,12 @@ METHODS = {  # (extra flags, train_loss lines logged when the kill comes)
                       "--meta-train-tasks", "3", "--meta-test-tasks", "1", "--meta-tasks-per-step", "2",
                       "--meta-test-cap", "4", "--meta-tune-steps", "1", "--meta-val-per-task", "4",
                       "--max-length", "96"], 12),
+    "meta-mezo": (["--method", "meta-mezo", "--lr", "1e-3", "--meta-train-tasks", "3", "--meta-test-tasks", "1",
+                   "--meta-tasks-per-step", "2", "--meta-test-cap", "4", "--meta-tune-steps", "1",
+                   "--meta-val-per-task", "4", "--max-length", "96"], 45),
+    "meta-icl": (["--method", "meta-icl", "--lr", "1e-3", "--meta-train-tasks", "3", "--meta-test-tasks", "1",
+                  "--meta-tasks-per-step", "2", "--meta-test-cap", "4", "--meta-val-per-task", "4",
+                  "--meta-demo-max-length", "128"], 45),
 }
 
 

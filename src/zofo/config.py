@@ -96,6 +96,7 @@ class MetaConfig(Section):
     test_cap: int | None = Field(None, ge=1, description="at most N test examples per test task, a seeded sample (unset: all)")
     tune_steps: int = Field(10, ge=0, description="meta-test: Adam steps of the fresh LoRA on each test task's demonstrations")
     tune_lr: float = Field(1e-3, gt=0, description="meta-test: learning rate of that LoRA")
+    demo_max_length: int = Field(1024, ge=16, description="tokens of an input with demonstrations (in-context learning, meta-icl's training), cut from the left beyond it as MetaICL does")
 
 
 SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "adapter": AdapterConfig, "zo": ZOConfig,
@@ -109,7 +110,11 @@ USED_BY_METHOD = {
     "two-stage": {"data", "adapter", "zo", "bilevel.k", "bilevel.lower_lr"},
     "meta-bilevel": {"data.data_dir", "data.max_length", "data.loss", "adapter", "zo", "bilevel.k", "bilevel.lambda",
                      "bilevel.lower_lr", "bilevel.upper_lr", "meta"},
+    "meta-mezo": {"data.data_dir", "data.max_length", "data.loss", "zo", "meta"},
+    "meta-icl": {"data.data_dir", "data.loss", "meta"},
 }
+META_METHODS = ("meta-bilevel", "meta-mezo", "meta-icl")  # trained on a MetaICL setting, then meta-tested
+ADAPTER_METHODS = ("fo", "bilevel", "two-stage", "meta-bilevel")  # train an adapter: need --peft
 PEFT_FIELDS = {"adapter.lora_r": "lora", "adapter.lora_alpha": "lora", "adapter.prefix_tokens": "prefix",
                "adapter.prompt_tokens": "prompt"}
 
@@ -120,7 +125,7 @@ class RunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, allow_inf_nan=False)
 
-    method: Literal["fo", "mezo", "bilevel", "two-stage", "meta-bilevel"] = Field("bilevel", description="fo = first-order PEFT (Adam on the adapter, base frozen); mezo = SPSA on the whole model (--peft none) or on the adapter; bilevel = Bilevel ZOFO (ZO on the base, first-order on the adapters, penalty λ); two-stage = first-order PEFT, then MeZO on the base with the adapter frozen; meta-bilevel = Bilevel ZOFO meta-training on a MetaICL setting's training tasks, then the meta-test on its test tasks")
+    method: Literal["fo", "mezo", "bilevel", "two-stage", "meta-bilevel", "meta-mezo", "meta-icl"] = Field("bilevel", description="fo = first-order PEFT (Adam on the adapter, base frozen); mezo = SPSA on the whole model (--peft none) or on the adapter; bilevel = Bilevel ZOFO (ZO on the base, first-order on the adapters, penalty λ); two-stage = first-order PEFT, then MeZO on the base with the adapter frozen; meta-bilevel = Bilevel ZOFO meta-training on a MetaICL setting's training tasks, then the meta-test on its test tasks; meta-mezo = the MeZO meta-training baseline (θ alone, no adapters); meta-icl = the MetaICL baseline (first-order full fine-tuning with demonstrations in every input, then in-context prediction)")
     model: str = Field("smollm2-135m-instruct", description="the bundled model, tiny-gpt2 / tiny-opt / tiny-llama, a local Hugging Face folder or a Hub id")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="parameter dtype")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto (CUDA when available)")
@@ -155,7 +160,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunConfig":
-        if self.method != "mezo" and self.adapter.peft == "none":
+        if self.method in ADAPTER_METHODS and self.adapter.peft == "none":
             raise ValueError(f"method {self.method!r} trains an adapter: set --peft lora, prefix or prompt "
                              "(peft none is for full-model mezo)")
         if self.method == "bilevel" and self.bilevel.optimizer == "shared" and self.zo.optimizer != "zo-adam":
@@ -209,8 +214,9 @@ class RunConfig(BaseModel):
     def run_dir(self) -> Path:
         if self.out_dir:
             return Path(self.out_dir)
-        name = self.meta.setting if self.method == "meta-bilevel" else self.data.task
-        return Path("runs") / f"{name}-{self.method}-{self.adapter.peft}-seed{self.seed}"
+        name = self.meta.setting if self.method in META_METHODS else self.data.task
+        peft = self.adapter.peft if self.uses("adapter.peft") else "none"
+        return Path("runs") / f"{name}-{self.method}-{peft}-seed{self.seed}"
 
     def uses(self, path: str) -> bool:
         """Whether this run's method reads the field at `path` (e.g. "bilevel.lambda"): report rows leave

@@ -148,15 +148,29 @@ def prepare_task(config: RunConfig, tokenizer, task_name: str | None = None,
     )
 
 
+PER_CLASS = 4  # demonstrations per class (QA: in all), as in the meta-test
+
+
 def metaicl_task_data(name: str, config: RunConfig, tokenizer, calls: ModelCalls | None = None,
-                      validation: int = 16) -> TaskData:
+                      validation: int = 16, demonstrations: bool = False) -> TaskData:
     """A MetaICL meta-training task: its pool (the union of its 16-shot files) shuffled with the seed, the
     first `validation` examples held out to select on (the test tasks are never looked at). Its loss is
     MetaICL's own, the LM loss of the gold answer, unless --loss candidates: a task such as `discovery`
-    has 174 options, so the candidates loss would forward (and back-propagate) 174 rows per example."""
+    has 174 options, so the candidates loss would forward (and back-propagate) 174 rows per example.
+    With `demonstrations` (MetaICL's training), every input has 4 examples per class of its own task before
+    it, drawn from the other training examples (held-out ones are shown training examples only)."""
     records = metaicl.training_pool(name, config.data.data_dir)
     random.Random(f"metaicl-{name}-{config.seed}").shuffle(records)
-    examples = tokenize_examples([metaicl.example(r) for r in records], tokenizer, config.data.max_length)
+    max_length = config.data.max_length
+    if demonstrations:
+        held_out, train = records[:validation], records[validation:]
+        shown = metaicl.with_own_demonstrations(train, PER_CLASS, f"{name}-{config.seed}")
+        # a held-out example is shown demonstrations from the training examples, never other held-out ones
+        pool = random.Random(f"metaicl-held-out-{name}-{config.seed}")
+        held_out = [metaicl.with_demonstrations(r, metaicl.pick_per_class(pool.sample(train, len(train)), PER_CLASS))
+                    for r in held_out]
+        records, max_length = held_out + shown, config.meta.demo_max_length
+    examples = tokenize_examples([metaicl.example(r) for r in records], tokenizer, max_length)
     loss = "candidates" if config.data.loss == "candidates" else "lm"
     return TaskData(task=metaicl.task_of(name, records), train=examples[validation:], validation=examples[:validation],
                     test=[], metadata={"pool": len(records), "validation": validation}, loss_name=loss,

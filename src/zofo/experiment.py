@@ -13,11 +13,10 @@ import torch
 
 from . import loop
 from .calls import model_calls
-from .config import RunConfig
+from .config import META_METHODS, RunConfig
 from .data import TaskSet, metaicl_task_data, prepare_tasks
-from .meta_test import meta_test
+from .meta_test import MODES, meta_test
 from .methods import METHODS, Method
-from .methods.meta_bilevel import MetaBilevelZOFO
 from .tasks import metaicl
 from .models import check_model, load_model, load_tokenizer, resolve_device
 from .runs import RunFolder
@@ -63,7 +62,7 @@ def open_run(config: RunConfig):
 
 
 def run_training(config: RunConfig) -> dict:
-    if config.method == "meta-bilevel":
+    if config.method in META_METHODS:
         return run_meta_training(config)
     device, run, state, tokenizer, calls = open_run(config)
     tasks = prepare_tasks(config, tokenizer, calls=calls)
@@ -120,26 +119,33 @@ def run_training(config: RunConfig) -> dict:
     return metrics
 
 
+def scores_line(results: dict) -> str:
+    return ", ".join(f"{mode.replace('_', '-')} {results[mode]:.4f}" for mode in MODES if mode in results)
+
+
 def run_meta_training(config: RunConfig) -> dict:
-    """Meta-train θ on a MetaICL setting's training tasks (Bilevel ZOFO with a pair of adapters per task),
-    select the step on their held-out examples, then meta-test θ on the setting's test tasks (zero-shot, and
-    tuned with a fresh LoRA per task and seed). The pretrained model is meta-tested the same way first:
-    the zero-shot and the tuned-pretrained baselines."""
+    """Meta-train θ on a MetaICL setting's training tasks, select the step on their held-out examples, then
+    meta-test θ on the setting's test tasks. Bilevel ZOFO (a pair of adapters per task) and the MeZO
+    baseline are tested zero-shot and tuned with a fresh LoRA per task and seed; the MetaICL baseline by
+    in-context prediction. The pretrained model is meta-tested first in all three ways: the zero-shot,
+    in-context and tuned-pretrained baselines."""
     setting = metaicl.load_setting(config.meta.setting, config.data.data_dir)  # a wrong setting fails at once
     train_names, test_names = setting.train[: config.meta.train_tasks], setting.test[: config.meta.test_tasks]
     device, run, state, tokenizer, calls = open_run(config)
-    tasks = TaskSet([metaicl_task_data(name, config, tokenizer, calls, config.meta.val_per_task) for name in train_names])
+    tasks = TaskSet([metaicl_task_data(name, config, tokenizer, calls, config.meta.val_per_task,
+                                       demonstrations=config.method == "meta-icl") for name in train_names])
 
-    def start_point(model=None) -> MetaBilevelZOFO:
+    def start_point(model=None):
         if model is None:
             model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
-        return MetaBilevelZOFO(model, tasks, config, Trajectory(run.trajectory_path), config.meta.tasks_per_step)
+        return METHODS[config.method](model, tasks, config, Trajectory(run.trajectory_path))
 
-    def test(model) -> dict:
+    def test(model, modes) -> dict:
         start = time.perf_counter()
         results = meta_test(model, tokenizer, list(test_names), config.data.data_dir, steps=config.meta.tune_steps,
                             lr=config.meta.tune_lr, limit=config.meta.test_cap, max_length=config.data.max_length,
-                            calls=calls, loss=tasks[train_names[0]].loss_name)
+                            calls=calls, loss=tasks[train_names[0]].loss_name, modes=modes,
+                            demo_max_length=config.meta.demo_max_length)
         return {**results, "seconds": round(time.perf_counter() - start, 2)}
 
     model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
@@ -150,9 +156,8 @@ def run_meta_training(config: RunConfig) -> dict:
         metrics.update(state["pretrained"])
         print(f"resuming {run.folder} after step {state['step']}", flush=True)
     elif config.zero_shot:
-        metrics["pretrained"] = test(model)  # the zero-shot and the tuned-pretrained baselines
-        print(f"pretrained model: zero-shot {metrics['pretrained']['zero_shot']:.4f}, "
-              f"tuned {metrics['pretrained']['tuned']:.4f}", flush=True)
+        metrics["pretrained"] = test(model, MODES)  # the zero-shot, in-context and tuned-pretrained baselines
+        print("pretrained model: " + scores_line(metrics["pretrained"]), flush=True)
     pretrained = {k: metrics[k] for k in ("pretrained",) if k in metrics}
     method = start_point(model)
     del model
@@ -166,10 +171,11 @@ def run_meta_training(config: RunConfig) -> dict:
     metrics.update(selection.summary())
     metrics.update(method.summary())
     theta = plain_model(method.finish())
-    metrics["meta_test"] = test(theta)  # ours (zero-shot) and ours (tuned)
-    metrics["test"] = {k: metrics["meta_test"][k] for k in ("zero_shot", "tuned", "tuned_std_over_seeds")}
-    print(f"meta-trained θ at step {selection.step}: zero-shot {metrics['meta_test']['zero_shot']:.4f}, "
-          f"tuned {metrics['meta_test']['tuned']:.4f}", flush=True)
+    # MetaICL predicts in context; the others zero-shot and tuned
+    modes = ("zero_shot", "icl") if config.method == "meta-icl" else ("zero_shot", "tuned")
+    metrics["meta_test"] = test(theta, modes)
+    metrics["test"] = {k: v for k, v in metrics["meta_test"].items() if k.split("_std")[0] in MODES}
+    print(f"meta-trained θ at step {selection.step}: " + scores_line(metrics["meta_test"]), flush=True)
     metrics["graphs"] = calls.summary()
     if config.save_model:
         theta.save_pretrained(run.folder / "model")

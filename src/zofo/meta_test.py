@@ -6,6 +6,9 @@
             tuned   θ frozen; a fresh LoRA trained for `steps` full-batch Adam steps on 4 examples per class
                     of seed s's 16-shot train file (QA: 4 examples), on the LM loss of the gold answers
                     (MetaICL's objective; `loss`), then predict without demonstrations
+            icl     θ alone, the same 4 examples per class as demonstrations before every test input
+                    (in-context learning; MetaICL's format, prompts cut from the left to `demo_max_length`)
+    Which of the three run is `modes`.
     score: macro-F1 for classification tasks, accuracy for QA (MetaICL's); per task the mean over seeds, per
     setting the mean over tasks, with the std over seeds of the setting's mean.
 """
@@ -24,6 +27,7 @@ from .data import TaskData
 from .tasks import metaicl
 
 TUNED = "tuned"  # the name of the test-time adapter
+MODES = ("zero_shot", "tuned", "icl")
 
 
 def score(metrics: dict) -> float:
@@ -34,15 +38,17 @@ def score(metrics: dict) -> float:
 def meta_test(model, tokenizer, tasks: list[str], data_dir=None, seeds=metaicl.SEEDS, steps: int = 10,
               lr: float = 1e-3, per_class: int = 4, limit: int | None = None, max_length: int = 256,
               calls: ModelCalls | None = None, adapter: AdapterConfig = AdapterConfig(peft="lora"),
-              loss: str = "lm") -> dict:
-    """Zero-shot and tuned scores of `model` (θ; unchanged when this returns) on each test task; see the
+              loss: str = "lm", modes=("zero_shot", "tuned"), demo_max_length: int = 1024) -> dict:
+    """Scores of `model` (θ; unchanged when this returns) on each test task in each of `modes`; see the
     module's docstring. `limit` caps each test set (a random sample; say so with the numbers)."""
+    if not set(modes) <= set(MODES):
+        raise ValueError(f"meta-test modes are {MODES}, got {modes}")
     calls = calls or ModelCalls(pad_id=tokenizer.pad_token_id)
-    results = {"tasks": {}, "seeds": list(seeds), "steps": steps, "lr": lr, "per_class": per_class, "test_cap": limit,
-               "loss": loss}
+    results = {"tasks": {}, "modes": list(modes), "seeds": list(seeds), "steps": steps, "lr": lr,
+               "per_class": per_class, "test_cap": limit, "loss": loss, "demo_max_length": demo_max_length}
 
-    def task_data(name: str, records: list[dict], test: list[dict]) -> TaskData:
-        tokenized = lambda rows: tokenize_examples([metaicl.example(r) for r in rows], tokenizer, max_length)
+    def task_data(name: str, records: list[dict], test: list[dict], length: int = max_length) -> TaskData:
+        tokenized = lambda rows: tokenize_examples([metaicl.example(r) for r in rows], tokenizer, length)
         return TaskData(task=metaicl.task_of(name, test), train=tokenized(records), validation=[], test=tokenized(test),
                         metadata={}, loss_name=loss, pad_id=tokenizer.pad_token_id, calls=calls)
 
@@ -50,24 +56,35 @@ def meta_test(model, tokenizer, tasks: list[str], data_dir=None, seeds=metaicl.S
     fresh = adapter_state(tuned, TUNED)
     for name in tasks:
         test = metaicl.test_records(name, data_dir, limit)
-        with tuned.disable_adapter():
-            zero_shot = score(task_data(name, [], test).test_metrics(tuned, tokenizer))
-        per_seed = {}
+        task = results["tasks"][name] = {"metric": metaicl.task_of(name, test).metric, "test_examples": len(test)}
+        if "zero_shot" in modes:
+            with tuned.disable_adapter():
+                task["zero_shot"] = score(task_data(name, [], test).test_metrics(tuned, tokenizer))
+        for mode in set(modes) - {"zero_shot"}:
+            task[f"{mode}_by_seed"] = {}
         for seed in seeds:
-            data = task_data(name, metaicl.demonstrations(name, seed, data_dir, per_class), test)
-            load_adapter_state(tuned, TUNED, fresh)
-            optimizer = torch.optim.Adam(adapter_parameters(tuned, TUNED), lr=lr)
-            for _ in range(steps):  # full batch: every demonstration in each step
-                data.backward(tuned, data.train)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=False)
-            per_seed[seed] = score(data.test_metrics(tuned, tokenizer))
-        results["tasks"][name] = {"zero_shot": zero_shot, "tuned": statistics.mean(per_seed.values()),
-                                  "tuned_by_seed": per_seed, "metric": metaicl.task_of(name, test).metric,
-                                  "test_examples": len(test)}
-    by_seed = [statistics.mean(t["tuned_by_seed"][s] for t in results["tasks"].values()) for s in seeds]
-    results["zero_shot"] = statistics.mean(t["zero_shot"] for t in results["tasks"].values())
-    results["tuned"] = statistics.mean(by_seed)
-    results["tuned_std_over_seeds"] = statistics.stdev(by_seed) if len(by_seed) > 1 else 0.0
+            shown = metaicl.demonstrations(name, seed, data_dir, per_class)
+            if "tuned" in modes:
+                data = task_data(name, shown, test)
+                load_adapter_state(tuned, TUNED, fresh)
+                optimizer = torch.optim.Adam(adapter_parameters(tuned, TUNED), lr=lr)
+                for _ in range(steps):  # full batch: every demonstration in each step
+                    data.backward(tuned, data.train)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=False)
+                task["tuned_by_seed"][seed] = score(data.test_metrics(tuned, tokenizer))
+            if "icl" in modes:
+                prompts = [metaicl.with_demonstrations(record, shown) for record in test]
+                with tuned.disable_adapter():
+                    task["icl_by_seed"][seed] = score(task_data(name, [], prompts, demo_max_length).test_metrics(tuned, tokenizer))
+        for mode in set(modes) - {"zero_shot"}:
+            task[mode] = statistics.mean(task[f"{mode}_by_seed"].values())
+    tasks_results = results["tasks"].values()
+    if "zero_shot" in modes:
+        results["zero_shot"] = statistics.mean(t["zero_shot"] for t in tasks_results)
+    for mode in set(modes) - {"zero_shot"}:  # the setting's mean per seed; its mean and std over seeds
+        by_seed = [statistics.mean(t[f"{mode}_by_seed"][s] for t in tasks_results) for s in seeds]
+        results[mode] = statistics.mean(by_seed)
+        results[f"{mode}_std_over_seeds"] = statistics.stdev(by_seed) if len(by_seed) > 1 else 0.0
     tuned.unload()  # the LoRA layers out again: `model` is as it came
     return results

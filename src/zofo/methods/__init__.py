@@ -6,10 +6,12 @@ from .base import Method
 from .bilevel import BilevelZOFO
 from .first_order import FirstOrder
 from .meta_bilevel import MetaBilevelZOFO
+from .meta_icl import MetaICL
+from .meta_mezo import MetaMeZO
 from .mezo import MeZO
 from .two_stage import TwoStage
 
 METHODS: dict[str, type[Method]] = {"fo": FirstOrder, "mezo": MeZO, "bilevel": BilevelZOFO, "two-stage": TwoStage,
-                                    "meta-bilevel": MetaBilevelZOFO}
+                                    "meta-bilevel": MetaBilevelZOFO, "meta-mezo": MetaMeZO, "meta-icl": MetaICL}
 
 __all__ = ["METHODS", "Method", "NonFiniteLoss", "BilevelZOFO", "FirstOrder", "MeZO", "TwoStage"]

@@ -14,6 +14,7 @@ the start point and the trajectory (seeds and scalars), which the method appends
 from __future__ import annotations
 
 import math
+import random
 import warnings
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..config import RunConfig
 from ..data import TaskSet
 from ..errors import diverged
 from ..adapters import base_parameters
-from ..zo import Trajectory, ZOEngine
+from ..zo import Trajectory, ZOEngine, mix
 
 
 class Method:
@@ -133,6 +134,12 @@ class Method:
 
 
 RESOLUTION_WARNING = 0.5  # fraction of θ's elements the first update must change
+
+
+def sample_tasks(seed: int, t: int, tasks: int, per_step: int) -> list[int]:
+    """The training tasks of a meta-training method's iteration t: `per_step` of them, without
+    replacement, drawn from the seed and t alone (so a resumed run draws the same)."""
+    return sorted(random.Random(mix(seed, 4, t)).sample(range(tasks), min(per_step, tasks)))
 
 
 def check_finite(values: list[float], step: int, seed: int | None, dtype: str) -> None:

@@ -18,14 +18,12 @@ loss with their own φ_i.
 
 from __future__ import annotations
 
-import random
-
 import torch
 
 from ..adapters import activate, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
 from ..data import TaskSet
 from ..zo import mix, zo_engine
-from .base import Method
+from .base import Method, sample_tasks
 from .penalty import UpperObjective
 
 
@@ -65,7 +63,7 @@ class MetaBilevelZOFO(Method):
         return [t * (self.K + 1) for t in range(1, self.config.steps // (self.K + 1) + 1)]
 
     def sampled_tasks(self, t: int) -> list[int]:
-        return sorted(random.Random(mix(self.config.seed, 4, t)).sample(range(len(self.data)), self.tasks_per_step))
+        return sample_tasks(self.config.seed, t, len(self.data), self.tasks_per_step)
 
     def step(self, iteration: int) -> dict:
         t = iteration + 1

@@ -141,9 +141,13 @@ def training_pool(task: str, data_dir=None) -> list[dict]:
 
 
 def demonstrations(task: str, seed: int, data_dir=None, per_class: int = 4) -> list[dict]:
-    """The examples a test task is tuned on for one seed: `per_class` of each class from that seed's
-    16-shot train file (classification), or `per_class` examples (QA), the first ones in the file."""
-    records = read_task_file(task_file(metaicl_folder(data_dir), task, seed, "train"))
+    """The examples a test task is tuned on (or shown in context) for one seed: `per_class` of each class
+    from that seed's 16-shot train file (classification), or `per_class` examples (QA), the first in the file."""
+    return pick_per_class(read_task_file(task_file(metaicl_folder(data_dir), task, seed, "train")), per_class)
+
+
+def pick_per_class(records: list[dict], per_class: int) -> list[dict]:
+    """The first `per_class` records of each output (classification), or the first `per_class` (QA)."""
     if not is_classification(records):
         return records[:per_class]
     chosen, counts = [], {}
@@ -152,6 +156,24 @@ def demonstrations(task: str, seed: int, data_dir=None, per_class: int = 4) -> l
             counts[record["output"]] = counts.get(record["output"], 0) + 1
             chosen.append(record)
     return chosen
+
+
+def with_demonstrations(record: dict, demonstrations: list[dict]) -> dict:
+    """The record with the demonstrations before its input (MetaICL's direct format: "input output" pairs,
+    a blank line between them). A prompt too long for the model loses tokens from the left when tokenized."""
+    shown = "".join(f"{d['input']} {d['output']}\n\n" for d in demonstrations)
+    return {**record, "input": shown + record["input"]}
+
+
+def with_own_demonstrations(records: list[dict], per_class: int, seed) -> list[dict]:
+    """MetaICL's meta-training inputs: each record with demonstrations of its own task, `per_class` per class
+    (QA: `per_class`) drawn with `seed` from the other records, never itself."""
+    rng, shown = random.Random(f"metaicl-demonstrations-{seed}"), []
+    for i, record in enumerate(records):
+        others = records[:i] + records[i + 1:]
+        rng.shuffle(others)
+        shown.append(with_demonstrations(record, pick_per_class(others, per_class)))
+    return shown
 
 
 def test_records(task: str, data_dir=None, limit: int | None = None, seed: int = 0) -> list[dict]:
