@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from zofo.cli import main
-from zofo.config import ConfigError, load_config, make_config, parse_assignments
+from zofo.config import META_METHODS, ConfigError, load_config, make_config, parse_assignments
 from zofo.experiment import run_training
 from zofo.sweep import expand, load_sweep
 
@@ -48,7 +48,10 @@ def all_data(tmp_path_factory, data_dir):
 def one_step(fields: dict, data_dir, out_dir) -> dict:
     """Train the config on the tiny model for one step (one cycle for Bilevel and two-stage)."""
     config = make_config(fields, TINY, {"data_dir": str(data_dir), "out_dir": str(out_dir)})
-    steps = config.bilevel.k + 1 if config.method in ("bilevel", "two-stage") else 1
+    steps = config.bilevel.k + 1 if config.method in ("bilevel", "two-stage", "meta-bilevel") else 1
+    if config.method in META_METHODS:  # a few tasks and test examples of the setting
+        config = config.replace(meta_train_tasks=2, meta_test_tasks=1, meta_test_cap=4, meta_tune_steps=1,
+                                meta_val_per_task=4, meta_demo_max_length=128, max_length=96)
     return run_training(config.replace(steps=steps, eval_every=steps, max_new_tokens=4))
 
 

@@ -118,3 +118,30 @@ def test_the_meta_test_predicts_in_context_with_each_seeds_demonstrations(data_d
         assert len(expected) == 8 and {r["output"] for r in expected} == set(expected[0]["options"])
         assert all(d == expected for _, d in shown_with[start:start + 6])
     assert all(len(d) == 4 for task, d in shown_with if task == "ai2_arc")
+
+
+def test_the_baselines_run_from_the_command_line_and_report_as_table_4(data_dir, tmp_path):
+    from zofo.cli import main
+
+    common = ["train", "--model", "tiny-llama", "--data-dir", str(data_dir), "--device", "cpu",
+              "--meta-setting", "class_to_class", "--meta-train-tasks", "3", "--meta-test-tasks", "2",
+              "--meta-tasks-per-step", "2", "--meta-test-cap", "6", "--meta-tune-steps", "2", "--meta-val-per-task", "4",
+              "--steps", "4", "--eval-every", "2", "--batch-size", "2", "--max-length", "96", "--meta-demo-max-length",
+              "256", "--lr", "1e-3", "--zo-eps", "1e-2"]
+    for method in ("meta-mezo", "meta-icl"):
+        with pytest.warns(UserWarning, match="tasks without their files"):
+            assert main(common + ["--method", method, "--out-dir", str(tmp_path / "runs" / method)]) == 0
+    mezo, icl = (json.loads((tmp_path / "runs" / m / "metrics.json").read_text()) for m in ("meta-mezo", "meta-icl"))
+    assert set(mezo["test"]) == {"zero_shot", "tuned", "tuned_std_over_seeds"}
+    assert set(icl["test"]) == {"zero_shot", "icl", "icl_std_over_seeds"}
+    assert set(mezo["pretrained"]["modes"]) == {"zero_shot", "tuned", "icl"}  # the pretrained model's three baselines
+    assert (tmp_path / "runs" / "meta-icl" / "model" / "model.safetensors").exists()
+
+    assert main(["report", str(tmp_path / "runs"), "--output", str(tmp_path / "report")]) == 0
+    table = (tmp_path / "report" / "table.md").read_text()
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    labels = [(r[0].strip("| "), r[2]) for r in rows[1:]]
+    assert labels == [("pretrained", "zero-shot"), ("pretrained", "icl"), ("pretrained", "tuned"),
+                      ("meta-icl", "zero-shot"), ("meta-icl", "icl"), ("meta-mezo", "zero-shot"), ("meta-mezo", "tuned")]
+    icl_cell = next(r for r in rows if r[0] == "| meta-icl" and r[2] == "icl")[3]
+    assert icl_cell.startswith(f"{100 * icl['test']['icl']:.1f} ± {100 * icl['test']['icl_std_over_seeds']:.1f}")

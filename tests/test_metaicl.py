@@ -72,3 +72,15 @@ def test_a_missing_setting_names_the_known_ones(tmp_path, data_dir):
     (tmp_path / "metaicl" / "config" / "broken.json").write_text('{"train": ["toy"]}')
     with pytest.raises(DataError, match="broken.json: expected"):
         metaicl.load_setting("broken", tmp_path)
+
+
+def test_generation_tasks_train_on_their_output_but_cannot_be_tested(tmp_path, data_dir):
+    """15 of non_class_to_class's training tasks (e.g. ade_corpus_v2-dosage) have no options: a training
+    pool keeps them with the output as the one option; a test file must be multiple choice."""
+    pool = metaicl.training_pool("ade_corpus_v2-dosage", data_dir)
+    assert pool and all(r["options"] == [r["output"]] for r in pool)
+    example = metaicl.example(pool[0])
+    assert example.options == ((pool[0]["input"], " " + pool[0]["output"]),) and example.label == 0
+    path = write_task(tmp_path, ['{"task": "toy", "input": "a", "output": "x", "options": []}'])
+    with pytest.raises(DataError, match="a test task is multiple choice"):
+        metaicl.read_task_file(path)

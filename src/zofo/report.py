@@ -5,6 +5,11 @@ the task goes in the columns, the other varying fields (method, peft, hard_promp
 rows. Each cell is the test metric of the task (accuracy; macro-F1 for CB; F1 for SQuAD/DROP) at the
 validation-selected step, as mean ± standard deviation over seeds, with the number of seeds.
 Plots: validation-loss curves per task, and the metric against λ and against K where those vary.
+
+Meta-training runs (meta-bilevel, meta-mezo, meta-icl) make the paper's Table 4 instead: the MetaICL
+setting in the columns; in the rows each method with each way it was meta-tested (zero-shot, tuned,
+icl), and the pretrained model's three baselines. A cell is the mean over test tasks and demonstration
+seeds, ± the std over the 5 demonstration seeds (one run), or ± the std over the runs' seeds (several).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import csv
 import statistics
 from pathlib import Path
 
-from .config import PATHS, RunConfig, flatten, make_config, read_yaml
+from .config import META_METHODS, PATHS, RunConfig, flatten, make_config, read_yaml
 from .errors import ConfigError
 from .records import read_json, read_records
 from .tasks import get_task
@@ -40,6 +45,10 @@ def find_runs(paths: list[str | Path]) -> list[dict]:
                 raise ConfigError(f"{error} (a run folder from another zofo version? move it out of the report's "
                                   "folders)") from None
             metrics = read_json(metrics_path)
+            if config.method in META_METHODS:
+                runs.append({"folder": folder, "config": config, "fields": flatten(config.to_dict()), "metrics": metrics,
+                             "meta": True})
+                continue
             metric = get_task(config.data.task).metric
             runs.append({"folder": folder, "config": config, "fields": flatten(config.to_dict()), "metrics": metrics,
                          "metric": metric, "test": metrics["test"][metric],
@@ -116,6 +125,50 @@ def zero_shot_rows(runs: list[dict], fields: list[str], tasks: list[str]) -> lis
     return rows
 
 
+META_MODES = ("zero_shot", "icl", "tuned")
+
+
+def build_meta_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Table 4: settings in the columns; the pretrained model's baselines, then each method (and the fields
+    that vary among the runs) with each meta-test mode, in the rows."""
+    fields = varying_fields(runs)
+    settings = sorted({run["config"].meta.setting for run in runs})
+    cells: dict[tuple, dict[str, dict]] = {}  # row -> setting -> {run seed: (value, std over demonstration seeds)}
+    for run in runs:
+        setting, seed, metrics = run["config"].meta.setting, run["config"].seed, run["metrics"]
+        key = tuple(shown(run, f) for f in fields)
+        for label, results in ((("pretrained",) + ("",) * (len(fields) - 1), metrics.get("pretrained", {})),
+                               (key, metrics["test"])):
+            for mode in META_MODES:
+                if mode in results:
+                    row = tuple("" if v is None else str(v) for v in label) + (mode.replace("_", "-"),)
+                    cells.setdefault(row, {}).setdefault(setting, {})[seed] = (results[mode], results[f"{mode}_std_over_seeds"]
+                                                                               if f"{mode}_std_over_seeds" in results else None)
+    header = [PATHS[f] for f in fields] + ["meta-test"] + settings + (["average"] if len(settings) > 1 else [])
+    order = lambda row: (row[0] != "pretrained", row[:-1], META_MODES.index(row[-1].replace("-", "_")))
+    rows, records = [], []
+    for row in sorted(cells, key=order):
+        line, means = list(row), []
+        for setting in settings:
+            found = list(cells[row].get(setting, {}).values())
+            if not found:
+                line.append("")
+                continue
+            values = [v for v, _ in found]
+            mean, std = mean_std(values)
+            if len(found) == 1 and found[0][1] is not None:
+                std, spread = found[0][1], "5 demo seeds"
+            else:
+                spread = f"{len(found)} run{'s' if len(found) > 1 else ''}"
+            line.append(f"{100 * mean:.1f} ± {100 * std:.1f} ({spread})")
+            means.append(mean)
+            records.append({**dict(zip(header, row)), "setting": setting, "mean": mean, "std": std, "spread": spread})
+        if len(settings) > 1:
+            line.append(f"{100 * statistics.fmean(means):.1f}" if len(means) == len(settings) else "")
+        rows.append(line)
+    return header, rows, records
+
+
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -182,6 +235,12 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
     runs = find_runs(paths)
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
+    meta = [run for run in runs if run.get("meta")]
+    if meta and len(meta) != len(runs):
+        raise ConfigError("a report is of single-task runs or of meta-training runs (Table 4), not both: "
+                          "give the two kinds' folders to two reports")
+    if meta:
+        return write_meta_report(runs, paths, output)
     header, rows, records = build_table(runs)
     table = markdown(header, rows)
     note = ("Test metric (%) at the validation-selected step: mean ± std over seeds (number of seeds). "
@@ -196,6 +255,22 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
     for field in ("bilevel.lambda", "bilevel.k"):
         if field in fields:
             plot_against(records, PATHS[field], output / f"metric_vs_{PATHS[field]}.png")
+    print(table)
+    print(f"report written to {output}")
+    return output
+
+
+def write_meta_report(runs: list[dict], paths, output: Path) -> Path:
+    header, rows, records = build_meta_table(runs)
+    table = markdown(header, rows)
+    note = ("Meta-test score (%; macro-F1 for classification tasks, accuracy for QA) of θ at the step selected on "
+            "the training tasks' held-out examples: mean over the setting's test tasks and the demonstration seeds. "
+            f"{len(runs)} runs from {', '.join(map(str, paths))}.\n\n")
+    (output / "table.md").write_text(note + table)
+    with open(output / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
+        writer.writeheader()
+        writer.writerows(records)
     print(table)
     print(f"report written to {output}")
     return output

@@ -83,8 +83,10 @@ def load_setting(name: str, data_dir=None) -> MetaSetting:
                        {split: tasks for split, tasks in missing.items() if tasks})
 
 
-def read_task_file(path: Path) -> list[dict]:
-    """A task file's records, each checked: input and output strings, at least two options, output among them."""
+def read_task_file(path: Path, options: bool = True) -> list[dict]:
+    """A task file's records, each checked: input and output strings, at least two options, output among them.
+    With options=False (meta-training pools) a record may have no options, as MetaICL's generation tasks
+    (`ade_corpus_v2-dosage`, `kilt_nq`, ...) have: it is then trained on its output alone, its one option."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     records = []
@@ -93,11 +95,16 @@ def read_task_file(path: Path) -> list[dict]:
         for key in ("input", "output", "options"):
             if key not in record:
                 raise DataError(f"{where}: no '{key}' field (expected task, input, output, options)")
-        options = record["options"]
-        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
-            raise DataError(f"{where}: 'options' must list at least two answer strings, got {options!r}")
-        if record["output"] not in options:
-            raise DataError(f"{where}: the output {record['output']!r} is not one of the options {options}")
+        choices = record["options"]
+        if not isinstance(choices, list) or not all(isinstance(o, str) for o in choices):
+            raise DataError(f"{where}: 'options' must be a list of answer strings, got {choices!r}")
+        if not choices and not options:
+            record = {**record, "options": [record["output"]]}
+        elif len(choices) < 2:
+            raise DataError(f"{where}: 'options' must list at least two answer strings, got {choices!r}"
+                            + (" (a test task is multiple choice)" if not choices else ""))
+        elif record["output"] not in choices:
+            raise DataError(f"{where}: the output {record['output']!r} is not one of the options {choices}")
         records.append(record)
     if not records:
         raise DataError(f"{path}: no examples in this file")
@@ -123,14 +130,15 @@ def is_classification(records: list[dict]) -> bool:
 
 def training_pool(task: str, data_dir=None) -> list[dict]:
     """A meta-training task's examples: the union of its 16-shot train and dev files over every seed,
-    duplicates (same input and output) removed, in file order."""
+    duplicates (same input and output) removed, in file order. Generation tasks (no options) are kept:
+    their one option is the output, which the LM loss trains on."""
     folder, seen, pool = metaicl_folder(data_dir), set(), []
     for seed in SEEDS:
         for split in ("train", "dev"):
             path = task_file(folder, task, seed, split)
             if not path.is_file():
                 continue
-            for record in read_task_file(path):
+            for record in read_task_file(path, options=False):
                 key = (record["input"], record["output"])
                 if key not in seen:
                     seen.add(key)
