@@ -23,8 +23,9 @@ is how the CPU tests check that padding changes no loss, score or gradient.
 
 With `compile`, what a graph captures is the call compiled by torch.compile (inductor): the norms,
 activations and rotary embeddings fuse into a few Triton kernels, which roughly halves a small model's
-captured forward. Compiling costs tens of seconds once per kind of call (shapes after the first compile
-as dynamic, so new bucket shapes rarely compile again); it is counted in `capture_seconds`. The graph is
+captured forward. Compiling costs tens of seconds once per kind of call, and once more for its first new
+row count and its first new length (then compiled with dynamic sizes: later bucket shapes only capture);
+it is counted in `capture_seconds`. The graph is
 still ours, not torch.compile's "reduce-overhead": one capture per (kind, shape, adapter) as above.
 """
 

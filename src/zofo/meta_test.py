@@ -44,6 +44,7 @@ def meta_test(model, tokenizer, tasks: list[str], data_dir=None, seeds=metaicl.S
     if not set(modes) <= set(MODES):
         raise ValueError(f"meta-test modes are {MODES}, got {modes}")
     calls = calls or ModelCalls(pad_id=tokenizer.pad_token_id)
+    with_seeds = [mode for mode in modes if mode != "zero_shot"]  # tuned and icl: one score per seed
     results = {"tasks": {}, "modes": list(modes), "seeds": list(seeds), "steps": steps, "lr": lr,
                "per_class": per_class, "test_cap": limit, "loss": loss, "demo_max_length": demo_max_length}
 
@@ -60,7 +61,7 @@ def meta_test(model, tokenizer, tasks: list[str], data_dir=None, seeds=metaicl.S
         if "zero_shot" in modes:
             with tuned.disable_adapter():
                 task["zero_shot"] = score(task_data(name, [], test).test_metrics(tuned, tokenizer))
-        for mode in set(modes) - {"zero_shot"}:
+        for mode in with_seeds:
             task[f"{mode}_by_seed"] = {}
         for seed in seeds:
             shown = metaicl.demonstrations(name, seed, data_dir, per_class)
@@ -77,12 +78,12 @@ def meta_test(model, tokenizer, tasks: list[str], data_dir=None, seeds=metaicl.S
                 prompts = [metaicl.with_demonstrations(record, shown) for record in test]
                 with tuned.disable_adapter():
                     task["icl_by_seed"][seed] = score(task_data(name, [], prompts, demo_max_length).test_metrics(tuned, tokenizer))
-        for mode in set(modes) - {"zero_shot"}:
+        for mode in with_seeds:
             task[mode] = statistics.mean(task[f"{mode}_by_seed"].values())
     tasks_results = results["tasks"].values()
     if "zero_shot" in modes:
         results["zero_shot"] = statistics.mean(t["zero_shot"] for t in tasks_results)
-    for mode in set(modes) - {"zero_shot"}:  # the setting's mean per seed; its mean and std over seeds
+    for mode in with_seeds:  # the setting's mean per seed; its mean and std over seeds
         by_seed = [statistics.mean(t[f"{mode}_by_seed"][s] for t in tasks_results) for s in seeds]
         results[mode] = statistics.mean(by_seed)
         results[f"{mode}_std_over_seeds"] = statistics.stdev(by_seed) if len(by_seed) > 1 else 0.0
