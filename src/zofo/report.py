@@ -240,37 +240,25 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
         raise ConfigError("a report is of single-task runs or of meta-training runs (Table 4), not both: "
                           "give the two kinds' folders to two reports")
     if meta:
-        return write_meta_report(runs, paths, output)
-    header, rows, records = build_table(runs)
+        header, rows, records = build_meta_table(runs)
+        note = ("Meta-test score (%; macro-F1 for classification tasks, accuracy for QA) of θ at the step selected "
+                "on the training tasks' held-out examples: mean over the setting's test tasks and the demonstration "
+                "seeds.")
+    else:
+        header, rows, records = build_table(runs)
+        note = "Test metric (%) at the validation-selected step: mean ± std over seeds (number of seeds)."
     table = markdown(header, rows)
-    note = ("Test metric (%) at the validation-selected step: mean ± std over seeds (number of seeds). "
-            f"{len(runs)} runs from {', '.join(map(str, paths))}.\n\n")
-    (output / "table.md").write_text(note + table)
+    (output / "table.md").write_text(f"{note} {len(runs)} runs from {', '.join(map(str, paths))}.\n\n{table}")
     with open(output / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
         writer.writeheader()
         writer.writerows(records)
-    fields = varying_fields(runs)
-    plot_val_curves(runs, fields, output / "val_loss_curves.png")
-    for field in ("bilevel.lambda", "bilevel.k"):
-        if field in fields:
-            plot_against(records, PATHS[field], output / f"metric_vs_{PATHS[field]}.png")
-    print(table)
-    print(f"report written to {output}")
-    return output
-
-
-def write_meta_report(runs: list[dict], paths, output: Path) -> Path:
-    header, rows, records = build_meta_table(runs)
-    table = markdown(header, rows)
-    note = ("Meta-test score (%; macro-F1 for classification tasks, accuracy for QA) of θ at the step selected on "
-            "the training tasks' held-out examples: mean over the setting's test tasks and the demonstration seeds. "
-            f"{len(runs)} runs from {', '.join(map(str, paths))}.\n\n")
-    (output / "table.md").write_text(note + table)
-    with open(output / "table.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
-        writer.writeheader()
-        writer.writerows(records)
+    if not meta:
+        fields = varying_fields(runs)
+        plot_val_curves(runs, fields, output / "val_loss_curves.png")
+        for field in ("bilevel.lambda", "bilevel.k"):
+            if field in fields:
+                plot_against(records, PATHS[field], output / f"metric_vs_{PATHS[field]}.png")
     print(table)
     print(f"report written to {output}")
     return output
