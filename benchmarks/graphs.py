@@ -40,7 +40,7 @@ from method_step import shared_examples  # noqa: E402
 
 from zofo.adapters import DEFAULT, adapter_parameters, with_adapters  # noqa: E402
 from zofo.batches import TokenizedExample  # noqa: E402
-from zofo.calls import ModelCalls  # noqa: E402
+from zofo.calls import ModelCalls, step_optimizer  # noqa: E402
 from zofo.config import AdapterConfig, make_config  # noqa: E402
 from zofo.data import TaskData, TaskSet  # noqa: E402
 from zofo.evaluation import predict_options  # noqa: E402
@@ -104,8 +104,7 @@ def workload(name: str, mode: str, config, dtype: str, examples, batch: int):
 
         def fo_step(i):
             data.backward(model, minibatch)
-            adam.step()
-            adam.zero_grad(set_to_none=False)
+            step_optimizer(adam)
         return fo_step, 2, calls  # forward + the activations' backward (no weight gradients of the base)
     if name == "bilevel":
         run = make_config(dict(peft="lora", bilevel_k=10, lr=1e-7, batch_size=batch, device="cuda"))

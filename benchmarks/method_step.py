@@ -40,6 +40,7 @@ from zo_step import model_config  # noqa: E402
 
 from zofo.adapters import DEFAULT, activate, adapter_parameters, with_adapters  # noqa: E402
 from zofo.batches import TokenizedExample  # noqa: E402
+from zofo.calls import step_optimizer  # noqa: E402
 from zofo.config import AdapterConfig, make_config  # noqa: E402
 from zofo.data import TaskData, TaskSet  # noqa: E402
 from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective  # noqa: E402
@@ -89,8 +90,7 @@ def step_fn(method: str, spec: dict, data: TaskData):
         def step(i):  # as the trainer does it: the batch is built from examples every step
             for _ in range(steps):
                 data.backward(model, examples)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=False)
+                step_optimizer(optimizer)
         return step, steps
     if method == "mezo":
         model.requires_grad_(False)

@@ -217,6 +217,13 @@ class ModelCalls:
         return graph
 
 
+def step_optimizer(optimizer) -> None:
+    """optimizer.step(), then its gradients zeroed in place: a captured backward accumulates into the .grad
+    tensors that existed at its capture, so they are kept, never replaced by None."""
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=False)
+
+
 def model_calls(config, device, pad_id: int) -> ModelCalls:
     """The run's model calls as configured: graphs, compile (see RunConfig.uses_graphs) and fp32 matmuls on
     TF32 or not (a setting of the process)."""

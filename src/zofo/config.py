@@ -113,6 +113,10 @@ USED_BY_METHOD = {
     "meta-mezo": {"data.data_dir", "data.max_length", "data.loss", "zo", "meta"},
     "meta-icl": {"data.data_dir", "data.loss", "meta"},
 }
+# How a run executes, not what it computes (graphs and compile change losses only at float round-off): a
+# run resumes with other values of these, and reports do not split rows on them.
+EXECUTION_FIELDS = {"resume", "overwrite", "out_dir", "device", "graphs", "compile", "eval_batch_size",
+                    "data.data_dir"}
 META_METHODS = ("meta-bilevel", "meta-mezo", "meta-icl")  # trained on a MetaICL setting, then meta-tested
 ADAPTER_METHODS = ("fo", "bilevel", "two-stage", "meta-bilevel")  # train an adapter: need --peft
 PEFT_FIELDS = {"adapter.lora_r": "lora", "adapter.lora_alpha": "lora", "adapter.prefix_tokens": "prefix",

@@ -113,9 +113,7 @@ def run_training(config: RunConfig) -> dict:
 
     metrics["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     save_results(model, tokenizer, config, run)
-    run.plot_losses()
-    run.write_metrics(metrics)  # last: its presence marks the run finished
-    run.checkpoint_path.unlink(missing_ok=True)  # a finished run resumes no more
+    run.finish(metrics)
     return metrics
 
 
@@ -180,7 +178,5 @@ def run_meta_training(config: RunConfig) -> dict:
     if config.save_model:
         theta.save_pretrained(run.folder / "model")
         tokenizer.save_pretrained(run.folder / "model")
-    run.plot_losses()
-    run.write_metrics(metrics)  # last: its presence marks the run finished
-    run.checkpoint_path.unlink(missing_ok=True)
+    run.finish(metrics)
     return metrics

@@ -21,7 +21,7 @@ import torch
 
 from .adapters import adapter_parameters, adapter_state, load_adapter_state, with_adapters
 from .batches import tokenize_examples
-from .calls import ModelCalls
+from .calls import ModelCalls, step_optimizer
 from .config import AdapterConfig
 from .data import TaskData
 from .tasks import metaicl
@@ -71,8 +71,7 @@ def meta_test(model, tokenizer, tasks: list[str], data_dir=None, seeds=metaicl.S
                 optimizer = torch.optim.Adam(adapter_parameters(tuned, TUNED), lr=lr)
                 for _ in range(steps):  # full batch: every demonstration in each step
                     data.backward(tuned, data.train)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=False)
+                    step_optimizer(optimizer)
                 task["tuned_by_seed"][seed] = score(data.test_metrics(tuned, tokenizer))
             if "icl" in modes:
                 prompts = [metaicl.with_demonstrations(record, shown) for record in test]

@@ -18,12 +18,12 @@ import csv
 import statistics
 from pathlib import Path
 
-from .config import META_METHODS, PATHS, RunConfig, flatten, make_config, read_yaml
+from .config import EXECUTION_FIELDS, META_METHODS, PATHS, RunConfig, flatten, make_config, read_yaml
 from .errors import ConfigError
 from .records import read_json, read_records
 from .tasks import get_task
 
-IGNORED = {"seed", "out_dir", "data.data_dir", "resume", "overwrite", "device", "eval_batch_size"}
+IGNORED = EXECUTION_FIELDS | {"seed"}
 
 
 def shown(run: dict, path: str):

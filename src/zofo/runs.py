@@ -27,14 +27,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from .config import EXECUTION_FIELDS
 from .errors import RunFolderError
 from .records import append_record, read_records, rewrite_records, write_atomic
 
 OUTPUTS = ("metrics.json", "config.yaml", "log.jsonl", "trajectory.jsonl", "checkpoint.pt", "loss_curves.png",
            "adapter", "model")
-# Fields that may differ between a run and its resumption: where it runs, not what it computes.
-# How the run executes, not what it computes (graphs change losses only at float round-off).
-RESUMABLE_CHANGES = {"resume", "overwrite", "out_dir", "device", "graphs", "eval_batch_size", "data.data_dir"}
 
 
 class RunFolder:
@@ -125,7 +123,7 @@ class RunFolder:
         except Exception as error:  # a foreign or damaged file: say which and what to do
             raise RunFolderError(f"{self.checkpoint_path} cannot be read ({error}); --overwrite starts the run again") from None
         changed = [f"{path}: {old!r} -> {new!r}" for path, old, new in differences(state["config"], config)
-                   if path not in RESUMABLE_CHANGES]
+                   if path not in EXECUTION_FIELDS]
         if changed:
             raise RunFolderError(f"{self.folder} was started with another configuration; resuming it would mix two "
                                  f"runs. Changed: {'; '.join(changed)}. Resume with the run's own settings "
@@ -137,6 +135,13 @@ class RunFolder:
 
     def plot_losses(self) -> Path:
         return plot_loss_curves(read_records(self.log_path), self.folder / "loss_curves.png", title=self.folder.name)
+
+    def finish(self, metrics: dict) -> None:
+        """The loss curves, then metrics.json (its presence marks the run finished); the checkpoint goes:
+        a finished run resumes no more."""
+        self.plot_losses()
+        self.write_metrics(metrics)
+        self.checkpoint_path.unlink(missing_ok=True)
 
 
 def differences(old: dict, new: dict, prefix: str = ""):

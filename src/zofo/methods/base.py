@@ -122,7 +122,6 @@ class Method:
         self.trajectory.append(step, seed, estimate.scalars, self.zo.optimizer.lr)
         return estimate
 
-
     def check_update_resolution(self, estimate) -> None:
         """Warn, at the first ZO step, when most of θ would not move: the update is below the dtype's
         resolution (an upper learning rate of 1e-7 on bf16 weights), so training θ does nothing."""

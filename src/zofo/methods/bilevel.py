@@ -33,6 +33,7 @@ import torch
 from torch.profiler import record_function
 
 from ..adapters import activate, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
+from ..calls import step_optimizer
 from ..zo import mix, zo_engine
 from .base import Method
 from .penalty import LOWER, UPPER, UpperObjective
@@ -106,8 +107,7 @@ class BilevelZOFO(Method):
             losses = []
             for peft_batch in peft_batches:
                 losses.append(self.data.backward(self.peft_model, peft_batch))
-                self.z_optimizer.step()
-                self.z_optimizer.zero_grad(set_to_none=False)  # in place, for a captured backward
+                step_optimizer(self.z_optimizer)
             activate(self.peft_model, UPPER)
         return losses
 
@@ -120,8 +120,7 @@ class BilevelZOFO(Method):
         return ft_loss, p_loss
 
     def phi_update(self) -> None:
-        self.phi_optimizer.step()
-        self.phi_optimizer.zero_grad(set_to_none=False)  # in place, for a captured backward
+        step_optimizer(self.phi_optimizer)
 
     def upper_step(self, ft_batch: list, peft_batch: list, seed: int, step: int):
         """φ by its exact gradient and θ by SPSA on F, in the configured order; z untouched."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..adapters import DEFAULT, adapter_parameters, adapter_state, load_adapter_state, with_adapters
+from ..calls import step_optimizer
 from .base import Method
 
 
@@ -27,8 +28,7 @@ class FirstOrder(Method):
 
     def step(self, iteration: int) -> dict:
         loss = self.data.backward(self.peft_model, self.sampler.next())
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=False)  # in place: a captured backward writes into these tensors
+        step_optimizer(self.optimizer)
         return {"train_loss": loss}
 
     def snapshot(self) -> dict:

@@ -22,6 +22,7 @@ import torch
 
 from ..adapters import activate, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
 from ..data import TaskSet
+from ..calls import step_optimizer
 from ..zo import mix, zo_engine
 from .base import Method, sample_tasks
 from .penalty import UpperObjective
@@ -76,8 +77,7 @@ class MetaBilevelZOFO(Method):
             activate(self.peft_model, phi)
             ft_losses.append(data.backward(self.peft_model, ft))
             data.backward(self.peft_model, peft, scale=self.lam)
-            self.optimizers[phi].step()  # φ first, then θ estimated at the new φ (ALGORITHM.md's order)
-            self.optimizers[phi].zero_grad(set_to_none=False)
+            step_optimizer(self.optimizers[phi])  # φ first, then θ estimated at the new φ (ALGORITHM.md's order)
             objectives.append(UpperObjective(self.peft_model, data, ft, peft, self.lam, upper=phi, lower=self.z(i)))
         estimate = self.zo_step(lambda: torch.stack([f() for f in objectives]).sum(), mix(self.config.seed, t),
                                 step=t * (self.K + 1))
@@ -90,8 +90,7 @@ class MetaBilevelZOFO(Method):
         activate(self.peft_model, name)
         for _ in range(self.K):
             loss = self.data[i].backward(self.peft_model, self.samplers[name].next())
-            self.optimizers[name].step()
-            self.optimizers[name].zero_grad(set_to_none=False)
+            step_optimizer(self.optimizers[name])
         return loss
 
     def validation_loss(self) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from ..calls import step_optimizer
 from ..zo import mix
 from .base import Method, sample_tasks
 
@@ -34,8 +35,7 @@ class MetaICL(Method):
     def step(self, iteration: int) -> dict:
         sampled = self.sampled_tasks(iteration + 1)
         losses = [self.data[i].backward(self.model, self.samplers[i].next(), scale=1 / len(sampled)) for i in sampled]
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=False)  # in place: a captured backward writes into these tensors
+        step_optimizer(self.optimizer)
         return {"train_loss": torch.stack(losses).mean()}
 
     def snapshot(self) -> dict:

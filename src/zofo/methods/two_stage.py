@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..adapters import DEFAULT, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
+from ..calls import step_optimizer
 from ..zo import mix, zo_engine
 from .base import Method
 
@@ -41,8 +42,7 @@ class TwoStage(Method):
         model, step = self.peft_model, iteration + 1
         if step <= self.first_stage_steps:  # stage 1: Adam on φ
             loss = self.data.backward(model, self.adapter_sampler.next())
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=False)  # in place, for a captured backward
+            step_optimizer(self.optimizer)
             return {"train_loss": loss}
         batch = self.data.batch(self.theta_sampler.next())  # stage 2: MeZO on θ
         t = step - self.first_stage_steps

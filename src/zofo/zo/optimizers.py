@@ -53,10 +53,9 @@ class ZOOptimizer:
         """Per seed of the estimate, the scale of u that takes θ's displacement back (with an origin kept,
         θ is copied back from it instead, and nothing is left pending)."""
         pending = {}
+        self._check_displacement(estimate)
         if self.space.displacement is not None:
             seed, scale = self.space.displacement
-            if seed not in estimate.seeds:
-                raise RuntimeError("θ is displaced along a direction that is not this estimate's")
             if self.space.origins is not None:
                 self.space.restore()
                 return pending
@@ -66,9 +65,12 @@ class ZOOptimizer:
 
     def _take_back_by_update(self, estimate: Estimate) -> None:
         """The update about to be written from the origin takes the displacement back."""
+        self._check_displacement(estimate)
+        self.space.displacement = None
+
+    def _check_displacement(self, estimate: Estimate) -> None:
         if self.space.displacement is not None and self.space.displacement[0] not in estimate.seeds:
             raise RuntimeError("θ is displaced along a direction that is not this estimate's")
-        self.space.displacement = None
 
     @torch.no_grad()
     def step(self, estimate: Estimate) -> None:

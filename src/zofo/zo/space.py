@@ -221,6 +221,10 @@ class ParameterSpace:
             self._launches[key] = _kernels().Launch.of(pieces, self.device)
         return self._launches[key]
 
+    def _bucket_launch(self, b: int):
+        """One launch over every segment of bucket b."""
+        return self._launch(("bucket", b), [(s.offset, s.key, s.start, s.extent) for s in self.buckets[b].segments])
+
     def add_to_segment(self, seed: int, segment: Segment, scale: float) -> None:
         """θ[segment] += scale·u(seed)."""
         view = self.view(segment)
@@ -241,15 +245,13 @@ class ParameterSpace:
                 self.add_to_segment(seed, segment, scale)
             return
         for b, bucket in enumerate(self.buckets):
-            launch = self._launch(("bucket", b), [(s.offset, s.key, s.start, s.extent) for s in bucket.segments])
-            _kernels().add_gaussian_(bucket.flat, launch, seed, scale)
+            _kernels().add_gaussian_(bucket.flat, self._bucket_launch(b), seed, scale)
 
     def set_from_origin(self, seed: int, scale: float, commit: bool = False) -> None:
         """θ ← origin + scale·u(seed), one rounding per element; with commit the origin takes the new θ too."""
         if self.kernel == "triton":
             for b, bucket in enumerate(self.buckets):
-                launch = self._launch(("bucket", b), [(s.offset, s.key, s.start, s.extent) for s in bucket.segments])
-                _kernels().add_gaussian_from_(bucket.flat, self.origins[b], launch, seed, scale, commit)
+                _kernels().add_gaussian_from_(bucket.flat, self.origins[b], self._bucket_launch(b), seed, scale, commit)
             return
         for segment in self.segments:
             view = self.view(segment)
