@@ -107,3 +107,68 @@ def test_a_killed_sweep_resumes_its_partial_run_from_the_checkpoint(tmp_path, da
     whole = run_training(make_config(fields))
     assert (resumed["best_step"], resumed["best_val_loss"], resumed["test"]) == \
         (whole["best_step"], whole["best_val_loss"], whole["test"])
+
+
+def test_tuning_runs_choose_each_run_s_value_on_validation_and_never_read_the_test_split(tmp_path, data_dir, capsys):
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0, 1]}, tuning={"steps": 3},
+                       variants=[{"method": "mezo", "peft": "none", "tune": {"lr": [1e-6, 1e-3]}}])
+    assert main(["sweep", str(path)]) == 0
+    runs = tmp_path / "runs"
+    tuning = sorted((runs / "tuning").iterdir())
+    assert [p.name for p in tuning] == ["lr=0.001", "lr=1e-06"]  # seeds 0 and 1 share them
+    losses = {}
+    for folder in tuning:
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert (config["seed"], config["steps"], config["test"], config["zero_shot"]) == (0, 3, False, False)
+        assert "test" not in metrics and "zero_shot" not in metrics  # chosen on validation alone
+        losses[config["lr"]] = metrics["best_val_loss"]
+    best = min(losses, key=losses.get)
+    for seed in (0, 1):
+        folder = runs / f"seed={seed}"
+        assert yaml.safe_load((folder / "config.yaml").read_text())["lr"] == best
+        assert yaml.safe_load((folder / "tuned.yaml").read_text())["chosen"] == {"lr": best}
+    assert f"**lr={best}**" in (runs / "tuning.md").read_text()
+
+    out = write_report([runs], tmp_path / "report")  # the tuning runs are not rows; the chosen value is listed
+    table = (out / "table.md").read_text()
+    assert "| method | peft | copa |" in table and "(2) |" in table
+    assert f"seed=0: lr={best}" in table
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 0  # all finished: nothing runs again
+    out = capsys.readouterr().out
+    assert "2 tuning runs in" in out and "2 finished, 0 to run" in out
+
+
+def test_a_tuning_value_that_diverged_is_never_chosen(tmp_path):
+    from zofo.sweep import choose
+
+    for name, metrics in {"a": {"best_val_loss": None, "best_step": None, "diverged": "the training loss became nan"},
+                          "b": {"best_val_loss": 2.0, "best_step": 4}, "c": {"best_val_loss": 1.5, "best_step": 2}}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    choice = choose([({"lr": 1.0}, tmp_path / "a"), ({"lr": 0.1}, tmp_path / "b"), ({"lr": 0.01}, tmp_path / "c")])
+    assert choice["chosen"] == {"lr": 0.01}
+    with pytest.raises(ValueError, match="every tuning run diverged"):
+        choose([({"lr": 1.0}, tmp_path / "a")])
+
+
+def test_a_diverged_tuning_run_finishes_with_its_result_and_a_diverged_run_fails(tmp_path, data_dir, monkeypatch):
+    from zofo.errors import NonFiniteLoss
+
+    monkeypatch.setattr("zofo.data.TaskSet.validation_loss", lambda self, model: float("nan"))
+    fields = {"model": "tiny-llama", "task": "copa", "n_train": 8, "n_val": 4, "n_test": 4, "steps": 4, "eval_every": 2,
+              "batch_size": 2, "device": "cpu", "data_dir": str(data_dir), "method": "mezo", "peft": "none"}
+    metrics = run_training(make_config(fields, {"test": False, "out_dir": str(tmp_path / "tuning")}))
+    assert metrics["diverged"].startswith("the validation loss became nan") and metrics["best_val_loss"] is None
+    assert (tmp_path / "tuning" / "metrics.json").exists()
+    with pytest.raises(NonFiniteLoss):
+        run_training(make_config(fields, {"out_dir": str(tmp_path / "run")}))
+
+
+def test_a_tuning_sweep_checks_the_values_to_choose_from_before_anything_runs(tmp_path, data_dir):
+    for tune, problem in (({"lr": 1e-3}, "non-empty list"), ({"lr": [-1.0]}, "lr")):
+        path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs",
+                           variants=[{"method": "mezo", "peft": "none", "tune": tune}])
+        with pytest.raises(ValueError, match=problem):
+            expand(load_sweep(path))

@@ -144,6 +144,7 @@ class RunConfig(BaseModel):
     eval_batch_size: int = Field(32, ge=1, description="rows per forward when scoring candidates")
     max_new_tokens: int = Field(50, ge=1, description="generation length for SQuAD/DROP")
     zero_shot: bool = Field(True, description="also evaluate the model before training")
+    test: bool = Field(True, description="evaluate the selected step on the test split (meta-training: the meta-test), and the model before training where zero_shot; false for tuning runs, which choose hyperparameters on validation and read no test split")
     out_dir: str | None = Field(None, description="run folder (else runs/<task>-<method>-<peft>-seed<seed>)")
     resume: bool = Field(False, description="continue the unfinished run in the run folder from its last checkpoint (from the start if it has none)")
     overwrite: bool = Field(False, description="replace the run already in the run folder")

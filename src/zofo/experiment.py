@@ -15,6 +15,7 @@ from . import loop
 from .calls import model_calls
 from .config import META_METHODS, RunConfig
 from .data import TaskSet, metaicl_task_data, prepare_tasks
+from .errors import NonFiniteLoss
 from .meta_test import MODES, meta_test
 from .methods import METHODS, Method
 from .tasks import metaicl
@@ -81,7 +82,7 @@ def run_training(config: RunConfig) -> dict:
     if state is not None:
         metrics.update(state["zero_shot"])
         print(f"resuming {run.folder} after step {state['step']}", flush=True)
-    elif config.zero_shot:
+    elif config.zero_shot and config.test:
         start = time.perf_counter()
         metrics["zero_shot"] = tasks.test_metrics(model, tokenizer)  # the base model, no adapter
         metrics["zero_shot_seconds"] = round(time.perf_counter() - start, 2)
@@ -90,18 +91,25 @@ def run_training(config: RunConfig) -> dict:
     method = start_point(model)
     del model  # the method holds it; released with the method if the selected step is rebuilt
 
-    selection = loop.train(method, run, state, extra_state={"zero_shot": zero_shot})
+    try:
+        selection = loop.train(method, run, state, extra_state={"zero_shot": zero_shot})
+    except NonFiniteLoss as error:
+        return finish_diverged(config, run, metrics, error)
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
         del method  # one model in memory at a time
         calls.clear()  # its graphs too
         method = start_point()
         method.restore(selection.step, selection.snapshot)
+    metrics.update(selection.summary())
+    metrics.update(method.summary())
+    if not config.test:  # a tuning run: chosen by its validation loss, the test split never read
+        metrics["graphs"] = calls.summary()
+        run.finish(metrics)
+        return metrics
     start = time.perf_counter()
     other_tests = method.other_tests(lambda variant: tasks.test_metrics(variant, tokenizer))
     other_seconds = time.perf_counter() - start
     model = method.finish()
-    metrics.update(selection.summary())
-    metrics.update(method.summary())
     start = time.perf_counter()
     metrics["test"] = tasks.test_metrics(model, tokenizer)
     metrics["test_seconds"] = round(time.perf_counter() - start, 2)
@@ -113,6 +121,16 @@ def run_training(config: RunConfig) -> dict:
 
     metrics["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     save_results(model, tokenizer, config, run)
+    run.finish(metrics)
+    return metrics
+
+
+def finish_diverged(config: RunConfig, run: RunFolder, metrics: dict, error: NonFiniteLoss) -> dict:
+    """A tuning run whose loss diverged has a result: its values are never chosen. Any other run fails."""
+    if config.test:
+        raise error
+    print(f"diverged: {error}", flush=True)
+    metrics.update(diverged=str(error), best_step=None, best_val_loss=None)
     run.finish(metrics)
     return metrics
 
@@ -153,14 +171,17 @@ def run_meta_training(config: RunConfig) -> dict:
     if state is not None:
         metrics.update(state["pretrained"])
         print(f"resuming {run.folder} after step {state['step']}", flush=True)
-    elif config.zero_shot:
+    elif config.zero_shot and config.test:
         metrics["pretrained"] = test(model, MODES)  # the zero-shot, in-context and tuned-pretrained baselines
         print("pretrained model: " + scores_line(metrics["pretrained"]), flush=True)
     pretrained = {k: metrics[k] for k in ("pretrained",) if k in metrics}
     method = start_point(model)
     del model
 
-    selection = loop.train(method, run, state, extra_state={"pretrained": pretrained})
+    try:
+        selection = loop.train(method, run, state, extra_state={"pretrained": pretrained})
+    except NonFiniteLoss as error:
+        return finish_diverged(config, run, metrics, error)
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
         del method
         calls.clear()
@@ -168,6 +189,10 @@ def run_meta_training(config: RunConfig) -> dict:
         method.restore(selection.step, selection.snapshot)
     metrics.update(selection.summary())
     metrics.update(method.summary())
+    if not config.test:  # a tuning run: chosen by its validation loss, no test task read
+        metrics["graphs"] = calls.summary()
+        run.finish(metrics)
+        return metrics
     theta = plain_model(method.finish())
     # MetaICL predicts in context; the others zero-shot and tuned
     modes = ("zero_shot", "icl") if config.method == "meta-icl" else ("zero_shot", "tuned")

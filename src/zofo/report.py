@@ -23,7 +23,7 @@ from .errors import ConfigError
 from .records import read_json, read_records
 from .tasks import get_task
 
-IGNORED = EXECUTION_FIELDS | {"seed"}
+IGNORED = EXECUTION_FIELDS | {"seed", "zero_shot", "test"}  # not what a run trains: what else it evaluates
 
 
 def shown(run: dict, path: str):
@@ -32,8 +32,9 @@ def shown(run: dict, path: str):
 
 
 def find_runs(paths: list[str | Path]) -> list[dict]:
-    """Every finished run (a folder with config.yaml and metrics.json) under the given paths."""
-    runs = []
+    """Every finished run (a folder with config.yaml and metrics.json) under the given paths, but tuning
+    runs (test: false: they choose a sweep's values and have no test metrics)."""
+    runs, tuning = [], 0
     for path in map(Path, paths):
         for metrics_path in sorted(path.rglob("metrics.json")):
             folder = metrics_path.parent
@@ -44,17 +45,22 @@ def find_runs(paths: list[str | Path]) -> list[dict]:
             except ConfigError as error:
                 raise ConfigError(f"{error} (a run folder from another zofo version? move it out of the report's "
                                   "folders)") from None
+            if not config.test:
+                tuning += 1
+                continue
             metrics = read_json(metrics_path)
+            tuned = read_yaml(folder / "tuned.yaml") if (folder / "tuned.yaml").exists() else {}
+            run = {"folder": folder, "config": config, "fields": flatten(config.to_dict()), "metrics": metrics,
+                   "tuned": tuned.get("chosen", {})}
             if config.method in META_METHODS:
-                runs.append({"folder": folder, "config": config, "fields": flatten(config.to_dict()), "metrics": metrics,
-                             "meta": True})
+                runs.append({**run, "meta": True})
                 continue
             metric = get_task(config.data.task).metric
-            runs.append({"folder": folder, "config": config, "fields": flatten(config.to_dict()), "metrics": metrics,
-                         "metric": metric, "test": metrics["test"][metric],
+            runs.append({**run, "metric": metric, "test": metrics["test"][metric],
                          "zero_shot": metrics.get("zero_shot", {}).get(metric)})
     if not runs:
-        raise FileNotFoundError(f"no finished run (config.yaml + metrics.json) under {[str(p) for p in paths]}")
+        skipped = f" ({tuning} tuning runs, which have no test metrics)" if tuning else ""
+        raise FileNotFoundError(f"no finished run (config.yaml + metrics.json) under {[str(p) for p in paths]}{skipped}")
     return runs
 
 
@@ -64,7 +70,8 @@ FIRST = ("method", "adapter.peft", "data.hard_prompt")  # row labels read best i
 def varying_fields(runs: list[dict]) -> list[str]:
     """Dotted paths of the fields that tell the rows apart (method and peft always)."""
     keys = dict.fromkeys(k for run in runs for k in run["fields"])
-    fields = [k for k in keys if k not in IGNORED and k != "data.task"
+    tuned = {k for run in runs for k in run.get("tuned", {})}  # chosen per run on validation: listed, not rows
+    fields = [k for k in keys if k not in IGNORED | tuned and k != "data.task"
               and (k in ("method", "adapter.peft") or len({repr(run["fields"][k]) for run in runs
                                                             if run["config"].uses(k)}) > 1)]
     return sorted(fields, key=lambda k: FIRST.index(k) if k in FIRST else len(FIRST))
@@ -131,7 +138,7 @@ META_MODES = ("zero_shot", "icl", "tuned")
 def build_meta_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
     """Table 4: settings in the columns; the pretrained model's baselines, then each method (and the fields
     that vary among the runs) with each meta-test mode, in the rows."""
-    fields = varying_fields(runs)
+    fields = [f for f in varying_fields(runs) if f != "meta.setting"]  # the columns
     settings = sorted({run["config"].meta.setting for run in runs})
     cells: dict[tuple, dict[str, dict]] = {}  # row -> setting -> {run seed: (value, std over demonstration seeds)}
     for run in runs:
@@ -167,6 +174,13 @@ def build_meta_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list
             line.append(f"{100 * statistics.fmean(means):.1f}" if len(means) == len(settings) else "")
         rows.append(line)
     return header, rows, records
+
+
+def tuned_values(runs: list[dict]) -> str:
+    """The values each run's sweep chose on validation (its tuning.md has every candidate's loss)."""
+    lines = [f"- {run['folder'].name}: " + ", ".join(f"{PATHS[k]}={v}" for k, v in run["tuned"].items())
+             for run in sorted(runs, key=lambda r: r["folder"].name) if run.get("tuned")]
+    return "\nChosen on validation (tuning runs on seed 0, shortened; no test split read):\n" + "\n".join(lines) + "\n" if lines else ""
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
@@ -247,7 +261,7 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
     else:
         header, rows, records = build_table(runs)
         note = "Test metric (%) at the validation-selected step: mean ± std over seeds (number of seeds)."
-    table = markdown(header, rows)
+    table = markdown(header, rows) + tuned_values(runs)
     (output / "table.md").write_text(f"{note} {len(runs)} runs from {', '.join(map(str, paths))}.\n\n{table}")
     with open(output / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))

@@ -15,6 +15,18 @@ Fields are named as in config files: flag names (`bilevel_lambda`), dotted paths
 or nested sections. A run whose folder holds metrics.json is finished and not run again; an unfinished
 one resumes from its last checkpoint; so an interrupted sweep continues by running the same command.
 Each run is a child process that ends when the sweep ends, however the sweep ends.
+
+Hyperparameters chosen on validation: a variant's `tune` lists values to choose from, and `tuning`
+says how the tuning runs differ from the runs they choose for (a shortened budget):
+
+    tuning: {steps: 500, eval_every: 250}
+    variants:
+      - {method: mezo, peft: none, tune: {lr: [1.0e-7, 1.0e-6, 1.0e-5]}}
+
+For each run of such a variant, every combination of the `tune` values first runs on seed 0 with the
+`tuning` fields and no test split read (`test: false`), under out_dir/tuning/; the combination of lowest
+best validation loss is the one the run uses. The runs wait until every tuning run has finished;
+out_dir/tuning.md records every candidate and each choice, and each run's folder its own (tuned.yaml).
 """
 
 from __future__ import annotations
@@ -32,8 +44,10 @@ from tqdm.auto import tqdm
 
 from .config import PATHS, flatten, make_config, read_yaml
 from .errors import ConfigError, ZofoError
+from .records import read_json
 
-SWEEP_KEYS = {"out_dir", "parallel", "base", "variants", "grid"}
+SWEEP_KEYS = {"out_dir", "parallel", "base", "variants", "grid", "tuning"}
+TUNING_SEED = 0
 
 
 def load_sweep(path: str | Path) -> dict:
@@ -53,18 +67,42 @@ def load_sweep(path: str | Path) -> dict:
 def expand(sweep: dict, overrides: dict | None = None) -> list[dict]:
     """Every run's fields as {dotted path: value}: base, then one variant, then one grid combination,
     then overrides; each run's config is validated here, before anything runs."""
+    return [fields for fields, _ in plan(sweep, overrides)]
+
+
+def plan(sweep: dict, overrides: dict | None = None) -> list[tuple[dict, dict]]:
+    """(fields, the values to tune: {dotted path: [values]}) for every run; every config is validated here,
+    the tuning runs' included, before anything runs."""
     where = f"{sweep.get('path', 'sweep')}: "
     base, variants, grid = sweep.get("base") or {}, sweep.get("variants") or [{}], sweep.get("grid") or {}
     keys = list(grid)
     runs = []
     for variant in variants:
+        variant = dict(variant)
+        tune = flatten(variant.pop("tune", None), where)
+        for key, values in tune.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}tune.{key} must be a non-empty list of values to choose from, got {values!r}")
         for values in itertools.product(*(grid[k] for k in keys)):
             fields = {}
             for layer in (base, variant, dict(zip(keys, values)), overrides):
                 fields.update(flatten(layer, where))
             make_config(fields, where=where)  # a bad field or value fails here
-            runs.append(fields)
+            for candidate in candidates(tune):
+                make_config(tuning_fields(fields, candidate, sweep), where=f"{where}tuning run: ")
+            runs.append((fields, tune))
     return runs
+
+
+def candidates(tune: dict) -> list[dict]:
+    """Every combination of the values to tune, as {dotted path: value}."""
+    keys = list(tune)
+    return [dict(zip(keys, values)) for values in itertools.product(*(tune[k] for k in keys))] if keys else []
+
+
+def tuning_fields(fields: dict, candidate: dict, sweep: dict) -> dict:
+    """A tuning run: the run's fields with one candidate, the sweep's `tuning` fields, seed 0, no test split."""
+    return {**fields, **flatten(sweep.get("tuning")), **candidate, "seed": TUNING_SEED, "test": False, "zero_shot": False}
 
 
 def run_names(runs: list[dict]) -> list[str]:
@@ -92,17 +130,81 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
               overrides: dict | None = None, out_dir: str | Path | None = None) -> list[Path]:
     sweep = load_sweep(path)
     out_dir = Path(out_dir or sweep.get("out_dir") or Path("runs") / Path(path).stem)
-    runs = expand(sweep, overrides)
-    folders = [out_dir / name for name in run_names(runs)]
-    todo = [(fields, folder) for fields, folder in zip(runs, folders) if not (folder / "metrics.json").exists()]
+    planned = plan(sweep, overrides)
+    folders = [out_dir / name for name in run_names([fields for fields, _ in planned])]
+    parallel = parallel or sweep.get("parallel") or 1
+    tuning = tuning_folders(sweep, planned, out_dir)  # per run: [(candidate, its tuning run's folder)]
+    jobs = {folder: tuning_fields(fields, candidate, sweep)
+            for (fields, _), runs in zip(planned, tuning) for candidate, folder in runs}
+    if jobs:
+        run_jobs([(fields, folder) for folder, fields in jobs.items()], parallel, dry_run, f"tuning runs in {out_dir / 'tuning'}")
+        if dry_run:
+            print(f"then the {len(folders)} runs in {out_dir}, with the values their tuning runs choose")
+            return folders
+        choices = [choose(runs) for runs in tuning]
+        write_tuning_notes(out_dir, folders, choices)
+        planned = [({**fields, **choice["chosen"]}, tune) for (fields, tune), choice in zip(planned, choices)]
+    run_jobs([(fields, folder) for (fields, _), folder in zip(planned, folders)], parallel, dry_run, f"runs in {out_dir}")
+    return folders
+
+
+def tuning_folders(sweep: dict, planned: list[tuple[dict, dict]], out_dir: Path) -> list[list[tuple[dict, Path]]]:
+    """For each run, its candidates and the folder of each one's tuning run; runs that differ only in
+    the seed share their tuning runs."""
+    unique: dict[str, dict] = {}
+    for fields, tune in planned:
+        for candidate in candidates(tune):
+            tuned = tuning_fields(fields, candidate, sweep)
+            unique.setdefault(repr(sorted(tuned.items())), tuned)
+    names = dict(zip(unique, run_names(list(unique.values())))) if unique else {}
+    return [[(candidate, out_dir / "tuning" / names[repr(sorted(tuning_fields(fields, candidate, sweep).items()))])
+             for candidate in candidates(tune)] for fields, tune in planned]
+
+
+def choose(runs: list[tuple[dict, Path]]) -> dict:
+    """The candidate whose tuning run reached the lowest validation loss (a diverged one never is chosen)."""
+    if not runs:
+        return {"chosen": {}, "candidates": []}
+    results = []
+    for candidate, folder in runs:
+        metrics = read_json(folder / "metrics.json")
+        results.append({"values": candidate, "best_val_loss": metrics.get("best_val_loss"),
+                        "best_step": metrics.get("best_step"), "diverged": metrics.get("diverged"), "folder": str(folder)})
+    finite = [r for r in results if r["best_val_loss"] is not None]
+    if not finite:
+        raise ZofoError(f"every tuning run diverged ({', '.join(r['folder'] for r in results)}): add smaller values "
+                        "to the variant's tune list")
+    return {"chosen": min(finite, key=lambda r: r["best_val_loss"])["values"], "candidates": results}
+
+
+def write_tuning_notes(out_dir: Path, folders: list[Path], choices: list[dict]) -> None:
+    """tuning.md (every run's candidates and choice) and each run's tuned.yaml (the report reads it)."""
+    lines = ["Values chosen on validation (lowest best validation loss of a shortened run on seed "
+             f"{TUNING_SEED}; no test split read by a tuning run).", ""]
+    for folder, choice in zip(folders, choices):
+        if not choice["chosen"]:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tuned.yaml").write_text(yaml.safe_dump(choice, sort_keys=False))
+        lines.append(f"- {folder.name}: **{', '.join(f'{PATHS[k]}={v}' for k, v in choice['chosen'].items())}**")
+        for result in choice["candidates"]:
+            values = ", ".join(f"{PATHS[k]}={v}" for k, v in result["values"].items())
+            outcome = "diverged" if result["diverged"] else f"val loss {result['best_val_loss']:.4f} at step {result['best_step']}"
+            lines.append(f"    - {values}: {outcome}")
+    (out_dir / "tuning.md").write_text("\n".join(lines) + "\n")
+
+
+def run_jobs(jobs: list[tuple[dict, Path]], parallel: int, dry_run: bool, what: str) -> None:
+    """Run each (fields, folder) as a child `zofo train`, `parallel` at a time; finished ones skipped,
+    partial ones resumed."""
+    todo = [(fields, folder) for fields, folder in jobs if not (folder / "metrics.json").exists()]
     partial = sum((folder / "checkpoint.pt").exists() for _, folder in todo)
-    print(f"{len(runs)} runs in {out_dir}: {len(runs) - len(todo)} finished, {len(todo)} to run "
+    print(f"{len(jobs)} {what}: {len(jobs) - len(todo)} finished, {len(todo)} to run "
           f"({partial} resume from a checkpoint)", flush=True)
     if dry_run:
         for _, folder in todo:
             print(f"  {folder}")
-        return folders
-    parallel = parallel or sweep.get("parallel") or 1
+        return
     # One progress bar for the sweep; CPU threads shared out between the runs.
     package_root = str(Path(__file__).resolve().parents[1])  # the children run this same zofo
     env = {**os.environ, "TQDM_DISABLE": "1", "ZOFO_PARENT_PID": str(os.getpid()),
@@ -139,4 +241,3 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     if failed:
         raise ZofoError(f"{len(failed)} run(s) failed (their output.log says why); rerun the sweep to retry "
                         f"them: {', '.join(map(str, failed))}")
-    return folders
