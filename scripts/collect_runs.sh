@@ -6,11 +6,13 @@ set -euo pipefail
 archive=${1:?usage: scripts/collect_runs.sh PATH/runs.tgz}
 staging=$(mktemp -d); trap 'rm -rf "$staging"' EXIT
 tar xzf "$archive" -C "$staging"
-for metrics in "$staging"/results/*/runs/*/metrics.json; do
-  [ -e "$metrics" ] || continue
-  run=$(dirname "$metrics"); sweep=$(basename "$(dirname "$(dirname "$run")")")
-  target=results/$sweep/runs/$(basename "$run")
-  if [ ! -d "$target" ]; then mkdir -p "results/$sweep/runs" && cp -r "$run" "$target" && echo "new: $target"; fi
+# finished runs at any depth (a sweep's tuning runs are in runs/tuning/), and the sweep's tuning.md
+(cd "$staging" && find results -name metrics.json -o -name tuning.md) | while read -r found; do
+  if [ "$(basename "$found")" = tuning.md ]; then cp "$staging/$found" "$found"; continue; fi
+  run=$(dirname "$found")
+  if [ ! -d "$run" ] || [ ! -f "$run/metrics.json" ]; then
+    mkdir -p "$run" && cp -r "$staging/$run/." "$run/" && echo "new: $run"
+  fi
 done
 for sweep in $(ls "$staging"/results); do
   PYTHONPATH=src python3 -m zofo report "results/$sweep/runs" --output "results/$sweep" | tail -1

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# On the GPU with the real SmolLM2 (scripts/gpu_setup.sh) and MetaICL's data (carried once as
+# .gpu/metaicl.tar.xz, unpacked into /tmp/zofo/data): the Table 4 sweep, tuning runs first, in
+# /tmp/zofo/table4, where partial runs and their checkpoints stay while the machine is warm. The runs
+# already collected here under results/table4/runs are copied in and skipped. $OUT gets an archive of the
+# run folders without checkpoints or weights. Afterwards, here: scripts/collect_runs.sh <files_at>/runs.tgz
+source scripts/gpu_setup.sh
+OUT=${OUT:-.}
+if [ -f .gpu/metaicl.tar.xz ] && [ ! -d /tmp/zofo/data/metaicl ]; then
+  mkdir -p /tmp/zofo/data && tar xJf .gpu/metaicl.tar.xz -C /tmp/zofo/data
+fi
+export ZOFO_DATA_DIR=/tmp/zofo/data OMP_NUM_THREADS=1
+python3 -c "from zofo.models import load_model; load_model('smollm2-135m-instruct', 'fp32', 'cpu')"  # converted once, not by each run
+mkdir -p /tmp/zofo/table4 && if [ -d results/table4/runs ]; then cp -rn results/table4/runs/. /tmp/zofo/table4/; fi
+timeout ${SWEEP_SECONDS:-540} python3 -m zofo sweep ${SWEEP:-configs/paper/table4.yaml} --out-dir /tmp/zofo/table4 "$@" > $OUT/table4.log 2>&1
+tail -c 3000 $OUT/table4.log | tr '\r' '\n' | tail -5
+nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
+tar czf $OUT/runs.tgz --exclude=checkpoint.pt --exclude=adapter --exclude=model \
+    --transform 's,^tmp/zofo/table4,results/table4/runs,' /tmp/zofo/table4
