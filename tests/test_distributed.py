@@ -33,6 +33,8 @@ LOSS_TOLERANCE = WEIGHT_TOLERANCE = 1e-4
 GRADIENT_TOLERANCE = 5e-3  # a projected gradient is a loss difference divided by 2ε
 METHODS = {  # method flags, steps, eval_every
     "mezo": (["--method", "mezo", "--peft", "none", "--lr", "1e-3"], 100, 10),
+    "fo": (["--method", "fo", "--peft", "lora", "--lr", "1e-2"], 10, 5),
+    "bilevel": (["--method", "bilevel", "--peft", "lora", "--lr", "1e-3", "--bilevel-k", "2"], 12, 6),
 }
 
 
