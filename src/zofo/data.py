@@ -75,6 +75,13 @@ class TaskData:
         """The training loss of a batch built once and evaluated several times (at θ + εu and θ − εu)."""
         return self.calls.loss(model, batch, self.loss_name)
 
+    def loss_weight(self, examples: list[TokenizedExample]) -> float:
+        """The denominator of the training loss's mean over `examples`: their number ("candidates"), or their
+        gold answers' tokens ("lm"). A data-parallel run weights each rank's mean by it."""
+        if self.loss_name == "lm":
+            return float(sum(len(example.options[example.label][1]) for example in examples))
+        return float(len(examples))
+
     def backward(self, model, examples: list[TokenizedExample], scale: float = 1.0) -> torch.Tensor:
         """The training loss of `examples`, its gradient (times scale) added to the trainable .grad."""
         return self.calls.backward(model, self.batch(examples), self.loss_name, scale)

@@ -5,8 +5,10 @@ and the few collectives a run needs. On one process every function here is a no-
 
 Every rank holds the whole model and draws the same minibatch indices from the seed; each keeps its own
 contiguous slice of them (`shard`). What crosses between ranks per step:
-    a zeroth-order step   the losses at θ ± εu (a few floats), averaged weighted by each rank's rows, so that
-                          every rank applies the same seeded update: no weights, no gradients
+    a zeroth-order step   the losses at θ ± εu (a few floats), averaged weighted by each rank's share of the
+                          loss's denominator (its examples, or its answer tokens for the LM loss: the minibatch's
+                          mean, as on one process), so every rank applies the same seeded update: no weights,
+                          no gradients
     a first-order step    the adapter's gradients (and the logged loss), in one all-reduce, averaged the same way
     evaluation            the validation loss's sums; the test predictions, gathered in the examples' order
 Every `weight_check_every` steps the ranks compare a checksum of each tensor of their weights.
@@ -135,13 +137,14 @@ def from_main(call: Callable[[], Any]) -> Any:
 # --- reductions ------------------------------------------------------------------------------------
 
 
-def weighted_mean(values: torch.Tensor, rows: int) -> torch.Tensor:
-    """The mean over ranks of `values` (each rank's losses on its shard), weighted by the rows each rank
-    evaluated: the values of the whole minibatch. One all-reduce of len(values) + 1 floats."""
+def weighted_mean(values: torch.Tensor, weight: float) -> torch.Tensor:
+    """The mean over ranks of `values` (each rank's mean losses on its shard), weighted by `weight`, the
+    denominator of this rank's means (TaskData.loss_weight): the means over the whole minibatch. One
+    all-reduce of len(values) + 1 floats."""
     if not active():
         return values
-    packed = torch.cat([values.to(torch.float32).reshape(-1) * rows,
-                        torch.tensor([float(rows)], device=values.device)])
+    packed = torch.cat([values.to(torch.float32).reshape(-1) * weight,
+                        torch.tensor([float(weight)], device=values.device)])
     _collective("all-reducing losses", lambda: dist.all_reduce(packed))
     return (packed[:-1] / packed[-1]).reshape(values.shape)
 
@@ -155,17 +158,18 @@ def sums(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def average_gradients(optimizer: torch.optim.Optimizer, losses: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
+def average_gradients(optimizer: torch.optim.Optimizer, losses: list[torch.Tensor], weight: float) -> list[torch.Tensor]:
     """The gradients of the optimizer's parameters (an adapter's) and the `losses` logged with them, averaged
-    over ranks weighted by their rows, in one all-reduce: each rank's .grad is the gradient of its shard's
-    mean loss, so the average is the gradient of the whole minibatch's mean loss, as on one process."""
+    over ranks weighted by `weight` (as in weighted_mean), in one all-reduce: each rank's .grad is the gradient
+    of its shard's mean loss, so the average is the gradient of the whole minibatch's mean loss, as on one
+    process."""
     if not active():
         return losses
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     device = grads[0].device if grads else losses[0].device
     packed = torch.cat([g.reshape(-1).to(torch.float32) for g in grads]
                        + [torch.stack([loss.to(device, torch.float32) for loss in losses]),
-                          torch.ones(1, device=device)]) * rows
+                          torch.ones(1, device=device)]) * weight
     _collective("all-reducing adapter gradients", lambda: dist.all_reduce(packed))
     packed = packed / packed[-1]
     offset = 0

@@ -108,7 +108,8 @@ class BilevelZOFO(Method):
             losses = []
             for peft_batch in peft_batches:
                 loss = self.data.backward(self.peft_model, peft_batch)
-                losses += distributed.average_gradients(self.z_optimizer, [loss], rows=len(peft_batch))
+                weight = self.data.loss_weight(peft_batch)  # several processes: z's gradient averaged over ranks
+                losses += distributed.average_gradients(self.z_optimizer, [loss], weight=weight)
                 step_optimizer(self.z_optimizer)
             activate(self.peft_model, UPPER)
         return losses
@@ -119,7 +120,10 @@ class BilevelZOFO(Method):
         Returns the two losses, detached (on several processes: gradient and losses averaged over the ranks)."""
         ft_loss = self.data.backward(self.peft_model, ft_batch)
         p_loss = self.data.backward(self.peft_model, peft_batch, scale=self.lam)
-        ft_loss, p_loss = distributed.average_gradients(self.phi_optimizer, [ft_loss, p_loss], rows=len(ft_batch))
+        # several processes: weighted by the B_FT shard (exact for the candidates loss, where every shard of
+        # B_FT and B_P has B/N examples; for the LM loss B_P's tokens are weighted as B_FT's)
+        weight = self.data.loss_weight(ft_batch)
+        ft_loss, p_loss = distributed.average_gradients(self.phi_optimizer, [ft_loss, p_loss], weight=weight)
         return ft_loss, p_loss
 
     def phi_update(self) -> None:
@@ -135,8 +139,8 @@ class BilevelZOFO(Method):
             objective = UpperObjective(self.peft_model, self.data, ft_batch, peft_batch, self.lam,
                                        separate=self.reuse_phi_forwards)
             at_theta = objective.given_phi_losses(ft_loss, p_loss) if self.reuse_phi_forwards else None
-            # on several processes: B_FT and B_P are this rank's shards, of equal size
-            estimate = self.zo_step(objective, seed, step, at_theta=at_theta, rows=len(ft_batch))
+            weight = self.data.loss_weight(ft_batch)  # as φ's gradient's
+            estimate = self.zo_step(objective, seed, step, at_theta=at_theta, weight=weight)
             activate(self.peft_model, UPPER)  # an odd number of evaluations of F leaves z active
         if self.config.bilevel.order == "same-point":
             self.phi_update()  # from the gradient at the point where F was estimated

@@ -3,7 +3,7 @@
     attach adapter φ (LoRA / prefix / prompt) to the frozen base θ
     for t = 1 .. T:
         B ~ D_train
-        φ ← Adam.step(φ, ∇_φ L(θ, φ; B))                 # several processes: ∇ averaged over the ranks' shards of B
+        φ ← Adam.step(φ, ∇_φ L(θ, φ; B))        # several processes: ∇ averaged over the ranks' shards of B
     (the run loop evaluates, keeps the φ of lowest validation loss, checkpoints and resumes)
 """
 
@@ -30,7 +30,7 @@ class FirstOrder(Method):
     def step(self, iteration: int) -> dict:
         examples = self.sampler.next()  # this rank's shard, on several processes
         loss = self.data.backward(self.peft_model, examples)
-        (loss,) = distributed.average_gradients(self.optimizer, [loss], rows=len(examples))
+        (loss,) = distributed.average_gradients(self.optimizer, [loss], weight=self.data.loss_weight(examples))
         step_optimizer(self.optimizer)
         return {"train_loss": loss}
 

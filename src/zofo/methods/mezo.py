@@ -44,7 +44,7 @@ class MeZO(Method):
         examples = self.sampler.next()  # this rank's shard, on several processes
         batch = self.data.batch(examples)
         estimate = self.zo_step(lambda: self.data.batch_loss(self.model, batch), mix(self.config.seed, step), step,
-                                rows=len(examples))
+                                weight=self.data.loss_weight(examples))
         return {"train_loss": estimate.loss, "projected_grad": estimate.scalars[0]}
 
     def state_dict(self) -> dict:

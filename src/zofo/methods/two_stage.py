@@ -44,14 +44,14 @@ class TwoStage(Method):
         if step <= self.first_stage_steps:  # stage 1: Adam on φ
             examples = self.adapter_sampler.next()  # this rank's shard, on several processes
             loss = self.data.backward(model, examples)
-            (loss,) = distributed.average_gradients(self.optimizer, [loss], rows=len(examples))
+            (loss,) = distributed.average_gradients(self.optimizer, [loss], weight=self.data.loss_weight(examples))
             step_optimizer(self.optimizer)
             return {"train_loss": loss}
         examples = self.theta_sampler.next()  # stage 2: MeZO on θ
         batch = self.data.batch(examples)
         t = step - self.first_stage_steps
         estimate = self.zo_step(lambda: self.data.batch_loss(model, batch), mix(self.config.seed, t), step,
-                                rows=len(examples))
+                                weight=self.data.loss_weight(examples))
         return {"train_loss": estimate.loss}
 
     def evaluated(self, iteration: int, val_loss: float, best) -> None:
