@@ -164,10 +164,10 @@ def test_a_batch_that_does_not_split_over_the_processes_fails_before_anything_lo
 
 def test_shards_are_contiguous_cover_the_list_and_differ_by_at_most_one(monkeypatch):
     items = list(range(7))
-    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
     shards = []
     for r in range(3):
-        monkeypatch.setenv("RANK", str(r))
+        monkeypatch.setattr(distributed, "rank", lambda: r)
         shards.append(distributed.shard(items))
     assert sum(shards, []) == items and {len(s) for s in shards} == {2, 3}
 

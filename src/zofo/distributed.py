@@ -27,17 +27,22 @@ import torch.distributed as dist
 from .errors import ConfigError, RanksDiverged, RankLost
 
 
-def world_size() -> int:
-    """Processes in the run: torchrun's WORLD_SIZE (readable before the process group is set up), else 1."""
+def launched_processes() -> int:
+    """The processes torchrun started (its WORLD_SIZE), readable before the process group is set up."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def world_size() -> int:
+    """Processes in the run's process group; 1 without one (one process, or a command that sets none up)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def active() -> bool:
     return world_size() > 1
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
 
 
 def is_main() -> bool:
@@ -53,7 +58,7 @@ def print_main(*args, **kwargs) -> None:
 def check_launch(config) -> None:
     """What a data-parallel run needs, checked before anything loads: a batch size that splits evenly over the
     ranks, a method that runs data parallel, one GPU per rank."""
-    n = world_size()
+    n = launched_processes()
     if n == 1:
         return
     if config.method.startswith("meta-"):
@@ -70,7 +75,7 @@ def check_launch(config) -> None:
 def setup(device: torch.device, timeout_seconds: float) -> torch.device:
     """The process group from torchrun's environment (nccl for CUDA, gloo otherwise) and this rank's device
     (cuda:LOCAL_RANK); on one process, `device` unchanged and no process group."""
-    if not active():
+    if launched_processes() == 1:
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -90,7 +90,8 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
             log.add(step, method.step(iteration))
             progress.update(step - done)
             done = step
-            if distributed.active() and config.weight_check_every and due(schedule, iteration, config.weight_check_every):
+            check_weights = distributed.active() and config.weight_check_every
+            if check_weights and due(schedule, iteration, config.weight_check_every):
                 distributed.check_same_weights(method.model, step)  # every rank took the same steps
             evaluate = due(schedule, iteration, config.eval_every) or method.must_evaluate(iteration)
             if evaluate or len(log.records) >= FLUSH_EVERY:
