@@ -102,11 +102,16 @@ def given_fields(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     given = given_fields(args)
     config = load_config(args.config, given) if args.config else make_config(given, where="command line: ")
+    from . import distributed
     from .experiment import run_training
 
-    metrics = run_training(config)
-    print(json.dumps({k: metrics[k] for k in ("zero_shot", "test", "best_step", "train_seconds") if k in metrics}))
-    print(f"run folder: {config.run_dir()}")
+    try:
+        metrics = run_training(config)
+    finally:
+        distributed.teardown()
+    distributed.print_main(json.dumps({k: metrics[k] for k in ("zero_shot", "test", "best_step", "train_seconds")
+                                       if k in metrics}))
+    distributed.print_main(f"run folder: {config.run_dir()}")
     return 0
 
 
@@ -246,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except (ZofoError, FileNotFoundError) as error:
         # Mistakes a person can fix: one message that says what to do, not a traceback.
-        print(f"zofo {args.command}: error: {error}", file=sys.stderr)
+        rank = f" (rank {os.environ['RANK']})" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+        print(f"zofo {args.command}{rank}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nzofo {args.command}: interrupted. A training run keeps its last checkpoint: the same command with "

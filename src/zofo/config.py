@@ -116,7 +116,7 @@ USED_BY_METHOD = {
 # How a run executes, not what it computes (graphs and compile change losses only at float round-off): a
 # run resumes with other values of these, and reports do not split rows on them.
 EXECUTION_FIELDS = {"resume", "overwrite", "out_dir", "device", "graphs", "compile", "eval_batch_size",
-                    "data.data_dir"}
+                    "data.data_dir", "weight_check_every", "collective_timeout"}
 META_METHODS = ("meta-bilevel", "meta-mezo", "meta-icl")  # trained on a MetaICL setting, then meta-tested
 ADAPTER_METHODS = ("fo", "bilevel", "two-stage", "meta-bilevel")  # train an adapter: need --peft
 PEFT_FIELDS = {"adapter.lora_r": "lora", "adapter.lora_alpha": "lora", "adapter.prefix_tokens": "prefix",
@@ -149,6 +149,8 @@ class RunConfig(BaseModel):
     resume: bool = Field(False, description="continue the unfinished run in the run folder from its last checkpoint (from the start if it has none)")
     overwrite: bool = Field(False, description="replace the run already in the run folder")
     save_model: bool = Field(True, description="save the full fine-tuned model (methods that change the base weights)")
+    weight_check_every: int = Field(100, ge=0, description="on several processes (torchrun): compare a checksum of every weight tensor across the ranks every N steps and at the last step, and stop with the first tensor that differs; 0 = never")
+    collective_timeout: int = Field(1800, ge=1, description="on several processes (torchrun): seconds a rank waits for the others in a collective before it stops with an error (a rank that dies is noticed at once)")
 
     data: DataConfig = DataConfig()
     adapter: AdapterConfig = AdapterConfig()

@@ -11,23 +11,31 @@ from dataclasses import dataclass, field
 
 import torch
 
+from . import distributed
 from .batches import MinibatchSampler, OptionBatch, TokenizedExample, option_batch, tokenize_examples
 from .calls import ModelCalls
 from .config import RunConfig
+from .errors import ConfigError
 from .evaluation import evaluate, mean_loss
 from .tasks import Task, get_task, load_splits, metaicl
 
 
 class ExampleSampler:
     """Minibatches of examples drawn without replacement from a pool (reshuffled each epoch, seeded);
-    its position is its state, so a resumed run draws the same batches."""
+    its position is its state, so a resumed run draws the same batches. On several processes every rank
+    draws the same minibatch and keeps its own shard of it (distributed.shard)."""
 
     def __init__(self, examples: list[TokenizedExample], batch_size: int, seed: int):
         self.examples = examples
         self.indices = MinibatchSampler(len(examples), batch_size, seed)
+        if self.indices.batch_size % distributed.world_size():
+            raise ConfigError(f"a pool of {len(examples)} training examples gives minibatches of "
+                              f"{self.indices.batch_size}, which do not split over {distributed.world_size()} "
+                              "processes: raise --n-train, or use a batch size the pool can fill")
 
     def next(self) -> list[TokenizedExample]:
-        return [self.examples[i] for i in self.indices.next()]
+        """This rank's shard of the next minibatch (the whole minibatch on one process)."""
+        return [self.examples[i] for i in distributed.shard(self.indices.next())]
 
     def state_dict(self) -> dict:
         return self.indices.state_dict()
@@ -67,6 +75,13 @@ class TaskData:
         """The training loss of a batch built once and evaluated several times (at θ + εu and θ − εu)."""
         return self.calls.loss(model, batch, self.loss_name)
 
+    def loss_weight(self, examples: list[TokenizedExample]) -> float:
+        """The denominator of the training loss's mean over `examples`: their number ("candidates"), or their
+        gold answers' tokens ("lm"). A data-parallel run weights each rank's mean by it."""
+        if self.loss_name == "lm":
+            return float(sum(len(example.options[example.label][1]) for example in examples))
+        return float(len(examples))
+
     def backward(self, model, examples: list[TokenizedExample], scale: float = 1.0) -> torch.Tensor:
         """The training loss of `examples`, its gradient (times scale) added to the trainable .grad."""
         return self.calls.backward(model, self.batch(examples), self.loss_name, scale)
@@ -84,7 +99,9 @@ class TaskData:
         return [self.train[i] for i in order[:cut]], [self.train[i] for i in order[cut:]]
 
     def validation_loss(self, model) -> float:
-        return mean_loss(model, self.loss_name, self.validation, self.pad_id, self.eval_batch_size, self.calls)
+        """On several processes each rank scores its shard of the examples; the sums are all-reduced."""
+        return mean_loss(model, self.loss_name, distributed.shard(self.validation), self.pad_id,
+                         self.eval_batch_size, self.calls, reduce=distributed.sums)
 
     def test_metrics(self, model, tokenizer, examples: list[TokenizedExample] | None = None) -> dict[str, float]:
         return evaluate(model, tokenizer, self.task, self.test if examples is None else examples,

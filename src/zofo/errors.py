@@ -32,3 +32,11 @@ def diverged(what: str, value: float, step: int, dtype: str, seed: int | None = 
     advice = "lower the learning rate" + (" or train in fp32" if dtype != "fp32" else "")
     return NonFiniteLoss(f"{what} became {value} at {where}: {advice}. The log keeps the steps before it, "
                          "and the run folder its last checkpoint")
+
+
+class RankLost(ZofoError):
+    """A data-parallel run lost one of its processes (it died, or hung past the timeout)."""
+
+
+class RanksDiverged(ZofoError):
+    """The processes of a data-parallel run hold different weights: the first tensor that differs."""

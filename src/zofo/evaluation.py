@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .batches import TokenizedExample, chunks_by_rows, context_batch, option_batch
 from .calls import ModelCalls
 from .metrics import compute_metric
@@ -19,7 +20,7 @@ def predict_options(model, examples: list[TokenizedExample], pad_id: int, max_ro
     calls = calls or ModelCalls(pad_id=pad_id)
     chunks = chunks_by_rows(examples, max_rows)
     argmaxes = [calls.scores(model, option_batch([examples[i] for i in chunk], pad_id)).argmax(-1)
-                for chunk in tqdm(chunks, desc="scoring", leave=False, unit="batch")]
+                for chunk in tqdm(chunks, desc="scoring", leave=False, unit="batch", disable=not distributed.is_main())]
     predictions = [0] * len(examples)
     if chunks:
         for i, prediction in zip([i for chunk in chunks for i in chunk], torch.cat(argmaxes).tolist()):
@@ -35,7 +36,7 @@ def generate_answers(
     device = model.device
     answers = [""] * len(examples)
     order = chunks_by_rows([TokenizedExample(e.options[:1], 0) for e in examples], batch_size)
-    for chunk in tqdm(order, desc="generating", leave=False, unit="batch"):
+    for chunk in tqdm(order, desc="generating", leave=False, unit="batch", disable=not distributed.is_main()):
         inputs = {k: v.to(device) for k, v in context_batch([examples[i] for i in chunk], tokenizer.pad_token_id).items()}
         output = model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False, stop_strings=["\n"], tokenizer=tokenizer,
@@ -49,14 +50,16 @@ def generate_answers(
 
 def evaluate(model, tokenizer, task: Task, examples: list[TokenizedExample], batch_size: int = 32,
              max_new_tokens: int = 50, calls: ModelCalls | None = None) -> dict[str, float]:
-    """The task's metric(s) on `examples`: accuracy / macro-F1 by candidate scoring, F1 / EM by generation."""
+    """The task's metric(s) on `examples`: accuracy / macro-F1 by candidate scoring, F1 / EM by generation.
+    On several processes each rank predicts its shard of the examples and the predictions are gathered."""
     was_training = model.training
     model.eval()
+    shard = distributed.shard(examples)
     try:
         if task.generative:
-            predictions = generate_answers(model, tokenizer, examples, batch_size, max_new_tokens)
+            predictions = distributed.gather(generate_answers(model, tokenizer, shard, batch_size, max_new_tokens))
             return compute_metric(task.metric, predictions, [list(e.answers) for e in examples])
-        predictions = predict_options(model, examples, tokenizer.pad_token_id, batch_size, calls)
+        predictions = distributed.gather(predict_options(model, shard, tokenizer.pad_token_id, batch_size, calls))
         return compute_metric(task.metric, predictions, [e.label for e in examples])
     finally:
         model.train(was_training)
@@ -64,9 +67,10 @@ def evaluate(model, tokenizer, task: Task, examples: list[TokenizedExample], bat
 
 @torch.no_grad()
 def mean_loss(model, loss: str, examples: list[TokenizedExample], pad_id: int, max_rows: int = 32,
-              calls: ModelCalls | None = None) -> float:
+              calls: ModelCalls | None = None, reduce=None) -> float:
     """The training loss over `examples` (the validation loss that selects checkpoints): per-example
-    values summed on the device, one synchronisation at the end."""
+    values summed on the device, one synchronisation at the end. `reduce` sums the (values, weights)
+    totals of every rank's shard (distributed.sums)."""
     calls = calls or ModelCalls(pad_id=pad_id)
     was_training = model.training
     model.eval()
@@ -78,6 +82,8 @@ def mean_loss(model, loss: str, examples: list[TokenizedExample], pad_id: int, m
             values, weights = calls.losses(model, batch, loss)
             total += values.sum()
             weight += weights.sum()
+        if reduce is not None:
+            total, weight = reduce(torch.stack([total, weight]))
         return (total / weight).item()
     finally:
         model.train(was_training)

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from . import loop
+from . import distributed, loop
 from .calls import model_calls
 from .config import META_METHODS, RunConfig
 from .data import TaskSet, metaicl_task_data, prepare_tasks
@@ -52,17 +52,21 @@ def plain_model(model):
 
 def open_run(config: RunConfig):
     """What is checked before any model loads (the device and graphs on it, the model source, the run
-    folder), then the tokenizer and the run's model calls: (device, run, checkpoint state, tokenizer, calls)."""
+    folder), then the tokenizer and the run's model calls: (device, run, checkpoint state, tokenizer, calls).
+    On several processes: the process group and this rank's device; rank 0 alone opens the run folder and
+    hands the checkpoint (or its refusal) to the others."""
     device = resolve_device(config.device)
     config.uses_graphs(device)  # refuses --graphs on / --compile without CUDA before anything loads
     check_model(config.model)
-    run = RunFolder(config.run_dir())
-    state = run.open(config.to_dict(), config.resume, config.overwrite)
+    device = distributed.setup(device, config.collective_timeout)
+    run = RunFolder(config.run_dir(), writes=distributed.is_main())
+    state = distributed.from_main(lambda: run.open(config.to_dict(), config.resume, config.overwrite))
     tokenizer = load_tokenizer(config.model)
     return device, run, state, tokenizer, model_calls(config, device, tokenizer.pad_token_id)
 
 
 def run_training(config: RunConfig) -> dict:
+    distributed.check_launch(config)  # batch size, method and device for several processes, before anything loads
     if config.method in META_METHODS:
         return run_meta_training(config)
     device, run, state, tokenizer, calls = open_run(config)
@@ -71,22 +75,23 @@ def run_training(config: RunConfig) -> dict:
     def start_point(model=None) -> Method:  # the base model and the seeded adapters, before any step
         if model is None:
             model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
-        return METHODS[config.method](model, tasks, config, Trajectory(run.trajectory_path))
+        return METHODS[config.method](model, tasks, config, Trajectory(run.trajectory_path, writes=run.writes))
 
     model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
     metrics = {
         "task": config.data.task, "method": config.method, "peft": config.adapter.peft, "model": config.model,
         "seed": config.seed, "hard_prompt": config.data.hard_prompt, "loss": config.loss,
         "device": device_name(device), "dtype": config.dtype, "data": tasks.metadata,
+        "processes": distributed.world_size(),
     }
     if state is not None:
         metrics.update(state["zero_shot"])
-        print(f"resuming {run.folder} after step {state['step']}", flush=True)
+        distributed.print_main(f"resuming {run.folder} after step {state['step']}")
     elif config.zero_shot and config.test:
         start = time.perf_counter()
         metrics["zero_shot"] = tasks.test_metrics(model, tokenizer)  # the base model, no adapter
         metrics["zero_shot_seconds"] = round(time.perf_counter() - start, 2)
-        print(f"zero-shot test {metrics['zero_shot']}", flush=True)
+        distributed.print_main(f"zero-shot test {metrics['zero_shot']}")
     zero_shot = {k: metrics[k] for k in ("zero_shot", "zero_shot_seconds") if k in metrics}
     method = start_point(model)
     del model  # the method holds it; released with the method if the selected step is rebuilt
@@ -115,12 +120,13 @@ def run_training(config: RunConfig) -> dict:
     metrics["test_seconds"] = round(time.perf_counter() - start, 2)
     if other_tests:
         metrics.update(other_tests, other_tests_seconds=round(other_seconds, 2))
-        print("also tested at that step: " + ", ".join(f"{k} {v}" for k, v in other_tests.items()), flush=True)
+        distributed.print_main("also tested at that step: " + ", ".join(f"{k} {v}" for k, v in other_tests.items()))
     metrics["graphs"] = calls.summary()  # captures and the seconds they took, the test's included
-    print(f"test at best step {selection.step}: {metrics['test']}", flush=True)
+    distributed.print_main(f"test at best step {selection.step}: {metrics['test']}")
 
     metrics["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
-    save_results(model, tokenizer, config, run)
+    if run.writes:  # rank 0 of several processes
+        save_results(model, tokenizer, config, run)
     run.finish(metrics)
     return metrics
 
@@ -129,7 +135,7 @@ def finish_diverged(config: RunConfig, run: RunFolder, metrics: dict, error: Non
     """A tuning run whose loss diverged has a result: its values are never chosen. Any other run fails."""
     if config.test:
         raise error
-    print(f"diverged: {error}", flush=True)
+    distributed.print_main(f"diverged: {error}")
     metrics.update(diverged=str(error), best_step=None, best_val_loss=None)
     run.finish(metrics)
     return metrics
@@ -154,7 +160,7 @@ def run_meta_training(config: RunConfig) -> dict:
     def start_point(model=None):
         if model is None:
             model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
-        return METHODS[config.method](model, tasks, config, Trajectory(run.trajectory_path))
+        return METHODS[config.method](model, tasks, config, Trajectory(run.trajectory_path, writes=run.writes))
 
     def test(model, modes) -> dict:
         start = time.perf_counter()

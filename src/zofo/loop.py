@@ -11,6 +11,10 @@
 
 Resuming loads the checkpoint into a method at its start point (θ replayed from the trajectory), so a
 run killed at any point ends as the uninterrupted run ends: same metrics, and in fp32 the same weights.
+
+On several processes (distributed.py) every rank runs this loop in step: the logged losses and the
+validation loss are already the same on every rank, rank 0 alone writes, and every `weight_check_every`
+steps the ranks compare their weights.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .errors import diverged
 from .methods.base import Method, Selection
 from .runs import RunFolder
@@ -77,13 +82,17 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
         method.begin()
     log, started = PendingLog(run, config.dtype), time.perf_counter()
     done = schedule[first - 1] if first else 0
-    progress = tqdm(total=schedule[-1], initial=done, desc=method.name, unit="step", dynamic_ncols=True)
+    progress = tqdm(total=schedule[-1], initial=done, desc=method.name, unit="step", dynamic_ncols=True,
+                    disable=not distributed.is_main())
     try:
         for iteration in range(first, len(schedule)):
             step = schedule[iteration]
             log.add(step, method.step(iteration))
             progress.update(step - done)
             done = step
+            check_weights = distributed.active() and config.weight_check_every
+            if check_weights and due(schedule, iteration, config.weight_check_every):
+                distributed.check_same_weights(method.model, step)  # every rank took the same steps
             evaluate = due(schedule, iteration, config.eval_every) or method.must_evaluate(iteration)
             if evaluate or len(log.records) >= FLUSH_EVERY:
                 shown = log.flush()

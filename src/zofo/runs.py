@@ -12,7 +12,8 @@
 
 One process writes a folder at a time (a lock that the operating system drops when the process dies,
 however it dies), and a folder that holds a run is reused only when asked: --resume continues it,
---overwrite replaces it.
+--overwrite replaces it. In a data-parallel run that process is rank 0; the other ranks hold a RunFolder
+with writes=False, whose writing methods do nothing.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ OUTPUTS = ("metrics.json", "config.yaml", "log.jsonl", "trajectory.jsonl", "chec
 
 
 class RunFolder:
-    def __init__(self, folder: str | Path):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | Path, writes: bool = True):
+        self.folder, self.writes = Path(folder), writes
         self.log_path = self.folder / "log.jsonl"
         self.trajectory_path = self.folder / "trajectory.jsonl"
         self.checkpoint_path = self.folder / "checkpoint.pt"
@@ -101,11 +102,15 @@ class RunFolder:
     # --- during the run --------------------------------------------------------------------------
 
     def log(self, record: dict) -> None:
+        if not self.writes:
+            return
         append_record(self.log_path, {k: v if not isinstance(v, float) or math.isfinite(v) else str(v)
                                       for k, v in record.items()})
 
     def keep_until(self, step: int) -> None:
         """Cut the log and the trajectory back to `step` (a resumed run rewrites what came after)."""
+        if not self.writes:
+            return
         rewrite_records(self.log_path, [r for r in read_records(self.log_path) if r["step"] <= step])
         if self.trajectory_path.exists():
             header, *records = read_records(self.trajectory_path)
@@ -113,6 +118,8 @@ class RunFolder:
 
     def save_checkpoint(self, state: dict) -> None:
         """Written after each evaluation, atomically (a kill mid-write leaves the previous one)."""
+        if not self.writes:
+            return
         staging = self.checkpoint_path.with_name(".checkpoint.pt.tmp")
         torch.save({**state, "config": yaml.safe_load((self.folder / "config.yaml").read_text())}, staging)
         os.replace(staging, self.checkpoint_path)
@@ -139,6 +146,8 @@ class RunFolder:
     def finish(self, metrics: dict) -> None:
         """The loss curves, then metrics.json (its presence marks the run finished); the checkpoint goes:
         a finished run resumes no more."""
+        if not self.writes:
+            return
         self.plot_losses()
         self.write_metrics(metrics)
         self.checkpoint_path.unlink(missing_ok=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from ..config import RunConfig
 from ..data import TaskSet
 from ..errors import diverged
@@ -110,11 +111,15 @@ class Method:
 
     # --- shared pieces ---------------------------------------------------------------------------
 
-    def zo_step(self, objective, seed: int, step: int, at_theta=None) -> Any:
+    def zo_step(self, objective, seed: int, step: int, at_theta=None, weight: float = 1.0) -> Any:
         """One SPSA estimate and ZO update of the engine's parameters, logged to the trajectory:
         the objective is evaluated at the perturbed points (θ left displaced by the last direction),
-        then the optimizer's pass takes the displacement back and applies the update."""
-        estimate = self.zo.spsa.estimate(objective, seed, at_theta=at_theta)
+        then the optimizer's pass takes the displacement back and applies the update.
+        On several processes the objective sees this rank's shard of the minibatch, whose loss is a mean over
+        `weight` (TaskData.loss_weight): the losses are averaged over the ranks with these weights, so every
+        rank holds the whole minibatch's losses and applies the same update."""
+        estimate = self.zo.spsa.estimate(objective, seed, at_theta=at_theta,
+                                         reduce=lambda losses: distributed.weighted_mean(losses, weight))
         check_finite(estimate.losses, step, seed, self.config.dtype)
         if self.zo.optimizer.steps == 0 and self.config.lr > 0:
             self.check_update_resolution(estimate)

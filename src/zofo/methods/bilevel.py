@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 from torch.profiler import record_function
 
+from .. import distributed
 from ..adapters import activate, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
 from ..calls import step_optimizer
 from ..zo import mix, zo_engine
@@ -106,7 +107,9 @@ class BilevelZOFO(Method):
             activate(self.peft_model, LOWER)
             losses = []
             for peft_batch in peft_batches:
-                losses.append(self.data.backward(self.peft_model, peft_batch))
+                loss = self.data.backward(self.peft_model, peft_batch)
+                weight = self.data.loss_weight(peft_batch)  # several processes: z's gradient averaged over ranks
+                losses += distributed.average_gradients(self.z_optimizer, [loss], weight=weight)
                 step_optimizer(self.z_optimizer)
             activate(self.peft_model, UPPER)
         return losses
@@ -114,9 +117,13 @@ class BilevelZOFO(Method):
     def phi_gradient(self, ft_batch: list, peft_batch: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate ∇_φ [L(θ,φ;B_FT) + λ·L(θ,φ;B_P)] in φ's .grad, as two backward passes: the
         activations held at once are those of one minibatch, as in a first-order PEFT step.
-        Returns the two losses, detached."""
+        Returns the two losses, detached (on several processes: gradient and losses averaged over the ranks)."""
         ft_loss = self.data.backward(self.peft_model, ft_batch)
         p_loss = self.data.backward(self.peft_model, peft_batch, scale=self.lam)
+        # several processes: weighted by the B_FT shard (exact for the candidates loss, where every shard of
+        # B_FT and B_P has B/N examples; for the LM loss B_P's tokens are weighted as B_FT's)
+        weight = self.data.loss_weight(ft_batch)
+        ft_loss, p_loss = distributed.average_gradients(self.phi_optimizer, [ft_loss, p_loss], weight=weight)
         return ft_loss, p_loss
 
     def phi_update(self) -> None:
@@ -132,7 +139,8 @@ class BilevelZOFO(Method):
             objective = UpperObjective(self.peft_model, self.data, ft_batch, peft_batch, self.lam,
                                        separate=self.reuse_phi_forwards)
             at_theta = objective.given_phi_losses(ft_loss, p_loss) if self.reuse_phi_forwards else None
-            estimate = self.zo_step(objective, seed, step, at_theta=at_theta)
+            weight = self.data.loss_weight(ft_batch)  # as φ's gradient's
+            estimate = self.zo_step(objective, seed, step, at_theta=at_theta, weight=weight)
             activate(self.peft_model, UPPER)  # an odd number of evaluations of F leaves z active
         if self.config.bilevel.order == "same-point":
             self.phi_update()  # from the gradient at the point where F was estimated

@@ -3,7 +3,7 @@
     attach adapter φ (LoRA / prefix / prompt) to the frozen base θ
     for t = 1 .. T:
         B ~ D_train
-        φ ← Adam.step(φ, ∇_φ L(θ, φ; B))
+        φ ← Adam.step(φ, ∇_φ L(θ, φ; B))        # several processes: ∇ averaged over the ranks' shards of B
     (the run loop evaluates, keeps the φ of lowest validation loss, checkpoints and resumes)
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from ..adapters import DEFAULT, adapter_parameters, adapter_state, load_adapter_state, with_adapters
 from ..calls import step_optimizer
 from .base import Method
@@ -27,7 +28,9 @@ class FirstOrder(Method):
         self.sampler = self.data.sampler(config.batch_size, config.seed)
 
     def step(self, iteration: int) -> dict:
-        loss = self.data.backward(self.peft_model, self.sampler.next())
+        examples = self.sampler.next()  # this rank's shard, on several processes
+        loss = self.data.backward(self.peft_model, examples)
+        (loss,) = distributed.average_gradients(self.optimizer, [loss], weight=self.data.loss_weight(examples))
         step_optimizer(self.optimizer)
         return {"train_loss": loss}
 

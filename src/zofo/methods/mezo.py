@@ -41,8 +41,10 @@ class MeZO(Method):
 
     def step(self, iteration: int) -> dict:
         step = iteration + 1
-        batch = self.data.batch(self.sampler.next())
-        estimate = self.zo_step(lambda: self.data.batch_loss(self.model, batch), mix(self.config.seed, step), step)
+        examples = self.sampler.next()  # this rank's shard, on several processes
+        batch = self.data.batch(examples)
+        estimate = self.zo_step(lambda: self.data.batch_loss(self.model, batch), mix(self.config.seed, step), step,
+                                weight=self.data.loss_weight(examples))
         return {"train_loss": estimate.loss, "projected_grad": estimate.scalars[0]}
 
     def state_dict(self) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from ..adapters import DEFAULT, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
 from ..calls import step_optimizer
 from ..zo import mix, zo_engine
@@ -41,12 +42,16 @@ class TwoStage(Method):
     def step(self, iteration: int) -> dict:
         model, step = self.peft_model, iteration + 1
         if step <= self.first_stage_steps:  # stage 1: Adam on φ
-            loss = self.data.backward(model, self.adapter_sampler.next())
+            examples = self.adapter_sampler.next()  # this rank's shard, on several processes
+            loss = self.data.backward(model, examples)
+            (loss,) = distributed.average_gradients(self.optimizer, [loss], weight=self.data.loss_weight(examples))
             step_optimizer(self.optimizer)
             return {"train_loss": loss}
-        batch = self.data.batch(self.theta_sampler.next())  # stage 2: MeZO on θ
+        examples = self.theta_sampler.next()  # stage 2: MeZO on θ
+        batch = self.data.batch(examples)
         t = step - self.first_stage_steps
-        estimate = self.zo_step(lambda: self.data.batch_loss(model, batch), mix(self.config.seed, t), step)
+        estimate = self.zo_step(lambda: self.data.batch_loss(model, batch), mix(self.config.seed, t), step,
+                                weight=self.data.loss_weight(examples))
         return {"train_loss": estimate.loss}
 
     def evaluated(self, iteration: int, val_loss: float, best) -> None:

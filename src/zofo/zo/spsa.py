@@ -73,10 +73,13 @@ class SPSA:
         return 2 * self.q if self.two_sided else self.q + 1
 
     @torch.no_grad()
-    def estimate(self, objective: Callable, step_seed: int, at_theta=None) -> Estimate:
+    def estimate(self, objective: Callable, step_seed: int, at_theta=None,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Estimate:
         """Evaluate `objective` at the perturbed points of this step's directions. In place, θ is left
         displaced by the last direction (space.displacement) for the optimizer's step to take back.
-        at_theta: f(θ) when the caller already has it (one-sided only): it is not evaluated again."""
+        at_theta: f(θ) when the caller already has it (one-sided only): it is not evaluated again.
+        reduce: this estimate's hook for the losses (a data-parallel step's, which knows the rank's rows),
+        instead of the estimator's own."""
         if at_theta is not None and self.two_sided:
             raise ValueError("at_theta is f(θ), which only one-sided SPSA uses")
         self.space.check_restored("start an estimate")
@@ -89,7 +92,7 @@ class SPSA:
                 values.append(self._evaluate(objective, seed, sign))
             if self.perturbation != "per-module" and i < len(seeds) - 1:
                 self.space.restore()
-        losses = self.reduce(torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.space.device)
+        losses = (reduce or self.reduce)(torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.space.device)
                                           for v in values])).tolist()  # the one host synchronisation
         if self.two_sided:
             scalars = [(losses[2 * i] - losses[2 * i + 1]) / (2 * self.eps) for i in range(len(seeds))]

@@ -20,19 +20,28 @@ FIELDS = ("step", "seed", "scalars", "lr")
 
 
 class Trajectory:
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    """The log at `path`. With writes=False (a data-parallel run's ranks other than 0, which take the same
+    steps) it is only read: start, keep_until and append do nothing."""
+
+    def __init__(self, path: str | Path, writes: bool = True):
+        self.path, self.writes = Path(path), writes
 
     def start(self, directions: str) -> None:
         """Begin a new log, its first line naming the direction generator."""
+        if not self.writes:
+            return
         rewrite_records(self.path, [{"format": FORMAT, "directions": directions}])
 
     def keep_until(self, step: int) -> None:
         """Drop the steps after `step` (a resumed run continues from its checkpoint)."""
+        if not self.writes:
+            return
         header, *records = read_records(self.path)
         rewrite_records(self.path, [header] + [r for r in records if r["step"] <= step])
 
     def append(self, step: int, seed: int, scalars: list[float], lr: float) -> None:
+        if not self.writes:
+            return
         append_record(self.path, {"step": step, "seed": seed, "scalars": scalars, "lr": lr})
 
     def header(self) -> dict:

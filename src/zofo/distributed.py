@@ -1,0 +1,219 @@
+"""Data parallelism over processes launched by torchrun: rank and world, the process group, minibatch shards,
+and the few collectives a run needs. On one process every function here is a no-op.
+
+    torchrun --nproc-per-node N -m zofo train ...       # one process per rank; gloo on the CPU, nccl on CUDA
+
+Every rank holds the whole model and draws the same minibatch indices from the seed; each keeps its own
+contiguous slice of them (`shard`). What crosses between ranks per step:
+    a zeroth-order step   the losses at θ ± εu (a few floats), averaged weighted by each rank's share of the
+                          loss's denominator (its examples, or its answer tokens for the LM loss: the minibatch's
+                          mean, as on one process), so every rank applies the same seeded update: no weights,
+                          no gradients
+    a first-order step    the adapter's gradients (and the logged loss), in one all-reduce, averaged the same way
+    evaluation            the validation loss's sums; the test predictions, gathered in the examples' order
+Every `weight_check_every` steps the ranks compare a checksum of each tensor of their weights.
+Only rank 0 writes the run folder and prints; the other ranks read what it wrote (the trajectory, on resume).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError, RanksDiverged, RankLost
+
+
+def launched_processes() -> int:
+    """The processes torchrun started (its WORLD_SIZE), readable before the process group is set up."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def world_size() -> int:
+    """Processes in the run's process group; 1 without one (one process, or a command that sets none up)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def active() -> bool:
+    return world_size() > 1
+
+
+def is_main() -> bool:
+    """Rank 0: the process that writes the run folder, prints and shows progress."""
+    return rank() == 0
+
+
+def print_main(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)
+
+
+def check_launch(config) -> None:
+    """What a data-parallel run needs, checked before anything loads: a batch size that splits evenly over the
+    ranks, a method that runs data parallel, one GPU per rank."""
+    n = launched_processes()
+    if n == 1:
+        return
+    if config.method.startswith("meta-"):
+        raise ConfigError(f"--method {config.method} does not run on several processes yet: launch it without "
+                          f"torchrun (WORLD_SIZE is {n})")
+    if config.batch_size % n:
+        raise ConfigError(f"--batch-size {config.batch_size} does not split over {n} processes: each rank takes an "
+                          f"equal shard of every minibatch, so choose a multiple of {n}")
+    if config.device.startswith("cuda:"):
+        raise ConfigError(f"--device {config.device}: on several processes each rank takes the GPU of its local "
+                          "rank; use --device cuda (or auto)")
+
+
+def setup(device: torch.device, timeout_seconds: float) -> torch.device:
+    """The process group from torchrun's environment (nccl for CUDA, gloo otherwise) and this rank's device
+    (cuda:LOCAL_RANK); on one process, `device` unchanged and no process group."""
+    if launched_processes() == 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_seconds))
+    return device
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _collective(what: str, call: Callable[[], Any]) -> Any:
+    """Run a collective; a rank that died or hung past the timeout is an error that says what to do."""
+    try:
+        return call()
+    except (RuntimeError, dist.DistError) as error:
+        detail = str(error).splitlines()[0][:300]
+        raise RankLost(f"rank {rank()} of {world_size()} lost the other ranks while {what} ({detail}). Another rank "
+                       "stopped or hung (its own error, if any, is above). The run folder keeps its last checkpoint: "
+                       "launch the same command with --resume") from None
+
+
+# --- shards ----------------------------------------------------------------------------------------
+
+
+def shard(items: list) -> list:
+    """This rank's contiguous slice of `items` (all ranks hold the same list): sizes differ by at most one,
+    and the slices in rank order are the list again."""
+    n, r, size = len(items), rank(), world_size()
+    return items[r * n // size: (r + 1) * n // size]
+
+
+def gather(items: list) -> list:
+    """Every rank's list, concatenated in rank order (the inverse of `shard`)."""
+    if not active():
+        return items
+    gathered: list = [None] * world_size()
+    _collective("gathering predictions", lambda: dist.all_gather_object(gathered, items))
+    return [item for part in gathered for item in part]
+
+
+def from_main(call: Callable[[], Any]) -> Any:
+    """`call()` on rank 0 alone, its result (or the error it raised) handed to every rank: one writer of the
+    run folder, and a refusal there stops every rank with the same message."""
+    if not active():
+        return call()
+    message: list = [None]
+    if is_main():
+        try:
+            message[0] = ("result", call())
+        except Exception as error:  # handed on first, raised below on every rank
+            message[0] = ("error", error)
+    _collective("receiving rank 0's run folder", lambda: dist.broadcast_object_list(message, src=0))
+    kind, value = message[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+# --- reductions ------------------------------------------------------------------------------------
+
+
+def weighted_mean(values: torch.Tensor, weight: float) -> torch.Tensor:
+    """The mean over ranks of `values` (each rank's mean losses on its shard), weighted by `weight`, the
+    denominator of this rank's means (TaskData.loss_weight): the means over the whole minibatch. One
+    all-reduce of len(values) + 1 floats."""
+    if not active():
+        return values
+    packed = torch.cat([values.to(torch.float32).reshape(-1) * weight,
+                        torch.tensor([float(weight)], device=values.device)])
+    _collective("all-reducing losses", lambda: dist.all_reduce(packed))
+    return (packed[:-1] / packed[-1]).reshape(values.shape)
+
+
+def sums(values: torch.Tensor) -> torch.Tensor:
+    """`values` summed over ranks (the validation loss's numerator and denominator)."""
+    if not active():
+        return values
+    values = values.clone()
+    _collective("all-reducing the validation loss", lambda: dist.all_reduce(values))
+    return values
+
+
+def average_gradients(optimizer: torch.optim.Optimizer, losses: list[torch.Tensor], weight: float) -> list[torch.Tensor]:
+    """The gradients of the optimizer's parameters (an adapter's) and the `losses` logged with them, averaged
+    over ranks weighted by `weight` (as in weighted_mean), in one all-reduce: each rank's .grad is the gradient
+    of its shard's mean loss, so the average is the gradient of the whole minibatch's mean loss, as on one
+    process."""
+    if not active():
+        return losses
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    device = grads[0].device if grads else losses[0].device
+    packed = torch.cat([g.reshape(-1).to(torch.float32) for g in grads]
+                       + [torch.stack([loss.to(device, torch.float32) for loss in losses]),
+                          torch.ones(1, device=device)]) * weight
+    _collective("all-reducing adapter gradients", lambda: dist.all_reduce(packed))
+    packed = packed / packed[-1]
+    offset = 0
+    for grad in grads:  # in place: a captured backward keeps writing into these tensors
+        grad.copy_(packed[offset: offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+    return list(packed[offset: offset + len(losses)].unbind())
+
+
+# --- the ranks hold the same weights ---------------------------------------------------------------
+
+
+@torch.no_grad()
+def checksum(tensor: torch.Tensor, block: int = 1 << 22) -> torch.Tensor:
+    """Two int64 sums of the tensor's bit patterns, plain and weighted by position (integer sums wrap and do
+    not depend on order): any change to one element changes the first, a swap of two the second."""
+    bits = tensor.detach().reshape(-1)
+    bits = bits.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[bits.element_size()])
+    total = torch.zeros(2, dtype=torch.int64, device=bits.device)
+    for start in range(0, bits.numel(), block):
+        part = bits[start: start + block].to(torch.int64)
+        position = torch.arange(start, start + part.numel(), device=bits.device) % 65521 + 1
+        total[0] += part.sum()
+        total[1] += (part * position).sum()
+    return total
+
+
+def check_same_weights(model: torch.nn.Module, step: int) -> None:
+    """Every rank's weights are bit-identical (their steps are meant to be); if not, an error naming the first
+    tensor that differs and the ranks that disagree with rank 0."""
+    if not active():
+        return
+    named = list(model.named_parameters())
+    local = torch.stack([checksum(p) for _, p in named]) if named else torch.zeros(0, 2, dtype=torch.int64)
+    everyone = [torch.empty_like(local) for _ in range(world_size())]
+    _collective("comparing weights", lambda: dist.all_gather(everyone, local))
+    for index, (name, _) in enumerate(named):
+        differ = [r for r in range(1, world_size()) if not torch.equal(everyone[r][index], everyone[0][index])]
+        if differ:
+            raise RanksDiverged(f"after step {step} the ranks hold different weights: first {name!r}, where rank(s) "
+                                f"{', '.join(map(str, differ))} differ from rank 0. Their steps should be identical; "
+                                "launch every rank with the same code, config and library versions")
