@@ -60,6 +60,8 @@ def load_sweep(path: str | Path) -> dict:
     for key, values in (sweep.get("grid") or {}).items():
         if not isinstance(values, list):
             raise ConfigError(f"{path}: grid.{key} must be a list of values, got {values!r}")
+    if not isinstance(sweep.get("tuning") or {}, dict):
+        raise ConfigError(f"{path}: tuning is a mapping of the fields tuning runs change (steps: 500), got {sweep['tuning']!r}")
     sweep["path"] = str(path)
     return sweep
 
@@ -138,11 +140,12 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
             for (fields, _), runs in zip(planned, tuning) for candidate, folder in runs}
     if jobs:
         run_jobs([(fields, folder) for folder, fields in jobs.items()], parallel, dry_run, f"tuning runs in {out_dir / 'tuning'}")
-        if dry_run:
+        if dry_run and not all((folder / "metrics.json").exists() for folder in jobs):
             print(f"then the {len(folders)} runs in {out_dir}, with the values their tuning runs choose")
             return folders
         choices = [choose(runs) for runs in tuning]
-        write_tuning_notes(out_dir, folders, choices)
+        if not dry_run:
+            write_tuning_notes(out_dir, folders, choices)
         planned = [({**fields, **choice["chosen"]}, tune) for (fields, tune), choice in zip(planned, choices)]
     run_jobs([(fields, folder) for (fields, _), folder in zip(planned, folders)], parallel, dry_run, f"runs in {out_dir}")
     return folders
@@ -151,14 +154,12 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
 def tuning_folders(sweep: dict, planned: list[tuple[dict, dict]], out_dir: Path) -> list[list[tuple[dict, Path]]]:
     """For each run, its candidates and the folder of each one's tuning run; runs that differ only in
     the seed share their tuning runs."""
-    unique: dict[str, dict] = {}
-    for fields, tune in planned:
-        for candidate in candidates(tune):
-            tuned = tuning_fields(fields, candidate, sweep)
-            unique.setdefault(repr(sorted(tuned.items())), tuned)
+    per_run = [[(candidate, tuning_fields(fields, candidate, sweep)) for candidate in candidates(tune)]
+               for fields, tune in planned]
+    same = lambda fields: repr(sorted(fields.items()))
+    unique = {same(fields): fields for runs in per_run for _, fields in runs}
     names = dict(zip(unique, run_names(list(unique.values())))) if unique else {}
-    return [[(candidate, out_dir / "tuning" / names[repr(sorted(tuning_fields(fields, candidate, sweep).items()))])
-             for candidate in candidates(tune)] for fields, tune in planned]
+    return [[(candidate, out_dir / "tuning" / names[same(fields)]) for candidate, fields in runs] for runs in per_run]
 
 
 def choose(runs: list[tuple[dict, Path]]) -> dict:
