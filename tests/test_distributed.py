@@ -207,3 +207,43 @@ def test_ranks_whose_weights_differ_stop_naming_the_first_tensor():
     for rank in (0, 1):  # every rank stops, with the same message
         assert "after step 2 the ranks hold different weights: first 'model.layers.1.mlp.up_proj.weight'" in results[rank]
         assert "rank(s) 1 differ from rank 0" in results[rank]
+
+
+def test_sharded_mezo_on_two_processes_trains_as_unsharded_mezo_on_one_and_replays_onto_the_whole_model(
+        data_parallel_runs, tmp_path, data_dir):
+    """θ split over two ranks by FSDP2: each rank perturbs and updates its slice with the directions of the
+    whole θ (keyed by global index). Against the data-parallel run (the same shards of every minibatch,
+    unsharded weights): the same losses and weights to float round-off; the trajectory replays on one process
+    into the weights the sharded run saved, bit for bit."""
+    sharded = tmp_path / "sharded"
+    torchrun(train_args(data_dir, sharded, "mezo", "--shard-weights"))
+    unsharded = data_parallel_runs("mezo")
+    logged = [read_records(folder / "log.jsonl") for folder in (unsharded, sharded)]
+    assert [r["step"] for r in logged[0]] == [r["step"] for r in logged[1]]
+    for a, b in zip(*logged):
+        for key in a:
+            tolerance = GRADIENT_TOLERANCE if key == "projected_grad" else LOSS_TOLERANCE
+            assert abs(a[key] - b[key]) <= tolerance, (a["step"], key, a[key], b[key])
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (unsharded, sharded)]
+    assert metrics[0]["best_step"] == metrics[1]["best_step"] and metrics[0]["test"] == metrics[1]["test"]
+    assert metrics[1]["zo_parameters"] < metrics[0]["zo_parameters"]  # each rank moves its slice only
+    expected, got = saved_weights(unsharded), saved_weights(sharded)
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], rtol=0, atol=WEIGHT_TOLERANCE), key
+
+    header = read_records(sharded / "trajectory.jsonl")[0]
+    assert header == read_records(unsharded / "trajectory.jsonl")[0]  # the whole θ's directions
+    assert main(["replay", str(sharded), "--output", str(tmp_path / "replayed")]) == 0
+    replayed = load_file(tmp_path / "replayed" / "model.safetensors")
+    for name, tensor in load_file(sharded / "model" / "model.safetensors").items():
+        assert torch.equal(replayed[name], tensor), name
+
+
+def test_sharded_weights_need_a_torchrun_launch_and_mezo_on_the_full_model(capsys, tmp_path, data_dir):
+    assert main(train_args(data_dir, tmp_path / "run", "mezo", "--shard-weights")) == 2
+    assert "--shard-weights splits the weights over the processes of a torchrun launch" in capsys.readouterr().err
+    assert main(train_args(data_dir, tmp_path / "run", "fo", "--shard-weights")) == 2
+    assert "built for MeZO on the full model" in capsys.readouterr().err
+    assert main(train_args(data_dir, tmp_path / "run", "mezo", "--shard-weights", "--zo-optimizer", "zo-adam")) == 2
+    assert "stateless ZO optimizer" in capsys.readouterr().err

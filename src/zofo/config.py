@@ -116,7 +116,7 @@ USED_BY_METHOD = {
 # How a run executes, not what it computes (graphs and compile change losses only at float round-off): a
 # run resumes with other values of these, and reports do not split rows on them.
 EXECUTION_FIELDS = {"resume", "overwrite", "out_dir", "device", "graphs", "compile", "eval_batch_size",
-                    "data.data_dir", "weight_check_every", "collective_timeout"}
+                    "data.data_dir", "weight_check_every", "collective_timeout", "shard_weights"}
 META_METHODS = ("meta-bilevel", "meta-mezo", "meta-icl")  # trained on a MetaICL setting, then meta-tested
 ADAPTER_METHODS = ("fo", "bilevel", "two-stage", "meta-bilevel")  # train an adapter: need --peft
 PEFT_FIELDS = {"adapter.lora_r": "lora", "adapter.lora_alpha": "lora", "adapter.prefix_tokens": "prefix",
@@ -150,6 +150,7 @@ class RunConfig(BaseModel):
     overwrite: bool = Field(False, description="replace the run already in the run folder")
     save_model: bool = Field(True, description="save the full fine-tuned model (methods that change the base weights)")
     weight_check_every: int = Field(100, ge=0, description="on several processes (torchrun): compare a checksum of every weight tensor across the ranks every N steps and at the last step, and stop with the first tensor that differs; 0 = never")
+    shard_weights: bool = Field(False, description="on several processes (torchrun): split the base model's weights over the ranks with FSDP2 (fully_shard, one unit per decoder layer), for a model larger than one device's memory; each rank perturbs and updates its own slice with the directions of the unsharded weights (the trajectory replays onto the whole model). For now: MeZO on the full model with a stateless ZO optimizer, no CUDA graphs")
     collective_timeout: int = Field(1800, ge=1, description="on several processes (torchrun): seconds a rank waits for the others in a collective before it stops with an error (a rank that dies is noticed at once)")
 
     data: DataConfig = DataConfig()
@@ -183,6 +184,17 @@ class RunConfig(BaseModel):
             raise ValueError("--compile compiles the calls that CUDA graphs capture: drop --graphs off, or --compile")
         if self.tf32 and self.dtype != "fp32":
             raise ValueError(f"--tf32 is a matmul mode for fp32 weights, and --dtype is {self.dtype}: drop --tf32")
+        if self.shard_weights:
+            if self.method != "mezo" or self.adapter.peft != "none":
+                raise ValueError("--shard-weights is built for MeZO on the full model (--method mezo --peft none) so "
+                                 f"far, not --method {self.method} --peft {self.adapter.peft}")
+            if self.zo.optimizer == "zo-adam" or self.zo.momentum:
+                raise ValueError("--shard-weights needs a stateless ZO optimizer (zo-sgd without momentum, or "
+                                 "zo-sign-sgd): each rank's optimizer state would be its own shard's")
+            if self.graphs == "on" or self.compile or self.zo.perturbation == "per-module":
+                raise ValueError("--shard-weights gathers each layer's weights inside the forward, which a CUDA graph "
+                                 "cannot capture and per-module perturbation cannot hook: drop --graphs on, --compile "
+                                 "and --zo-perturbation per-module")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
         generative = TASKS[self.data.task].generative
@@ -212,7 +224,7 @@ class RunConfig(BaseModel):
         if self.graphs == "on" and device.type != "cuda":
             raise ConfigError(f"--graphs on needs a CUDA device, and this run is on {device}: use --graphs auto or off")
         per_module = self.zo.perturbation == "per-module" and self.uses("zo.perturbation")
-        graphs = device.type == "cuda" and self.graphs != "off" and not per_module
+        graphs = device.type == "cuda" and self.graphs != "off" and not per_module and not self.shard_weights
         if self.compile and not graphs:
             raise ConfigError(f"--compile compiles the calls that CUDA graphs capture, and this run has none ({device}"
                               f"{', per-module perturbation' if per_module else ''}): drop --compile")

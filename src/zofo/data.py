@@ -100,8 +100,8 @@ class TaskData:
 
     def validation_loss(self, model) -> float:
         """On several processes each rank scores its shard of the examples; the sums are all-reduced."""
-        return mean_loss(model, self.loss_name, distributed.shard(self.validation), self.pad_id,
-                         self.eval_batch_size, self.calls, reduce=distributed.sums)
+        return mean_loss(model, self.loss_name, distributed.evaluation_shard(self.validation), self.pad_id,
+                         self.eval_batch_size, self.calls, reduce=distributed.evaluation_sums)
 
     def test_metrics(self, model, tokenizer, examples: list[TokenizedExample] | None = None) -> dict[str, float]:
         return evaluate(model, tokenizer, self.task, self.test if examples is None else examples,

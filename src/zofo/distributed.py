@@ -13,6 +13,11 @@ contiguous slice of them (`shard`). What crosses between ranks per step:
     evaluation            the validation loss's sums; the test predictions, gathered in the examples' order
 Every `weight_check_every` steps the ranks compare a checksum of each tensor of their weights.
 Only rank 0 writes the run folder and prints; the other ranks read what it wrote (the trajectory, on resume).
+
+With sharded weights (`--shard-weights`, `shard_weights`) θ is split over the ranks by FSDP2's `fully_shard`,
+one unit per decoder layer: a forward gathers one layer's weights at a time, and each rank perturbs and
+updates its own slice with the directions of the unsharded θ (ParameterSpace keys u by global index). Every
+forward is then a collective, so evaluation is not split: each rank scores every example.
 """
 
 from __future__ import annotations
@@ -25,6 +30,14 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError, RanksDiverged, RankLost
+from .zo.space import is_sharded
+
+
+_weights_sharded = False  # set by shard_weights(): θ is split over the ranks
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
 def launched_processes() -> int:
@@ -59,6 +72,9 @@ def check_launch(config) -> None:
     """What a data-parallel run needs, checked before anything loads: a batch size that splits evenly over the
     ranks, a method that runs data parallel, one GPU per rank."""
     n = launched_processes()
+    if config.shard_weights and not launched_by_torchrun():
+        raise ConfigError("--shard-weights splits the weights over the processes of a torchrun launch: "
+                          "torchrun --nproc-per-node N -m zofo train ... (or drop --shard-weights)")
     if n == 1:
         return
     if config.method.startswith("meta-"):
@@ -72,10 +88,11 @@ def check_launch(config) -> None:
                           "rank; use --device cuda (or auto)")
 
 
-def setup(device: torch.device, timeout_seconds: float) -> torch.device:
+def setup(device: torch.device, timeout_seconds: float, always: bool = False) -> torch.device:
     """The process group from torchrun's environment (nccl for CUDA, gloo otherwise) and this rank's device
-    (cuda:LOCAL_RANK); on one process, `device` unchanged and no process group."""
-    if launched_processes() == 1:
+    (cuda:LOCAL_RANK); on one process, `device` unchanged and no process group (unless `always`: sharded
+    weights need one, even of one process under torchrun)."""
+    if launched_processes() == 1 and not (always and launched_by_torchrun()):
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -137,6 +154,55 @@ def from_main(call: Callable[[], Any]) -> Any:
     if kind == "error":
         raise value
     return value
+
+
+# --- sharded weights ---------------------------------------------------------------------------------
+
+
+def shard_weights(model: torch.nn.Module, device: torch.device) -> None:
+    """Split the model's weights over the ranks with FSDP2: each block the model names unsplittable (its
+    decoder layers, `_no_split_modules`) is a `fully_shard` unit, then the root (embeddings, tied head)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    global _weights_sharded
+    mesh = init_device_mesh(device.type, (world_size(),))
+    blocks = set(getattr(model, "_no_split_modules", None) or ())
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    # FSDP2 keeps the root's weights gathered after a forward (a backward would follow); a zeroth-order step
+    # changes the shards between forwards, so the root lets go of its gathered copy after each one
+    model.register_forward_hook(lambda module, args, output: module.reshard())
+    _weights_sharded = True
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    """The whole weights, gathered from every rank's shard (a collective: every rank calls it), on rank 0's
+    CPU; an empty dict on the other ranks."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return _collective("gathering the sharded weights", lambda: get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)))
+
+
+def splits_evaluation() -> bool:
+    """Evaluation is split over the ranks, except with sharded weights: every forward is then a collective
+    that all ranks must call equally often, so each scores every example."""
+    return active() and not _weights_sharded
+
+
+def evaluation_shard(items: list) -> list:
+    return shard(items) if splits_evaluation() else items
+
+
+def evaluation_gather(items: list) -> list:
+    return gather(items) if splits_evaluation() else items
+
+
+def evaluation_sums(values: torch.Tensor) -> torch.Tensor:
+    return sums(values) if splits_evaluation() else values
 
 
 # --- reductions ------------------------------------------------------------------------------------
@@ -207,7 +273,8 @@ def check_same_weights(model: torch.nn.Module, step: int) -> None:
     tensor that differs and the ranks that disagree with rank 0."""
     if not active():
         return
-    named = list(model.named_parameters())
+    # a sharded weight differs between ranks by design: its slices are moved by the same seeded steps
+    named = [(name, p) for name, p in model.named_parameters() if not is_sharded(p)]
     local = torch.stack([checksum(p) for _, p in named]) if named else torch.zeros(0, 2, dtype=torch.int64)
     everyone = [torch.empty_like(local) for _ in range(world_size())]
     _collective("comparing weights", lambda: dist.all_gather(everyone, local))

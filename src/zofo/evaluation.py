@@ -54,12 +54,12 @@ def evaluate(model, tokenizer, task: Task, examples: list[TokenizedExample], bat
     On several processes each rank predicts its shard of the examples and the predictions are gathered."""
     was_training = model.training
     model.eval()
-    shard = distributed.shard(examples)
+    shard = distributed.evaluation_shard(examples)
     try:
         if task.generative:
-            predictions = distributed.gather(generate_answers(model, tokenizer, shard, batch_size, max_new_tokens))
+            predictions = distributed.evaluation_gather(generate_answers(model, tokenizer, shard, batch_size, max_new_tokens))
             return compute_metric(task.metric, predictions, [list(e.answers) for e in examples])
-        predictions = distributed.gather(predict_options(model, shard, tokenizer.pad_token_id, batch_size, calls))
+        predictions = distributed.evaluation_gather(predict_options(model, shard, tokenizer.pad_token_id, batch_size, calls))
         return compute_metric(task.metric, predictions, [e.label for e in examples])
     finally:
         model.train(was_training)

@@ -30,9 +30,26 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def load_base_model(config: RunConfig, device: torch.device):
+    """The base model at the run's start point; with --shard-weights split over the ranks (FSDP2)."""
+    model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
+    if config.shard_weights:
+        distributed.shard_weights(model, device)
+    return model
+
+
 def save_results(model, tokenizer, config: RunConfig, run: RunFolder) -> None:
     """The adapter with peft's save_pretrained; the base weights, where the method trained them, as a
-    plain transformers folder (the adapter is taken off first, so `from_pretrained` loads θ alone)."""
+    plain transformers folder (the adapter is taken off first, so `from_pretrained` loads θ alone).
+    Rank 0 writes; sharded weights are gathered to it first (every rank takes part)."""
+    if config.shard_weights:
+        weights = distributed.full_state_dict(model) if config.save_model else {}
+        if run.writes and config.save_model:
+            model.save_pretrained(run.folder / "model", state_dict=weights)
+            tokenizer.save_pretrained(run.folder / "model")
+        return
+    if not run.writes:
+        return
     if hasattr(model, "peft_config"):
         model.save_pretrained(run.folder / "adapter")
     if config.trains_base_model and config.save_model:
@@ -58,7 +75,7 @@ def open_run(config: RunConfig):
     device = resolve_device(config.device)
     config.uses_graphs(device)  # refuses --graphs on / --compile without CUDA before anything loads
     check_model(config.model)
-    device = distributed.setup(device, config.collective_timeout)
+    device = distributed.setup(device, config.collective_timeout, always=config.shard_weights)
     run = RunFolder(config.run_dir(), writes=distributed.is_main())
     state = distributed.from_main(lambda: run.open(config.to_dict(), config.resume, config.overwrite))
     tokenizer = load_tokenizer(config.model)
@@ -74,10 +91,10 @@ def run_training(config: RunConfig) -> dict:
 
     def start_point(model=None) -> Method:  # the base model and the seeded adapters, before any step
         if model is None:
-            model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
+            model = load_base_model(config, device)
         return METHODS[config.method](model, tasks, config, Trajectory(run.trajectory_path, writes=run.writes))
 
-    model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
+    model = load_base_model(config, device)
     metrics = {
         "task": config.data.task, "method": config.method, "peft": config.adapter.peft, "model": config.model,
         "seed": config.seed, "hard_prompt": config.data.hard_prompt, "loss": config.loss,
@@ -125,8 +142,7 @@ def run_training(config: RunConfig) -> dict:
     distributed.print_main(f"test at best step {selection.step}: {metrics['test']}")
 
     metrics["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
-    if run.writes:  # rank 0 of several processes
-        save_results(model, tokenizer, config, run)
+    save_results(model, tokenizer, config, run)
     run.finish(metrics)
     return metrics
 

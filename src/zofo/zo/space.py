@@ -19,6 +19,10 @@ scale·u in one rounding, and restoring it is a copy, so no round-off accumulate
 the origin with it (`commit`), in the same pass. Cost: the memory of θ once more; a pass reads the
 origin where it read θ and, at the update, writes both.
 
+θ sharded over processes (FSDP2's DTensor parameters, one dim-0 slice per rank): each rank's space holds
+its local slices, each a segment whose `start` is the slice's first element in the whole parameter, so the
+directions, the perturbed weights and the updates are those of the unsharded θ, element for element.
+
 Two generators, named in `directions` (a trajectory replays only under the one that wrote it):
 - triton: the fused kernel (kernels.py), Philox4x32 addressed by (seed; element counter, name hash), on a GPU;
 - torch: torch.Generator, one seeded stream per block of TORCH_BLOCK elements of a parameter, keyed by
@@ -76,6 +80,26 @@ def aligned(numel: int) -> int:
     return -(-numel // ALIGN) * ALIGN
 
 
+def is_sharded(parameter: torch.Tensor) -> bool:
+    """A DTensor parameter (FSDP2's fully_shard): this process holds a slice of it."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(parameter, DTensor)
+
+
+def shard_start(parameter) -> int:
+    """The flat index, in the whole parameter, of this process's first element of a dim-0 shard."""
+    from torch.distributed.tensor import Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    if any(not isinstance(p, Shard) or p.dim != 0 for p in parameter.placements):
+        raise ValueError(f"a sharded parameter must be split along dim 0 (FSDP2's default), got {parameter.placements}")
+    _, offset = compute_local_shape_and_global_offset(parameter.shape, parameter.device_mesh, parameter.placements)
+    return offset[0] * (parameter.numel() // parameter.shape[0] if parameter.shape[0] else 0)
+
+
 def name_key(name: str) -> int:
     """A parameter's 64-bit key: the same in every process (Python's hash() is not)."""
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
@@ -122,13 +146,17 @@ class ParameterSpace:
         if len(devices) != 1:
             raise ValueError(f"all perturbed parameters must be on one device, found {sorted(map(str, devices))}")
         self.device = devices.pop()
-        self.numel = sum(p.numel() for _, p in named)
+        self.total_numel = sum(p.numel() for _, p in named)  # of the whole θ, sharded or not
+        self.sharded = any(is_sharded(p) for _, p in named)
         self.buckets: list[Bucket] = []
-        if pack:
+        if self.sharded:  # FSDP2 owns the shards' storage: each local slice is a bucket of its own
+            self._add_shards(named)
+        elif pack:
             self._pack(named, bucket_numel)
         else:
             for name, p in named:
                 self._add_bucket(p.data.view(-1), [(name, p)])
+        self.numel = sum(b.flat.numel() for b in self.buckets)  # the elements this process holds and moves
         self.kernel = resolve_kernel(kernel, self.device)
         self.keep_origin = keep_origin
         self.origins = [b.flat.clone() for b in self.buckets] if keep_origin else None  # θ without displacement
@@ -145,7 +173,7 @@ class ParameterSpace:
             rng = f"triton Philox4x32-{kernels.ROUNDS}, {box_muller} Box-Muller, groups of {kernels.GROUP}"
         else:
             rng = f"torch {self.device.type} generator, blocks of {TORCH_BLOCK}"
-        return f"{FORMAT} from {rng}; {self.numel} parameters"
+        return f"{FORMAT} from {rng}; {self.total_numel} parameters"
 
     @property
     def segments(self) -> list[Segment]:
@@ -158,6 +186,17 @@ class ParameterSpace:
             segments.append(Segment(name, p, b, offset, p.numel(), extent))
             offset += extent
         self.buckets.append(Bucket(flat, segments))
+
+    def _add_shards(self, named) -> None:
+        """One bucket per local slice of a sharded parameter (dim 0, as FSDP2 shards), whose segment starts at
+        the slice's first element in the whole parameter; ranks whose slice is empty skip it."""
+        for name, p in named:
+            local, start = (p.to_local().detach(), shard_start(p)) if is_sharded(p) else (p.data, 0)
+            if local.numel() == 0:
+                continue
+            b = len(self.buckets)
+            segment = Segment(name, p, b, 0, local.numel(), start=start, parameter_numel=p.numel())
+            self.buckets.append(Bucket(local.view(-1), [segment]))
 
     def _pack(self, named, bucket_numel: int) -> None:
         groups: dict[torch.dtype, list] = {}
@@ -182,6 +221,8 @@ class ParameterSpace:
     def unpack(self) -> None:
         """Give each parameter its own storage again (safetensors refuses tensors that share one)."""
         self.check_restored("unpack")
+        if self.sharded:  # never packed: FSDP2 owns the storage
+            return
         members = [(s.name, s.parameter) for s in self.segments]
         for _, p in members:
             p.data = p.data.clone()
