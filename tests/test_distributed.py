@@ -92,14 +92,7 @@ def test_two_processes_train_as_one_process_with_the_same_global_batch(name, dat
     assert main(train_args(data_dir, one, name)) == 0
     two = data_parallel_runs(name)
 
-    # rank 0 alone wrote the folder; its log has the same records, the same keys, values within the tolerance
-    logged = [read_records(folder / "log.jsonl") for folder in (one, two)]
-    assert [sorted(r) for r in logged[0]] == [sorted(r) for r in logged[1]]
-    assert [r["step"] for r in logged[0]] == [r["step"] for r in logged[1]]
-    for a, b in zip(*logged):
-        for key in a:
-            tolerance = GRADIENT_TOLERANCE if key == "projected_grad" else LOSS_TOLERANCE
-            assert abs(a[key] - b[key]) <= tolerance, (a["step"], key, a[key], b[key])
+    assert_same_logs(one, two)  # rank 0 alone wrote the folder: the same records, values within the tolerance
     metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (one, two)]
     assert metrics[1]["processes"] == 2
     assert metrics[0]["best_step"] == metrics[1]["best_step"] and metrics[0]["test"] == metrics[1]["test"]
@@ -113,6 +106,17 @@ def test_two_processes_train_as_one_process_with_the_same_global_batch(name, dat
         steps = [trajectory_records(folder) for folder in (one, two)]
         assert [(r["step"], r["seed"]) for r in steps[0]] == [(r["step"], r["seed"]) for r in steps[1]]
         assert all(abs(a - b) <= GRADIENT_TOLERANCE for r, s in zip(*steps) for a, b in zip(r["scalars"], s["scalars"]))
+
+
+def assert_same_logs(expected, got):
+    """The same records with the same keys, at the same steps, values within the tolerance."""
+    logged = [read_records(folder / "log.jsonl") for folder in (expected, got)]
+    assert [sorted(r) for r in logged[0]] == [sorted(r) for r in logged[1]]
+    assert [r["step"] for r in logged[0]] == [r["step"] for r in logged[1]]
+    for a, b in zip(*logged):
+        for key in a:
+            tolerance = GRADIENT_TOLERANCE if key == "projected_grad" else LOSS_TOLERANCE
+            assert abs(a[key] - b[key]) <= tolerance, (a["step"], key, a[key], b[key])
 
 
 def trajectory_records(folder):
@@ -218,12 +222,7 @@ def test_sharded_mezo_on_two_processes_trains_as_unsharded_mezo_on_one_and_repla
     sharded = tmp_path / "sharded"
     torchrun(train_args(data_dir, sharded, "mezo", "--shard-weights"))
     unsharded = data_parallel_runs("mezo")
-    logged = [read_records(folder / "log.jsonl") for folder in (unsharded, sharded)]
-    assert [r["step"] for r in logged[0]] == [r["step"] for r in logged[1]]
-    for a, b in zip(*logged):
-        for key in a:
-            tolerance = GRADIENT_TOLERANCE if key == "projected_grad" else LOSS_TOLERANCE
-            assert abs(a[key] - b[key]) <= tolerance, (a["step"], key, a[key], b[key])
+    assert_same_logs(unsharded, sharded)
     metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (unsharded, sharded)]
     assert metrics[0]["best_step"] == metrics[1]["best_step"] and metrics[0]["test"] == metrics[1]["test"]
     assert metrics[1]["zo_parameters"] < metrics[0]["zo_parameters"]  # each rank moves its slice only

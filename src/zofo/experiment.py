@@ -124,10 +124,8 @@ def run_training(config: RunConfig) -> dict:
         method.restore(selection.step, selection.snapshot)
     metrics.update(selection.summary())
     metrics.update(method.summary())
-    if not config.test:  # a tuning run: chosen by its validation loss, the test split never read
-        metrics["graphs"] = calls.summary()
-        run.finish(metrics)
-        return metrics
+    if not config.test:  # a tuning run: chosen by its validation loss, no test split read
+        return finish_tuning_run(run, metrics, calls)
     start = time.perf_counter()
     other_tests = method.other_tests(lambda variant: tasks.test_metrics(variant, tokenizer))
     other_seconds = time.perf_counter() - start
@@ -143,6 +141,12 @@ def run_training(config: RunConfig) -> dict:
 
     metrics["model_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
     save_results(model, tokenizer, config, run)
+    run.finish(metrics)
+    return metrics
+
+
+def finish_tuning_run(run: RunFolder, metrics: dict, calls) -> dict:
+    metrics["graphs"] = calls.summary()
     run.finish(metrics)
     return metrics
 
@@ -211,10 +215,8 @@ def run_meta_training(config: RunConfig) -> dict:
         method.restore(selection.step, selection.snapshot)
     metrics.update(selection.summary())
     metrics.update(method.summary())
-    if not config.test:  # a tuning run: chosen by its validation loss, no test task read
-        metrics["graphs"] = calls.summary()
-        run.finish(metrics)
-        return metrics
+    if not config.test:  # a tuning run: chosen by its validation loss, no test split read
+        return finish_tuning_run(run, metrics, calls)
     theta = plain_model(method.finish())
     # MetaICL predicts in context; the others zero-shot and tuned
     modes = ("zero_shot", "icl") if config.method == "meta-icl" else ("zero_shot", "tuned")
