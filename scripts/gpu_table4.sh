@@ -9,7 +9,7 @@ OUT=${OUT:-.}
 if [ -f .gpu/metaicl.tar.xz ] && [ ! -d /tmp/zofo/data/metaicl ]; then
   mkdir -p /tmp/zofo/data && tar xJf .gpu/metaicl.tar.xz -C /tmp/zofo/data
 fi
-export ZOFO_DATA_DIR=/tmp/zofo/data OMP_NUM_THREADS=1
+export ZOFO_DATA_DIR=/tmp/zofo/data OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 python3 -c "from zofo.models import load_model; load_model('smollm2-135m-instruct', 'fp32', 'cpu')"  # converted once, not by each run
 mkdir -p /tmp/zofo/table4 && if [ -d results/table4/runs ]; then cp -rn results/table4/runs/. /tmp/zofo/table4/; fi
 timeout ${SWEEP_SECONDS:-540} python3 -m zofo sweep ${SWEEP:-configs/paper/table4.yaml} --out-dir /tmp/zofo/table4 "$@" > $OUT/table4.log 2>&1
