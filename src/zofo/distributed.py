@@ -7,9 +7,11 @@ Every rank holds the whole model and draws the same minibatch indices from the s
 contiguous slice of them (`shard`). What crosses between ranks per step:
     a zeroth-order step   the losses at θ ± εu (a few floats), averaged weighted by each rank's share of the
                           loss's denominator (its examples, or its answer tokens for the LM loss: the minibatch's
-                          mean, as on one process), so every rank applies the same seeded update: no weights,
-                          no gradients
-    a first-order step    the adapter's gradients (and the logged loss), in one all-reduce, averaged the same way
+                          mean, as on one process), part by part for an objective over several minibatches
+                          (Bilevel's B_FT and B_P, meta-training's tasks), so every rank applies the same seeded
+                          update: no weights, no gradients
+    a first-order step    the adapter's gradients (and the logged loss), in one all-reduce after each backward
+                          pass, averaged the same way
     evaluation            the validation loss's sums; the test predictions, gathered in the examples' order
 Every `weight_check_every` steps the ranks compare a checksum of each tensor of their weights.
 Only rank 0 writes the run folder and prints; the other ranks read what it wrote (the trajectory, on resume).
@@ -69,17 +71,14 @@ def print_main(*args, **kwargs) -> None:
 
 
 def check_launch(config) -> None:
-    """What a data-parallel run needs, checked before anything loads: a batch size that splits evenly over the
-    ranks, a method that runs data parallel, one GPU per rank."""
+    """What a data-parallel run needs, checked before anything loads: a torchrun launch for sharded weights, a
+    batch size that splits evenly over the ranks, one GPU per rank."""
     n = launched_processes()
     if config.shard_weights and not launched_by_torchrun():
         raise ConfigError("--shard-weights splits the weights over the processes of a torchrun launch: "
                           "torchrun --nproc-per-node N -m zofo train ... (or drop --shard-weights)")
     if n == 1:
         return
-    if config.method.startswith("meta-"):
-        raise ConfigError(f"--method {config.method} does not run on several processes yet: launch it without "
-                          f"torchrun (WORLD_SIZE is {n})")
     if config.batch_size % n:
         raise ConfigError(f"--batch-size {config.batch_size} does not split over {n} processes: each rank takes an "
                           f"equal shard of every minibatch, so choose a multiple of {n}")
@@ -208,16 +207,17 @@ def evaluation_sums(values: torch.Tensor) -> torch.Tensor:
 # --- reductions ------------------------------------------------------------------------------------
 
 
-def weighted_mean(values: torch.Tensor, weight: float) -> torch.Tensor:
+def weighted_mean(values: torch.Tensor, weight) -> torch.Tensor:
     """The mean over ranks of `values` (each rank's mean losses on its shard), weighted by `weight`, the
-    denominator of this rank's means (TaskData.loss_weight): the means over the whole minibatch. One
-    all-reduce of len(values) + 1 floats."""
+    denominator of this rank's means (TaskData.loss_weight): the means over the whole minibatch. `weight`
+    is one number, or one per part when the last dimension of `values` holds parts of an objective taken
+    over different minibatches (Bilevel's B_FT and B_P, meta-training's tasks). One all-reduce."""
     if not active():
         return values
-    packed = torch.cat([values.to(torch.float32).reshape(-1) * weight,
-                        torch.tensor([float(weight)], device=values.device)])
+    weights = torch.as_tensor(weight, dtype=torch.float32, device=values.device).expand(values.shape[-1:])
+    packed = torch.cat([(values.to(torch.float32) * weights).reshape(-1), weights])
     _collective("all-reducing losses", lambda: dist.all_reduce(packed))
-    return (packed[:-1] / packed[-1]).reshape(values.shape)
+    return packed[:values.numel()].view(values.shape) / packed[values.numel():]
 
 
 def sums(values: torch.Tensor) -> torch.Tensor:
@@ -233,7 +233,9 @@ def average_gradients(optimizer: torch.optim.Optimizer, losses: list[torch.Tenso
     """The gradients of the optimizer's parameters (an adapter's) and the `losses` logged with them, averaged
     over ranks weighted by `weight` (as in weighted_mean), in one all-reduce: each rank's .grad is the gradient
     of its shard's mean loss, so the average is the gradient of the whole minibatch's mean loss, as on one
-    process."""
+    process. Where gradients of several minibatches accumulate (B_FT then B_P; several tasks), call it after
+    each backward with that minibatch's weight: what was averaged before is the same on every rank, and any
+    weighted mean leaves it as it is."""
     if not active():
         return losses
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]

@@ -193,13 +193,13 @@ def run_meta_training(config: RunConfig) -> dict:
     model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
     metrics = {"method": config.method, "peft": config.adapter.peft, "model": config.model, "seed": config.seed,
                "device": device_name(device), "dtype": config.dtype, "data": setting.metadata(),
-               "train_tasks": list(train_names), "test_tasks": list(test_names)}
+               "train_tasks": list(train_names), "test_tasks": list(test_names), "processes": distributed.world_size()}
     if state is not None:
         metrics.update(state["pretrained"])
-        print(f"resuming {run.folder} after step {state['step']}", flush=True)
+        distributed.print_main(f"resuming {run.folder} after step {state['step']}")
     elif config.zero_shot and config.test:
         metrics["pretrained"] = test(model, MODES)  # the zero-shot, in-context and tuned-pretrained baselines
-        print("pretrained model: " + scores_line(metrics["pretrained"]), flush=True)
+        distributed.print_main("pretrained model: " + scores_line(metrics["pretrained"]))
     pretrained = {k: metrics[k] for k in ("pretrained",) if k in metrics}
     method = start_point(model)
     del model
@@ -222,9 +222,9 @@ def run_meta_training(config: RunConfig) -> dict:
     modes = ("zero_shot", "icl") if config.method == "meta-icl" else ("zero_shot", "tuned")
     metrics["meta_test"] = test(theta, modes)
     metrics["test"] = {k: v for k, v in metrics["meta_test"].items() if k.split("_std")[0] in MODES}
-    print(f"meta-trained θ at step {selection.step}: " + scores_line(metrics["meta_test"]), flush=True)
+    distributed.print_main(f"meta-trained θ at step {selection.step}: " + scores_line(metrics["meta_test"]))
     metrics["graphs"] = calls.summary()
-    if config.save_model:
+    if config.save_model and run.writes:
         theta.save_pretrained(run.folder / "model")
         tokenizer.save_pretrained(run.folder / "model")
     run.finish(metrics)

@@ -111,15 +111,21 @@ class Method:
 
     # --- shared pieces ---------------------------------------------------------------------------
 
-    def zo_step(self, objective, seed: int, step: int, at_theta=None, weight: float = 1.0) -> Any:
+    def zo_step(self, objective, seed: int, step: int, at_theta=None, weight=1.0, coefficients=None) -> Any:
         """One SPSA estimate and ZO update of the engine's parameters, logged to the trajectory:
         the objective is evaluated at the perturbed points (θ left displaced by the last direction),
         then the optimizer's pass takes the displacement back and applies the update.
         On several processes the objective sees this rank's shard of the minibatch, whose loss is a mean over
         `weight` (TaskData.loss_weight): the losses are averaged over the ranks with these weights, so every
-        rank holds the whole minibatch's losses and applies the same update."""
-        estimate = self.zo.spsa.estimate(objective, seed, at_theta=at_theta,
-                                         reduce=lambda losses: distributed.weighted_mean(losses, weight))
+        rank holds the whole minibatch's losses and applies the same update. An objective over several
+        minibatches returns its parts (a 1-D tensor), each with its weight; the objective is then
+        Σ coefficients · parts, taken after the parts' means over the ranks."""
+
+        def reduce(losses: torch.Tensor) -> torch.Tensor:
+            losses = distributed.weighted_mean(losses, weight)
+            return losses if coefficients is None else (losses * coefficients).sum(-1)
+
+        estimate = self.zo.spsa.estimate(objective, seed, at_theta=at_theta, reduce=reduce)
         check_finite(estimate.losses, step, seed, self.config.dtype)
         if self.zo.optimizer.steps == 0 and self.config.lr > 0:
             self.check_update_resolution(estimate)

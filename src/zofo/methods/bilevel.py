@@ -37,7 +37,7 @@ from ..adapters import activate, adapter_parameters, adapter_state, base_paramet
 from ..calls import step_optimizer
 from ..zo import mix, zo_engine
 from .base import Method
-from .penalty import LOWER, UPPER, UpperObjective
+from .penalty import LOWER, UPPER, UpperObjective, phi_gradient
 
 class BilevelZOFO(Method):
     """The state of one Bilevel ZOFO run and its two kinds of step."""
@@ -118,13 +118,7 @@ class BilevelZOFO(Method):
         """Accumulate ∇_φ [L(θ,φ;B_FT) + λ·L(θ,φ;B_P)] in φ's .grad, as two backward passes: the
         activations held at once are those of one minibatch, as in a first-order PEFT step.
         Returns the two losses, detached (on several processes: gradient and losses averaged over the ranks)."""
-        ft_loss = self.data.backward(self.peft_model, ft_batch)
-        p_loss = self.data.backward(self.peft_model, peft_batch, scale=self.lam)
-        # several processes: weighted by the B_FT shard (exact for the candidates loss, where every shard of
-        # B_FT and B_P has B/N examples; for the LM loss B_P's tokens are weighted as B_FT's)
-        weight = self.data.loss_weight(ft_batch)
-        ft_loss, p_loss = distributed.average_gradients(self.phi_optimizer, [ft_loss, p_loss], weight=weight)
-        return ft_loss, p_loss
+        return phi_gradient(self.peft_model, self.data, self.phi_optimizer, ft_batch, peft_batch, self.lam)
 
     def phi_update(self) -> None:
         step_optimizer(self.phi_optimizer)
@@ -138,9 +132,9 @@ class BilevelZOFO(Method):
         with record_function("bilevel.theta_step"):
             objective = UpperObjective(self.peft_model, self.data, ft_batch, peft_batch, self.lam,
                                        separate=self.reuse_phi_forwards)
-            at_theta = objective.given_phi_losses(ft_loss, p_loss) if self.reuse_phi_forwards else None
-            weight = self.data.loss_weight(ft_batch)  # as φ's gradient's
-            estimate = self.zo_step(objective, seed, step, at_theta=at_theta, weight=weight)
+            at_theta = objective.given_phi_parts(ft_loss, p_loss) if self.reuse_phi_forwards else None
+            estimate = self.zo_step(objective.parts, seed, step, at_theta=at_theta, weight=objective.weights(),
+                                    coefficients=torch.tensor(objective.coefficients, device=self.zo.space.device))
             activate(self.peft_model, UPPER)  # an odd number of evaluations of F leaves z active
         if self.config.bilevel.order == "same-point":
             self.phi_update()  # from the gradient at the point where F was estimated

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from ..adapters import activate, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
 from ..data import TaskSet
 from ..calls import step_optimizer
 from ..zo import mix, zo_engine
 from .base import Method, sample_tasks
-from .penalty import UpperObjective
+from .penalty import UpperObjective, phi_gradient
 
 
 class MetaBilevelZOFO(Method):
@@ -75,12 +76,14 @@ class MetaBilevelZOFO(Method):
             data, phi = self.data[i], self.phi(i)
             ft, peft = self.samplers[phi].next(), self.samplers[self.z(i)].next()
             activate(self.peft_model, phi)
-            ft_losses.append(data.backward(self.peft_model, ft))
-            data.backward(self.peft_model, peft, scale=self.lam)
+            ft_losses.append(phi_gradient(self.peft_model, data, self.optimizers[phi], ft, peft, self.lam)[0])
             step_optimizer(self.optimizers[phi])  # φ first, then θ estimated at the new φ (ALGORITHM.md's order)
             objectives.append(UpperObjective(self.peft_model, data, ft, peft, self.lam, upper=phi, lower=self.z(i)))
-        estimate = self.zo_step(lambda: torch.stack([f() for f in objectives]).sum(), mix(self.config.seed, t),
-                                step=t * (self.K + 1))
+        # Σ_i F_i from every task's parts, each part weighted over the ranks by its own minibatch
+        weights = [w for f in objectives for w in f.weights()]
+        coefficients = torch.tensor([c for f in objectives for c in f.coefficients], device=self.zo.space.device)
+        estimate = self.zo_step(lambda: torch.cat([f.parts() for f in objectives]), mix(self.config.seed, t),
+                                step=t * (self.K + 1), weight=weights, coefficients=coefficients)
         return {"train_loss": torch.stack(ft_losses).mean(), "lower_loss": torch.stack(lower_losses).mean(),
                 "upper_objective": estimate.loss}
 
@@ -89,7 +92,10 @@ class MetaBilevelZOFO(Method):
         name = self.z(i)
         activate(self.peft_model, name)
         for _ in range(self.K):
-            loss = self.data[i].backward(self.peft_model, self.samplers[name].next())
+            examples = self.samplers[name].next()  # this rank's shard, on several processes
+            loss = self.data[i].backward(self.peft_model, examples)
+            weight = self.data[i].loss_weight(examples)
+            (loss,) = distributed.average_gradients(self.optimizers[name], [loss], weight=weight)
             step_optimizer(self.optimizers[name])
         return loss
 

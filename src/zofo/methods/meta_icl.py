@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from ..calls import step_optimizer
 from ..zo import mix
 from .base import Method, sample_tasks
@@ -34,7 +35,11 @@ class MetaICL(Method):
 
     def step(self, iteration: int) -> dict:
         sampled = self.sampled_tasks(iteration + 1)
-        losses = [self.data[i].backward(self.model, self.samplers[i].next(), scale=1 / len(sampled)) for i in sampled]
+        losses = []
+        for i in sampled:  # on several processes: each task's gradient averaged over the ranks with its own weights
+            examples = self.samplers[i].next()
+            loss = self.data[i].backward(self.model, examples, scale=1 / len(sampled))
+            losses += distributed.average_gradients(self.optimizer, [loss], weight=self.data[i].loss_weight(examples))
         step_optimizer(self.optimizer)
         return {"train_loss": torch.stack(losses).mean()}
 

@@ -33,9 +33,13 @@ class MetaMeZO(Method):
 
     def step(self, iteration: int) -> dict:
         t = iteration + 1
-        batches = [(self.data[i], self.data[i].batch(self.samplers[i].next())) for i in self.sampled_tasks(t)]
-        estimate = self.zo_step(lambda: torch.stack([data.batch_loss(self.model, b) for data, b in batches]).sum(),
-                                mix(self.config.seed, t), step=t)
+        shards = [(self.data[i], self.samplers[i].next()) for i in self.sampled_tasks(t)]  # this rank's, on several
+        batches = [(data, data.batch(examples)) for data, examples in shards]
+        # the sum of the tasks' losses, each averaged over the ranks with its own minibatch's weights
+        weights = [data.loss_weight(examples) for data, examples in shards]
+        estimate = self.zo_step(lambda: torch.stack([data.batch_loss(self.model, b) for data, b in batches]),
+                                mix(self.config.seed, t), step=t, weight=weights,
+                                coefficients=torch.ones(len(batches), device=self.zo.space.device))
         return {"train_loss": estimate.loss / len(batches)}  # the mean task loss
 
     def state_dict(self) -> dict:

@@ -7,11 +7,23 @@ from __future__ import annotations
 
 import torch
 
+from .. import distributed
 from ..adapters import DEFAULT, activate
 from ..data import TaskData
 from ..losses import group_means
 
 UPPER, LOWER = DEFAULT, "lower"  # φ keeps peft's default name, so the saved adapter loads as usual
+
+
+def phi_gradient(model, data: TaskData, optimizer, ft: list, peft: list, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accumulate ∇_φ [L(θ,φ;B_FT) + λ·L(θ,φ;B_P)] in the active φ's .grad, as two backward passes (the
+    activations held at once are those of one minibatch); returns the two losses, detached. On several
+    processes each pass's gradient is averaged over the ranks with its own minibatch's weights."""
+    ft_loss = data.backward(model, ft)
+    (ft_loss,) = distributed.average_gradients(optimizer, [ft_loss], weight=data.loss_weight(ft))
+    p_loss = data.backward(model, peft, scale=lam)
+    (p_loss,) = distributed.average_gradients(optimizer, [p_loss], weight=data.loss_weight(peft))
+    return ft_loss, p_loss
 
 
 class UpperObjective:
@@ -22,7 +34,7 @@ class UpperObjective:
 
     def __init__(self, model, data: TaskData, ft: list, peft: list, lam: float, separate: bool = False,
                  upper: str = UPPER, lower: str = LOWER):
-        self.model, self.data, self.lam, self.lower = model, data, lam, lower
+        self.model, self.data, self.lam, self.lower, self.ft, self.peft = model, data, lam, lower, ft, peft
         peft_batch = data.batch(peft)
         # (adapter, batch, sizes of its groups of examples); the groups in order are B_FT·φ, B_P·φ, B_P·z
         if separate:
@@ -51,7 +63,21 @@ class UpperObjective:
         ft_loss, p_loss, z_loss = self.losses()
         return ft_loss + self.lam * (p_loss - z_loss)
 
-    def given_phi_losses(self, ft_loss: torch.Tensor, p_loss: torch.Tensor) -> torch.Tensor:
-        """F at the current θ from L(θ,φ;B_FT) and L(θ,φ;B_P) already computed: only z's forward runs."""
+    def parts(self) -> torch.Tensor:
+        """[L(θ,φ;B_FT), L(θ,φ;B_P) − L(θ,z;B_P)]: F = parts · coefficients, each part a mean over one minibatch
+        (so that several processes average each over the ranks with its own weights)."""
+        ft_loss, p_loss, z_loss = self.losses()
+        return torch.stack([ft_loss, p_loss - z_loss])
+
+    def given_phi_parts(self, ft_loss: torch.Tensor, p_loss: torch.Tensor) -> torch.Tensor:
+        """The parts at the current θ from L(θ,φ;B_FT) and L(θ,φ;B_P) already computed: only z's forward runs."""
         (z_loss,) = self._losses_of(self.calls[-1:])
-        return ft_loss + self.lam * (p_loss - z_loss)
+        return torch.stack([ft_loss, p_loss - z_loss])
+
+    def weights(self) -> list[float]:
+        """The parts' denominators on this process (TaskData.loss_weight of its B_FT and B_P)."""
+        return [self.data.loss_weight(self.ft), self.data.loss_weight(self.peft)]
+
+    @property
+    def coefficients(self) -> list[float]:
+        return [1.0, self.lam]
