@@ -119,6 +119,33 @@ def assert_same_logs(expected, got):
             assert abs(a[key] - b[key]) <= tolerance, (a["step"], key, a[key], b[key])
 
 
+META = ["--meta-train-tasks", "3", "--meta-tasks-per-step", "2", "--meta-val-per-task", "4", "--max-length", "96",
+        "--no-test", "--lr", "1e-3"]
+META_METHODS = {  # method flags, steps, eval_every; trained only (--no-test): the meta-test is the evaluation's
+    "meta-mezo": (["--method", "meta-mezo", *META], 12, 6),
+    "meta-bilevel": (["--method", "meta-bilevel", "--peft", "lora", "--bilevel-k", "2", *META], 12, 6),
+    "meta-icl": (["--method", "meta-icl", "--meta-demo-max-length", "128", *META], 6, 3),
+}
+
+
+@pytest.mark.parametrize("name", META_METHODS)
+def test_meta_training_on_two_processes_trains_as_on_one(name, monkeypatch, tmp_path, data_dir):
+    """Every sampled task's loss (and gradient) averaged over the ranks with that task's own weights."""
+    monkeypatch.setitem(METHODS, name, META_METHODS[name])
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(train_args(data_dir, one, name)) == 0
+    torchrun(train_args(data_dir, two, name))
+    assert_same_logs(one, two)
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (one, two)]
+    assert metrics[1]["processes"] == 2 and metrics[0]["best_step"] == metrics[1]["best_step"]
+    assert abs(metrics[0]["best_val_loss"] - metrics[1]["best_val_loss"]) <= LOSS_TOLERANCE
+    if (one / "trajectory.jsonl").exists():  # F sums tasks' losses of ~5.5 (and λ·penalties): relative round-off
+        steps = [trajectory_records(folder) for folder in (one, two)]
+        assert [(r["step"], r["seed"]) for r in steps[0]] == [(r["step"], r["seed"]) for r in steps[1]]
+        assert all(abs(a - b) <= GRADIENT_TOLERANCE * max(1.0, abs(a))
+                   for r, s in zip(*steps) for a, b in zip(r["scalars"], s["scalars"]))
+
+
 def trajectory_records(folder):
     return read_records(folder / "trajectory.jsonl")[1:]
 
