@@ -31,10 +31,14 @@ def device_name(device: torch.device) -> str:
 
 
 def load_base_model(config: RunConfig, device: torch.device):
-    """The base model at the run's start point; with --shard-weights split over the ranks (FSDP2)."""
-    model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
+    """The base model at the run's start point; with --shard-weights split over the ranks (FSDP2), loaded into
+    CPU memory first: FSDP2 moves each decoder layer to the device as it splits it, so a rank's device never
+    holds more than its shards and one whole layer (its CPU memory holds the whole model once)."""
     if config.shard_weights:
+        model, _ = load_model(config.model, config.dtype, "cpu", seed=config.seed)
         distributed.shard_weights(model, device)
+        return model
+    model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
     return model
 
 
