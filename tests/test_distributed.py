@@ -266,10 +266,26 @@ def test_sharded_mezo_on_two_processes_trains_as_unsharded_mezo_on_one_and_repla
         assert torch.equal(replayed[name], tensor), name
 
 
-def test_sharded_weights_need_a_torchrun_launch_and_mezo_on_the_full_model(capsys, tmp_path, data_dir):
+def test_sharded_bilevel_on_two_processes_trains_as_unsharded_bilevel(data_parallel_runs, tmp_path, data_dir):
+    """θ split over the ranks, φ and z whole on each: the same losses, θ and adapters as with unsharded weights."""
+    sharded = tmp_path / "sharded"
+    torchrun(train_args(data_dir, sharded, "bilevel", "--shard-weights"))
+    unsharded = data_parallel_runs("bilevel")
+    assert_same_logs(unsharded, sharded)
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (unsharded, sharded)]
+    assert metrics[0]["best_step"] == metrics[1]["best_step"] and metrics[0]["test"] == metrics[1]["test"]
+    assert metrics[1]["zo_parameters"] < metrics[0]["zo_parameters"]  # each rank moves its slice of θ only
+    assert metrics[1]["test_theta_alone"] == metrics[0]["test_theta_alone"]  # the other adapters' tests, as unsharded
+    expected, got = saved_weights(unsharded), saved_weights(sharded)
+    assert expected.keys() == got.keys() and any(k.startswith("adapter/") for k in got)
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], rtol=0, atol=WEIGHT_TOLERANCE), key
+
+
+def test_sharded_weights_need_a_torchrun_launch_and_mezo_or_bilevel(capsys, tmp_path, data_dir):
     assert main(train_args(data_dir, tmp_path / "run", "mezo", "--shard-weights")) == 2
     assert "--shard-weights splits the weights over the processes of a torchrun launch" in capsys.readouterr().err
     assert main(train_args(data_dir, tmp_path / "run", "fo", "--shard-weights")) == 2
-    assert "built for MeZO on the full model" in capsys.readouterr().err
+    assert "built for MeZO on the full model (--method mezo --peft none) and Bilevel ZOFO" in capsys.readouterr().err
     assert main(train_args(data_dir, tmp_path / "run", "mezo", "--shard-weights", "--zo-optimizer", "zo-adam")) == 2
     assert "stateless ZO optimizer" in capsys.readouterr().err

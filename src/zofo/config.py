@@ -150,7 +150,7 @@ class RunConfig(BaseModel):
     overwrite: bool = Field(False, description="replace the run already in the run folder")
     save_model: bool = Field(True, description="save the full fine-tuned model (methods that change the base weights)")
     weight_check_every: int = Field(100, ge=0, description="on several processes (torchrun): compare a checksum of every weight tensor across the ranks every N steps and at the last step, and stop with the first tensor that differs; 0 = never")
-    shard_weights: bool = Field(False, description="on several processes (torchrun): split the base model's weights over the ranks with FSDP2 (fully_shard, one unit per decoder layer), for a model larger than one device's memory; each rank perturbs and updates its own slice with the directions of the unsharded weights (the trajectory replays onto the whole model). For now: MeZO on the full model with a stateless ZO optimizer, no CUDA graphs")
+    shard_weights: bool = Field(False, description="on several processes (torchrun): split the base model's weights over the ranks with FSDP2 (fully_shard, one unit per decoder layer), for a model larger than one device's memory; each rank perturbs and updates its own slice with the directions of the unsharded weights (the trajectory replays onto the whole model). The adapters stay whole on every rank. For now: MeZO on the full model and Bilevel ZOFO, with a stateless ZO optimizer, no CUDA graphs")
     collective_timeout: int = Field(1800, ge=1, description="on several processes (torchrun): seconds a rank waits for the others in a collective before it stops with an error (a rank that dies is noticed at once)")
 
     data: DataConfig = DataConfig()
@@ -185,9 +185,9 @@ class RunConfig(BaseModel):
         if self.tf32 and self.dtype != "fp32":
             raise ValueError(f"--tf32 is a matmul mode for fp32 weights, and --dtype is {self.dtype}: drop --tf32")
         if self.shard_weights:
-            if self.method != "mezo" or self.adapter.peft != "none":
-                raise ValueError("--shard-weights is built for MeZO on the full model (--method mezo --peft none) so "
-                                 f"far, not --method {self.method} --peft {self.adapter.peft}")
+            if not (self.method == "bilevel" or (self.method == "mezo" and self.adapter.peft == "none")):
+                raise ValueError("--shard-weights is built for MeZO on the full model (--method mezo --peft none) and "
+                                 f"Bilevel ZOFO so far, not --method {self.method} --peft {self.adapter.peft}")
             if self.zo.optimizer == "zo-adam" or self.zo.momentum:
                 raise ValueError("--shard-weights needs a stateless ZO optimizer (zo-sgd without momentum, or "
                                  "zo-sign-sgd): each rank's optimizer state would be its own shard's")

@@ -12,6 +12,7 @@ import time
 import torch
 
 from . import distributed, loop
+from .adapters import is_adapter_parameter
 from .calls import model_calls
 from .config import META_METHODS, RunConfig
 from .data import TaskSet, metaicl_task_data, prepare_tasks
@@ -46,10 +47,14 @@ def save_results(model, tokenizer, config: RunConfig, run: RunFolder) -> None:
     """The adapter with peft's save_pretrained; the base weights, where the method trained them, as a
     plain transformers folder (the adapter is taken off first, so `from_pretrained` loads θ alone).
     Rank 0 writes; sharded weights are gathered to it first (every rank takes part)."""
-    if config.shard_weights:
-        weights = distributed.full_state_dict(model) if config.save_model else {}
-        if run.writes and config.save_model:
-            model.save_pretrained(run.folder / "model", state_dict=weights)
+    if config.shard_weights:  # θ gathered from every rank's shards (all take part); adapters are whole on each
+        weights = distributed.full_state_dict(plain_base(model)) if config.save_model else {}
+        if not run.writes:
+            return
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(run.folder / "adapter")
+        if config.save_model:
+            plain_base(model).save_pretrained(run.folder / "model", state_dict=plain_names(model, weights))
             tokenizer.save_pretrained(run.folder / "model")
         return
     if not run.writes:
@@ -60,6 +65,19 @@ def save_results(model, tokenizer, config: RunConfig, run: RunFolder) -> None:
         base = plain_model(model)
         base.save_pretrained(run.folder / "model")
         tokenizer.save_pretrained(run.folder / "model")
+
+
+def plain_base(model):
+    """The transformers model under any peft wrapper (its LoRA layers still in place)."""
+    return model.get_base_model() if hasattr(model, "peft_config") else model
+
+
+def plain_names(model, weights: dict) -> dict:
+    """θ's tensors of a state dict of plain_base(model), under the plain model's names (adapters left out)."""
+    if not hasattr(model, "peft_config"):
+        return weights
+    return {name.replace(".base_layer", ""): tensor for name, tensor in weights.items()
+            if not is_adapter_parameter(model, name)}
 
 
 def plain_model(model):
