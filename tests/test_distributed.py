@@ -240,24 +240,30 @@ def test_ranks_whose_weights_differ_stop_naming_the_first_tensor():
         assert "rank(s) 1 differ from rank 0" in results[rank]
 
 
+def sharded_against_unsharded(name, data_parallel_runs, tmp_path, data_dir):
+    """The method trained with --shard-weights on two processes, against its data-parallel run with whole
+    weights: the same logs, best step, test metrics and saved weights; each rank moved a slice of θ only."""
+    sharded = tmp_path / "sharded"
+    torchrun(train_args(data_dir, sharded, name, "--shard-weights"))
+    unsharded = data_parallel_runs(name)
+    assert_same_logs(unsharded, sharded)
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (unsharded, sharded)]
+    assert metrics[0]["best_step"] == metrics[1]["best_step"] and metrics[0]["test"] == metrics[1]["test"]
+    assert metrics[1]["zo_parameters"] < metrics[0]["zo_parameters"]
+    expected, got = saved_weights(unsharded), saved_weights(sharded)
+    assert expected and expected.keys() == got.keys()
+    for key in expected:
+        assert torch.allclose(expected[key], got[key], rtol=0, atol=WEIGHT_TOLERANCE), key
+    return unsharded, sharded, metrics
+
+
 def test_sharded_mezo_on_two_processes_trains_as_unsharded_mezo_on_one_and_replays_onto_the_whole_model(
         data_parallel_runs, tmp_path, data_dir):
     """θ split over two ranks by FSDP2: each rank perturbs and updates its slice with the directions of the
     whole θ (keyed by global index). Against the data-parallel run (the same shards of every minibatch,
     unsharded weights): the same losses and weights to float round-off; the trajectory replays on one process
     into the weights the sharded run saved, bit for bit."""
-    sharded = tmp_path / "sharded"
-    torchrun(train_args(data_dir, sharded, "mezo", "--shard-weights"))
-    unsharded = data_parallel_runs("mezo")
-    assert_same_logs(unsharded, sharded)
-    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (unsharded, sharded)]
-    assert metrics[0]["best_step"] == metrics[1]["best_step"] and metrics[0]["test"] == metrics[1]["test"]
-    assert metrics[1]["zo_parameters"] < metrics[0]["zo_parameters"]  # each rank moves its slice only
-    expected, got = saved_weights(unsharded), saved_weights(sharded)
-    assert expected.keys() == got.keys()
-    for key in expected:
-        assert torch.allclose(expected[key], got[key], rtol=0, atol=WEIGHT_TOLERANCE), key
-
+    unsharded, sharded, _ = sharded_against_unsharded("mezo", data_parallel_runs, tmp_path, data_dir)
     header = read_records(sharded / "trajectory.jsonl")[0]
     assert header == read_records(unsharded / "trajectory.jsonl")[0]  # the whole θ's directions
     assert main(["replay", str(sharded), "--output", str(tmp_path / "replayed")]) == 0
@@ -268,18 +274,9 @@ def test_sharded_mezo_on_two_processes_trains_as_unsharded_mezo_on_one_and_repla
 
 def test_sharded_bilevel_on_two_processes_trains_as_unsharded_bilevel(data_parallel_runs, tmp_path, data_dir):
     """θ split over the ranks, φ and z whole on each: the same losses, θ and adapters as with unsharded weights."""
-    sharded = tmp_path / "sharded"
-    torchrun(train_args(data_dir, sharded, "bilevel", "--shard-weights"))
-    unsharded = data_parallel_runs("bilevel")
-    assert_same_logs(unsharded, sharded)
-    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (unsharded, sharded)]
-    assert metrics[0]["best_step"] == metrics[1]["best_step"] and metrics[0]["test"] == metrics[1]["test"]
-    assert metrics[1]["zo_parameters"] < metrics[0]["zo_parameters"]  # each rank moves its slice of θ only
+    unsharded, sharded, metrics = sharded_against_unsharded("bilevel", data_parallel_runs, tmp_path, data_dir)
     assert metrics[1]["test_theta_alone"] == metrics[0]["test_theta_alone"]  # the other adapters' tests, as unsharded
-    expected, got = saved_weights(unsharded), saved_weights(sharded)
-    assert expected.keys() == got.keys() and any(k.startswith("adapter/") for k in got)
-    for key in expected:
-        assert torch.allclose(expected[key], got[key], rtol=0, atol=WEIGHT_TOLERANCE), key
+    assert any(name.startswith("adapter/") for name in saved_weights(sharded))
 
 
 def test_sharded_weights_need_a_torchrun_launch_and_mezo_or_bilevel(capsys, tmp_path, data_dir):
