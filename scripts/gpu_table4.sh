@@ -4,6 +4,10 @@
 # /tmp/zofo/table4, where partial runs and their checkpoints stay while the machine is warm. The runs
 # already collected here under results/table4/runs are copied in and skipped. $OUT gets an archive of the
 # run folders without checkpoints or weights. Afterwards, here: scripts/collect_runs.sh <files_at>/runs.tgz
+# Two calls in a row (64 MiB carried per call; .gpu/ is ignored: the wheel in a 40 MB and a 53 MB part):
+#   1. carry [.gpu/a, .gpu/py, .gpu/metaicl.tar.xz]: mkdir -p /tmp/zofo && cp .gpu/a/part-aa /tmp/zofo/ &&
+#      source scripts/gpu_setup.sh && mkdir -p /tmp/zofo/data && tar xJf .gpu/metaicl.tar.xz -C /tmp/zofo/data
+#   2. at once, carry [.gpu/b]: SWEEP_SECONDS=540 bash scripts/gpu_table4.sh   (again while warm to continue)
 source scripts/gpu_setup.sh
 OUT=${OUT:-.}
 if [ -f .gpu/metaicl.tar.xz ] && [ ! -d /tmp/zofo/data/metaicl ]; then
