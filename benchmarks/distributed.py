@@ -40,9 +40,9 @@ from method_step import shared_examples  # noqa: E402
 from zofo import distributed  # noqa: E402
 from zofo.config import make_config  # noqa: E402
 from zofo.data import TaskData, TaskSet  # noqa: E402
-from zofo.methods.bilevel import BilevelZOFO  # noqa: E402
+from zofo.methods import METHODS  # noqa: E402
 from zofo.tasks import get_task  # noqa: E402
-from zofo.zo import SPSA, ZOSGD, ParameterSpace, Trajectory  # noqa: E402
+from zofo.zo import Trajectory  # noqa: E402
 
 ARCHS = {
     "tiny": lambda: LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -105,33 +105,24 @@ def timed(step, warmup: int, iters: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def zo_sgd(model, data: TaskData, batch: int, device: torch.device, warmup: int, iters: int) -> dict:
-    space = ParameterSpace(list(model.named_parameters()))
-    spsa, optimizer = SPSA(space, eps=1e-3), ZOSGD(space, lr=1e-7)
-    sampler = data.sampler(batch * distributed.world_size(), seed=0)
-
-    def step(i):
-        examples = sampler.next()  # this rank's shard
-        minibatch = data.batch(examples)
-        estimate = spsa.estimate(lambda: data.batch_loss(model, minibatch), i,
-                                 reduce=lambda losses: distributed.weighted_mean(losses, data.loss_weight(examples)))
-        optimizer.step(estimate)
-
-    seconds = timed(step, warmup, iters, device)
-    distributed.check_same_weights(model, warmup + iters)  # raises if any rank's weights differ
-    return {"seconds": seconds, "examples_per_s": batch * distributed.world_size() / seconds,
-            "zo_parameters_per_rank": space.numel}
+# workload -> (method, its fields, minibatches of the global batch per iteration)
+WORKLOADS = {"zo-sgd": ("mezo", {"peft": "none"}, 1), "bilevel": ("bilevel", {"peft": "lora", "bilevel_k": K}, K + 2)}
 
 
-def bilevel(model, data: TaskData, batch: int, device: torch.device, dtype: str, warmup: int, iters: int) -> dict:
-    config = make_config({"method": "bilevel", "peft": "lora", "batch_size": batch * distributed.world_size(),
-                          "bilevel_k": K, "steps": (K + 1) * (warmup + iters), "dtype": dtype, "lr": 1e-7})
-    folder = Path(tempfile.mkdtemp())
-    method = BilevelZOFO(model, TaskSet([data]), config, Trajectory(folder / "t.jsonl", writes=distributed.is_main()))
+def throughput(workload: str, model, data: TaskData, batch: int, device: torch.device, dtype: str, warmup: int,
+               iters: int) -> dict:
+    """Iterations of the library's own method (MeZO, Bilevel ZOFO) on `model`, timed; then the ranks' weights
+    compared (distributed.check_same_weights raises if any differ)."""
+    name, fields, minibatches = WORKLOADS[workload]
+    config = make_config({"method": name, **fields, "batch_size": batch * distributed.world_size(), "dtype": dtype,
+                          "steps": (K + 1) * (warmup + iters), "lr": 1e-7})
+    trajectory = Trajectory(Path(tempfile.mkdtemp()) / "t.jsonl", writes=distributed.is_main())
+    method = METHODS[name](model, TaskSet([data]), config, trajectory)
     method.begin()
     seconds = timed(method.step, warmup, iters, device)
-    distributed.check_same_weights(method.model, (K + 1) * (warmup + iters))
-    return {"seconds": seconds, "examples_per_s": (K + 2) * batch * distributed.world_size() / seconds}
+    distributed.check_same_weights(method.model, warmup + iters)
+    return {"seconds": seconds, "examples_per_s": minibatches * batch * distributed.world_size() / seconds,
+            "zo_parameters_per_rank": method.zo.space.numel}
 
 
 def worker(args) -> None:
@@ -146,10 +137,7 @@ def worker(args) -> None:
                 torch.cuda.reset_peak_memory_stats(device)
             model = random_model(arch, torch_dtype, device, args.shard)
             data = task_data(ARCHS[arch]().vocab_size, args.batch, args.length)
-            if workload == "zo-sgd":
-                result = zo_sgd(model, data, args.batch, device, args.warmup, args.iters)
-            else:
-                result = bilevel(model, data, args.batch, device, dtype, args.warmup, args.iters)
+            result = throughput(workload, model, data, args.batch, device, dtype, args.warmup, args.iters)
             peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
             peaks = distributed.gather([peak])
             records.append({"arch": arch, "workload": workload, "processes": distributed.world_size(),

@@ -108,8 +108,13 @@ def base_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
     """θ: every weight of the base model, none of the adapters', named as in the plain model."""
     if not isinstance(model, PeftModel):
         return list(model.named_parameters())
-    return [(n.replace(".base_layer", ""), p) for n, p in model.get_base_model().named_parameters()
-            if not is_adapter_parameter(model, n)]
+    return base_entries(model, model.get_base_model().named_parameters())
+
+
+def base_entries(model, named) -> list[tuple[str, object]]:
+    """θ's entries of (name, value) pairs named as in peft's base model (its parameters, or its state dict),
+    under the plain model's names; the adapters' entries left out."""
+    return [(n.replace(".base_layer", ""), v) for n, v in named if not is_adapter_parameter(model, n)]
 
 
 def adapter_state(model, name: str) -> dict[str, torch.Tensor]:

@@ -86,6 +86,14 @@ class TaskData:
         """The training loss of `examples`, its gradient (times scale) added to the trainable .grad."""
         return self.calls.backward(model, self.batch(examples), self.loss_name, scale)
 
+    def gradient(self, model, examples: list[TokenizedExample], optimizer, scale: float = 1.0) -> torch.Tensor:
+        """backward() for a step of `optimizer`: on several processes, where `examples` is this rank's shard,
+        the gradient of its parameters and the loss are then averaged over the ranks weighted by loss_weight,
+        which makes them the whole minibatch's. Where gradients of several minibatches accumulate, each call
+        averages its own (what was averaged before is the same on every rank, and stays as it is)."""
+        loss = self.backward(model, examples, scale)
+        return distributed.average_gradients(optimizer, loss, weight=self.loss_weight(examples))
+
     def sampler(self, batch_size: int, seed: int, examples: list[TokenizedExample] | None = None) -> ExampleSampler:
         """Minibatches of the training examples (or of a subset of them)."""
         return ExampleSampler(self.train if examples is None else examples, batch_size, seed)

@@ -229,27 +229,26 @@ def sums(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def average_gradients(optimizer: torch.optim.Optimizer, losses: list[torch.Tensor], weight: float) -> list[torch.Tensor]:
-    """The gradients of the optimizer's parameters (an adapter's) and the `losses` logged with them, averaged
+def average_gradients(optimizer: torch.optim.Optimizer, loss: torch.Tensor, weight: float) -> torch.Tensor:
+    """The gradients of the optimizer's parameters (an adapter's) and the `loss` logged with them, averaged
     over ranks weighted by `weight` (as in weighted_mean), in one all-reduce: each rank's .grad is the gradient
     of its shard's mean loss, so the average is the gradient of the whole minibatch's mean loss, as on one
     process. Where gradients of several minibatches accumulate (B_FT then B_P; several tasks), call it after
     each backward with that minibatch's weight: what was averaged before is the same on every rank, and any
     weighted mean leaves it as it is."""
     if not active():
-        return losses
+        return loss
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    device = grads[0].device if grads else losses[0].device
+    device = grads[0].device if grads else loss.device
     packed = torch.cat([g.reshape(-1).to(torch.float32) for g in grads]
-                       + [torch.stack([loss.to(device, torch.float32) for loss in losses]),
-                          torch.ones(1, device=device)]) * weight
+                       + [loss.to(device, torch.float32).reshape(1), torch.ones(1, device=device)]) * weight
     _collective("all-reducing adapter gradients", lambda: dist.all_reduce(packed))
     packed = packed / packed[-1]
     offset = 0
     for grad in grads:  # in place: a captured backward keeps writing into these tensors
         grad.copy_(packed[offset: offset + grad.numel()].view_as(grad))
         offset += grad.numel()
-    return list(packed[offset: offset + len(losses)].unbind())
+    return packed[offset]
 
 
 # --- the ranks hold the same weights ---------------------------------------------------------------

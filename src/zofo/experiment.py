@@ -12,7 +12,7 @@ import time
 import torch
 
 from . import distributed, loop
-from .adapters import is_adapter_parameter
+from .adapters import base_entries
 from .calls import model_calls
 from .config import META_METHODS, RunConfig
 from .data import TaskSet, metaicl_task_data, prepare_tasks
@@ -35,49 +35,29 @@ def load_base_model(config: RunConfig, device: torch.device):
     """The base model at the run's start point; with --shard-weights split over the ranks (FSDP2), loaded into
     CPU memory first: FSDP2 moves each decoder layer to the device as it splits it, so a rank's device never
     holds more than its shards and one whole layer (its CPU memory holds the whole model once)."""
+    model, _ = load_model(config.model, config.dtype, "cpu" if config.shard_weights else str(device), seed=config.seed)
     if config.shard_weights:
-        model, _ = load_model(config.model, config.dtype, "cpu", seed=config.seed)
         distributed.shard_weights(model, device)
-        return model
-    model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
     return model
 
 
 def save_results(model, tokenizer, config: RunConfig, run: RunFolder) -> None:
     """The adapter with peft's save_pretrained; the base weights, where the method trained them, as a
     plain transformers folder (the adapter is taken off first, so `from_pretrained` loads θ alone).
-    Rank 0 writes; sharded weights are gathered to it first (every rank takes part)."""
-    if config.shard_weights:  # θ gathered from every rank's shards (all take part); adapters are whole on each
-        weights = distributed.full_state_dict(plain_base(model)) if config.save_model else {}
-        if not run.writes:
-            return
-        if hasattr(model, "peft_config"):
-            model.save_pretrained(run.folder / "adapter")
-        if config.save_model:
-            plain_base(model).save_pretrained(run.folder / "model", state_dict=plain_names(model, weights))
-            tokenizer.save_pretrained(run.folder / "model")
-        return
+    Rank 0 writes; sharded weights are gathered to it first (every rank takes part; adapters are whole on each)."""
+    save_base = config.trains_base_model and config.save_model
+    base = model.get_base_model() if hasattr(model, "peft_config") else model  # LoRA layers still in place
+    gathered = distributed.full_state_dict(base) if save_base and config.shard_weights else None
     if not run.writes:
         return
     if hasattr(model, "peft_config"):
         model.save_pretrained(run.folder / "adapter")
-    if config.trains_base_model and config.save_model:
-        base = plain_model(model)
-        base.save_pretrained(run.folder / "model")
+    if save_base:
+        if gathered is None:
+            plain_model(model).save_pretrained(run.folder / "model")
+        else:
+            base.save_pretrained(run.folder / "model", state_dict=dict(base_entries(model, gathered.items())))
         tokenizer.save_pretrained(run.folder / "model")
-
-
-def plain_base(model):
-    """The transformers model under any peft wrapper (its LoRA layers still in place)."""
-    return model.get_base_model() if hasattr(model, "peft_config") else model
-
-
-def plain_names(model, weights: dict) -> dict:
-    """θ's tensors of a state dict of plain_base(model), under the plain model's names (adapters left out)."""
-    if not hasattr(model, "peft_config"):
-        return weights
-    return {name.replace(".base_layer", ""): tensor for name, tensor in weights.items()
-            if not is_adapter_parameter(model, name)}
 
 
 def plain_model(model):
@@ -201,7 +181,7 @@ def run_meta_training(config: RunConfig) -> dict:
 
     def start_point(model=None):
         if model is None:
-            model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
+            model = load_base_model(config, device)
         return METHODS[config.method](model, tasks, config, Trajectory(run.trajectory_path, writes=run.writes))
 
     def test(model, modes) -> dict:
@@ -212,7 +192,7 @@ def run_meta_training(config: RunConfig) -> dict:
                             demo_max_length=config.meta.demo_max_length)
         return {**results, "seconds": round(time.perf_counter() - start, 2)}
 
-    model, _ = load_model(config.model, config.dtype, str(device), seed=config.seed)
+    model = load_base_model(config, device)
     metrics = {"method": config.method, "peft": config.adapter.peft, "model": config.model, "seed": config.seed,
                "device": device_name(device), "dtype": config.dtype, "data": setting.metadata(),
                "train_tasks": list(train_names), "test_tasks": list(test_names), "processes": distributed.world_size()}

@@ -32,7 +32,6 @@ from __future__ import annotations
 import torch
 from torch.profiler import record_function
 
-from .. import distributed
 from ..adapters import activate, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
 from ..calls import step_optimizer
 from ..zo import mix, zo_engine
@@ -54,6 +53,7 @@ class BilevelZOFO(Method):
         self.reuse_phi_forwards = settings.order == "same-point" and config.zo.one_sided
         self.peft_model = with_adapters(model, config.adapter, [UPPER, LOWER], config.seed, same_start=True)
         self.zo = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)  # over θ
+        self.f_coefficients = UpperObjective.coefficients(self.lam, self.zo.space.device)
         phi_lr = config.lr if settings.optimizer == "shared" else settings.upper_lr
         self.phi_optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, UPPER), lr=phi_lr)
         self.z_optimizer = torch.optim.Adam(adapter_parameters(self.peft_model, LOWER), lr=settings.lower_lr)
@@ -107,9 +107,7 @@ class BilevelZOFO(Method):
             activate(self.peft_model, LOWER)
             losses = []
             for peft_batch in peft_batches:
-                loss = self.data.backward(self.peft_model, peft_batch)
-                weight = self.data.loss_weight(peft_batch)  # several processes: z's gradient averaged over ranks
-                losses += distributed.average_gradients(self.z_optimizer, [loss], weight=weight)
+                losses.append(self.data.gradient(self.peft_model, peft_batch, self.z_optimizer))
                 step_optimizer(self.z_optimizer)
             activate(self.peft_model, UPPER)
         return losses
@@ -134,7 +132,7 @@ class BilevelZOFO(Method):
                                        separate=self.reuse_phi_forwards)
             at_theta = objective.given_phi_parts(ft_loss, p_loss) if self.reuse_phi_forwards else None
             estimate = self.zo_step(objective.parts, seed, step, at_theta=at_theta, weight=objective.weights(),
-                                    coefficients=torch.tensor(objective.coefficients, device=self.zo.space.device))
+                                    coefficients=self.f_coefficients)
             activate(self.peft_model, UPPER)  # an odd number of evaluations of F leaves z active
         if self.config.bilevel.order == "same-point":
             self.phi_update()  # from the gradient at the point where F was estimated

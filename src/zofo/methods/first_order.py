@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed
 from ..adapters import DEFAULT, adapter_parameters, adapter_state, load_adapter_state, with_adapters
 from ..calls import step_optimizer
 from .base import Method
@@ -28,9 +27,7 @@ class FirstOrder(Method):
         self.sampler = self.data.sampler(config.batch_size, config.seed)
 
     def step(self, iteration: int) -> dict:
-        examples = self.sampler.next()  # this rank's shard, on several processes
-        loss = self.data.backward(self.peft_model, examples)
-        (loss,) = distributed.average_gradients(self.optimizer, [loss], weight=self.data.loss_weight(examples))
+        loss = self.data.gradient(self.peft_model, self.sampler.next(), self.optimizer)
         step_optimizer(self.optimizer)
         return {"train_loss": loss}
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed
 from ..adapters import activate, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
 from ..data import TaskSet
 from ..calls import step_optimizer
@@ -40,6 +39,7 @@ class MetaBilevelZOFO(Method):
         names = [name for i in range(len(self.data)) for name in (self.phi(i), self.z(i))]
         self.peft_model = with_adapters(model, config.adapter, names, config.seed, same_start=True)
         self.zo = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)  # over θ
+        self.f_coefficients = UpperObjective.coefficients(self.lam, self.zo.space.device, tasks=self.tasks_per_step)
         self.optimizers = {name: torch.optim.Adam(adapter_parameters(self.peft_model, name),
                                                   lr=settings.upper_lr if name.startswith("phi") else settings.lower_lr)
                            for name in names}
@@ -81,9 +81,8 @@ class MetaBilevelZOFO(Method):
             objectives.append(UpperObjective(self.peft_model, data, ft, peft, self.lam, upper=phi, lower=self.z(i)))
         # Σ_i F_i from every task's parts, each part weighted over the ranks by its own minibatch
         weights = [w for f in objectives for w in f.weights()]
-        coefficients = torch.tensor([c for f in objectives for c in f.coefficients], device=self.zo.space.device)
         estimate = self.zo_step(lambda: torch.cat([f.parts() for f in objectives]), mix(self.config.seed, t),
-                                step=t * (self.K + 1), weight=weights, coefficients=coefficients)
+                                step=t * (self.K + 1), weight=weights, coefficients=self.f_coefficients)
         return {"train_loss": torch.stack(ft_losses).mean(), "lower_loss": torch.stack(lower_losses).mean(),
                 "upper_objective": estimate.loss}
 
@@ -92,10 +91,7 @@ class MetaBilevelZOFO(Method):
         name = self.z(i)
         activate(self.peft_model, name)
         for _ in range(self.K):
-            examples = self.samplers[name].next()  # this rank's shard, on several processes
-            loss = self.data[i].backward(self.peft_model, examples)
-            weight = self.data[i].loss_weight(examples)
-            (loss,) = distributed.average_gradients(self.optimizers[name], [loss], weight=weight)
+            loss = self.data[i].gradient(self.peft_model, self.samplers[name].next(), self.optimizers[name])
             step_optimizer(self.optimizers[name])
         return loss
 

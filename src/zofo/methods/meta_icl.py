@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed
 from ..calls import step_optimizer
 from ..zo import mix
 from .base import Method, sample_tasks
@@ -35,11 +34,9 @@ class MetaICL(Method):
 
     def step(self, iteration: int) -> dict:
         sampled = self.sampled_tasks(iteration + 1)
-        losses = []
-        for i in sampled:  # on several processes: each task's gradient averaged over the ranks with its own weights
-            examples = self.samplers[i].next()
-            loss = self.data[i].backward(self.model, examples, scale=1 / len(sampled))
-            losses += distributed.average_gradients(self.optimizer, [loss], weight=self.data[i].loss_weight(examples))
+        # on several processes each task's gradient is averaged over the ranks with its own weights
+        losses = [self.data[i].gradient(self.model, self.samplers[i].next(), self.optimizer, scale=1 / len(sampled))
+                  for i in sampled]
         step_optimizer(self.optimizer)
         return {"train_loss": torch.stack(losses).mean()}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed
 from ..adapters import DEFAULT, activate
 from ..data import TaskData
 from ..losses import group_means
@@ -19,11 +18,7 @@ def phi_gradient(model, data: TaskData, optimizer, ft: list, peft: list, lam: fl
     """Accumulate ∇_φ [L(θ,φ;B_FT) + λ·L(θ,φ;B_P)] in the active φ's .grad, as two backward passes (the
     activations held at once are those of one minibatch); returns the two losses, detached. On several
     processes each pass's gradient is averaged over the ranks with its own minibatch's weights."""
-    ft_loss = data.backward(model, ft)
-    (ft_loss,) = distributed.average_gradients(optimizer, [ft_loss], weight=data.loss_weight(ft))
-    p_loss = data.backward(model, peft, scale=lam)
-    (p_loss,) = distributed.average_gradients(optimizer, [p_loss], weight=data.loss_weight(peft))
-    return ft_loss, p_loss
+    return data.gradient(model, ft, optimizer), data.gradient(model, peft, optimizer, scale=lam)
 
 
 class UpperObjective:
@@ -78,6 +73,8 @@ class UpperObjective:
         """The parts' denominators on this process (TaskData.loss_weight of its B_FT and B_P)."""
         return [self.data.loss_weight(self.ft), self.data.loss_weight(self.peft)]
 
-    @property
-    def coefficients(self) -> list[float]:
-        return [1.0, self.lam]
+    @staticmethod
+    def coefficients(lam: float, device, tasks: int = 1) -> torch.Tensor:
+        """F's coefficients of the parts, [1, λ] (repeated for the parts of `tasks` tasks), made once per run:
+        a tensor built from the host at every step would synchronise."""
+        return torch.tensor([1.0, lam] * tasks, device=device)

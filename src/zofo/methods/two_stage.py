@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed
 from ..adapters import DEFAULT, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
 from ..calls import step_optimizer
 from ..zo import mix, zo_engine
@@ -42,9 +41,7 @@ class TwoStage(Method):
     def step(self, iteration: int) -> dict:
         model, step = self.peft_model, iteration + 1
         if step <= self.first_stage_steps:  # stage 1: Adam on φ
-            examples = self.adapter_sampler.next()  # this rank's shard, on several processes
-            loss = self.data.backward(model, examples)
-            (loss,) = distributed.average_gradients(self.optimizer, [loss], weight=self.data.loss_weight(examples))
+            loss = self.data.gradient(model, self.adapter_sampler.next(), self.optimizer)
             step_optimizer(self.optimizer)
             return {"train_loss": loss}
         examples = self.theta_sampler.next()  # stage 2: MeZO on θ
