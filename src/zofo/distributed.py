@@ -276,7 +276,9 @@ def check_same_weights(model: torch.nn.Module, step: int) -> None:
         return
     # a sharded weight differs between ranks by design: its slices are moved by the same seeded steps
     named = [(name, p) for name, p in model.named_parameters() if not is_sharded(p)]
-    local = torch.stack([checksum(p) for _, p in named]) if named else torch.zeros(0, 2, dtype=torch.int64)
+    if not named:  # every weight sharded: nothing the ranks should hold alike
+        return
+    local = torch.stack([checksum(p) for _, p in named])
     everyone = [torch.empty_like(local) for _ in range(world_size())]
     _collective("comparing weights", lambda: dist.all_gather(everyone, local))
     for index, (name, _) in enumerate(named):
