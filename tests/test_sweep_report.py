@@ -172,3 +172,41 @@ def test_a_tuning_sweep_checks_the_values_to_choose_from_before_anything_runs(tm
                            variants=[{"method": "mezo", "peft": "none", "tune": tune}])
         with pytest.raises(ValueError, match=problem):
             expand(load_sweep(path))
+
+
+class FakeChild:
+    """A `zofo train` child that finishes at once, remembering the GPUs it was shown."""
+
+    shown: list = []
+
+    def __init__(self, command, stdout, stderr, env):
+        FakeChild.shown.append(env.get("CUDA_VISIBLE_DEVICES"))
+        folder = yaml.safe_load(open(command[-1]))["out_dir"]
+        (__import__("pathlib").Path(folder) / "metrics.json").write_text("{}")
+        self.returncode = 0
+
+    def poll(self):
+        return self.returncode
+
+
+def test_a_sweep_spreads_its_runs_over_the_gpus_each_run_seeing_one(tmp_path, data_dir, monkeypatch, capsys):
+    monkeypatch.setattr("zofo.sweep.subprocess.Popen", FakeChild)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")  # the sweep's own GPUs: its children get one of these
+    FakeChild.shown = []
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs")
+    assert main(["sweep", str(path)]) == 0
+    assert FakeChild.shown == ["2", "3", "2", "3"]  # two at a time, on the GPU running fewer
+    assert "spread over GPUs 2, 3" in capsys.readouterr().out
+    FakeChild.shown = []
+    assert main(["sweep", str(write_sweep(tmp_path / "t.yaml", data_dir, tmp_path / "one")), "--gpus", "3"]) == 0
+    assert FakeChild.shown == ["3"] * 4
+    FakeChild.shown = []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: the children's environment as it was
+    assert main(["sweep", str(write_sweep(tmp_path / "u.yaml", data_dir, tmp_path / "none"))]) == 0
+    assert FakeChild.shown == [""] * 4
+
+
+def test_the_gpus_to_spread_over_must_be_ids_separated_by_commas(tmp_path, data_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", str(write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs")), "--gpus", "0,,1"])
+    assert "expected GPU ids separated by commas" in capsys.readouterr().err

@@ -50,6 +50,14 @@ def add_config_options(parser: argparse.ArgumentParser, names=None) -> None:
         group.add_argument(option, dest=flag, default=None, metavar=metavar, help=help_text)
 
 
+def gpu_list(text: str) -> list[str]:
+    """--gpus 0,1: the GPUs as CUDA_VISIBLE_DEVICES names them."""
+    gpus = [gpu.strip() for gpu in text.split(",")]
+    if not all(gpus):
+        raise argparse.ArgumentTypeError(f"expected GPU ids separated by commas, such as 0,1; got {text!r}")
+    return gpus
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="zofo", description="Zeroth-order fine-tuning of language models.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="override a config field in every run (repeatable), e.g. --set steps=500")
     sweep.add_argument("--out-dir", help="folder of the runs (default: the file's out_dir)")
+    sweep.add_argument("--gpus", type=gpu_list, metavar="IDS",
+                       help="GPUs to spread the runs over, e.g. 0,1 (default: every visible GPU); each run sees one")
 
     report = commands.add_parser("report", help="tables (markdown, CSV: mean ± std over seeds) and plots from run folders")
     report.add_argument("runs", nargs="+", help="folders to search for finished runs")
@@ -197,7 +207,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
     run_sweep(args.config, parallel=args.parallel, dry_run=args.dry_run, overrides=parse_assignments(args.set),
-              out_dir=args.out_dir)
+              out_dir=args.out_dir, gpus=args.gpus)
     return 0
 
 

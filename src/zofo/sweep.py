@@ -129,7 +129,8 @@ def last_step(folder: Path) -> str:
 
 
 def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = False,
-              overrides: dict | None = None, out_dir: str | Path | None = None) -> list[Path]:
+              overrides: dict | None = None, out_dir: str | Path | None = None,
+              gpus: list[str] | None = None) -> list[Path]:
     sweep = load_sweep(path)
     out_dir = Path(out_dir or sweep.get("out_dir") or Path("runs") / Path(path).stem)
     planned = plan(sweep, overrides)
@@ -139,7 +140,8 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     jobs = {folder: tuning_fields(fields, candidate, sweep)
             for (fields, _), runs in zip(planned, tuning) for candidate, folder in runs}
     if jobs:
-        run_jobs([(fields, folder) for folder, fields in jobs.items()], parallel, dry_run, f"tuning runs in {out_dir / 'tuning'}")
+        run_jobs([(fields, folder) for folder, fields in jobs.items()], parallel, dry_run, f"tuning runs in {out_dir / 'tuning'}",
+                 gpus)
         if dry_run and not all((folder / "metrics.json").exists() for folder in jobs):
             print(f"then the {len(folders)} runs in {out_dir}, with the values their tuning runs choose")
             return folders
@@ -147,7 +149,8 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
         if not dry_run:
             write_tuning_notes(out_dir, folders, choices)
         planned = [({**fields, **choice["chosen"]}, tune) for (fields, tune), choice in zip(planned, choices)]
-    run_jobs([(fields, folder) for (fields, _), folder in zip(planned, folders)], parallel, dry_run, f"runs in {out_dir}")
+    run_jobs([(fields, folder) for (fields, _), folder in zip(planned, folders)], parallel, dry_run,
+             f"runs in {out_dir}", gpus)
     return folders
 
 
@@ -195,9 +198,26 @@ def write_tuning_notes(out_dir: Path, folders: list[Path], choices: list[dict]) 
     (out_dir / "tuning.md").write_text("\n".join(lines) + "\n")
 
 
-def run_jobs(jobs: list[tuple[dict, Path]], parallel: int, dry_run: bool, what: str) -> None:
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (its entries, else 0 .. count − 1)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+    import torch  # only here: a sweep's parent needs no torch otherwise
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def least_busy(gpus: list[str], running: list[str]) -> str:
+    """The GPU running the fewest of the sweep's runs (the first such in `gpus`)."""
+    return min(gpus, key=running.count)
+
+
+def run_jobs(jobs: list[tuple[dict, Path]], parallel: int, dry_run: bool, what: str,
+             gpus: list[str] | None = None) -> None:
     """Run each (fields, folder) as a child `zofo train`, `parallel` at a time; finished ones skipped,
-    partial ones resumed."""
+    partial ones resumed. Each child sees one of the `gpus` (CUDA_VISIBLE_DEVICES), the one running the
+    fewest runs, so `parallel` runs share the GPUs evenly; without GPUs the children's environment is ours."""
     todo = [(fields, folder) for fields, folder in jobs if not (folder / "metrics.json").exists()]
     partial = sum((folder / "checkpoint.pt").exists() for _, folder in todo)
     print(f"{len(jobs)} {what}: {len(jobs) - len(todo)} finished, {len(todo)} to run "
@@ -211,7 +231,10 @@ def run_jobs(jobs: list[tuple[dict, Path]], parallel: int, dry_run: bool, what: 
     env = {**os.environ, "TQDM_DISABLE": "1", "ZOFO_PARENT_PID": str(os.getpid()),
            "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")])),
            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // parallel)))}
-    running: list[tuple[subprocess.Popen, Path, int]] = []
+    gpus = gpus if gpus is not None else visible_gpus()
+    if len(gpus) > 1:
+        print(f"spread over GPUs {', '.join(gpus)}", flush=True)
+    running: list[tuple[subprocess.Popen, Path, int, str | None]] = []
     failed = []
     try:
         with tqdm(total=len(todo), desc="sweep", unit="run") as progress:
@@ -221,13 +244,15 @@ def run_jobs(jobs: list[tuple[dict, Path]], parallel: int, dry_run: bool, what: 
                     folder.mkdir(parents=True, exist_ok=True)
                     config = make_config(fields, {"out_dir": str(folder), "resume": True, "overwrite": False})
                     (folder / "sweep_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+                    gpu = least_busy(gpus, [entry[3] for entry in running]) if gpus else None
+                    child_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
                     with open(folder / "output.log", "a") as log:
                         command = [sys.executable, "-m", "zofo", "train", "--config", str(folder / "sweep_config.yaml")]
-                        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-                    running.append((process, folder, config.steps))
+                        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
+                    running.append((process, folder, config.steps, gpu))
                 time.sleep(0.5)
                 for entry in list(running):
-                    process, folder, _ = entry
+                    process, folder = entry[:2]
                     if process.poll() is not None:
                         running.remove(entry)
                         progress.update(1)
@@ -235,9 +260,9 @@ def run_jobs(jobs: list[tuple[dict, Path]], parallel: int, dry_run: bool, what: 
                             failed.append(folder)
                             progress.write(f"failed ({process.returncode}): {folder} (see {folder / 'output.log'})")
                 progress.set_postfix_str("  ".join(f"{folder.name}: {last_step(folder)}/{steps}"
-                                                   for _, folder, steps in running)[:200])
+                                                   for _, folder, steps, _ in running)[:200])
     finally:
-        for process, _, _ in running:  # interrupted: the children stop with the sweep
+        for process, *_ in running:  # interrupted: the children stop with the sweep
             process.send_signal(signal.SIGTERM)
     if failed:
         raise ZofoError(f"{len(failed)} run(s) failed (their output.log says why); rerun the sweep to retry "
