@@ -8,6 +8,8 @@
 #   1. carry [.gpu/a, .gpu/py, .gpu/metaicl.tar.xz]: mkdir -p /tmp/zofo && cp .gpu/a/part-aa /tmp/zofo/ &&
 #      source scripts/gpu_setup.sh && mkdir -p /tmp/zofo/data && tar xJf .gpu/metaicl.tar.xz -C /tmp/zofo/data
 #   2. at once, carry [.gpu/b]: SWEEP_SECONDS=540 bash scripts/gpu_table4.sh   (again while warm to continue)
+# Extra arguments go to `zofo sweep`. On a machine of several GPUs (nvidia-h200-x2) the sweep spreads its runs
+# over them, so give it more at once: SWEEP_SECONDS=540 bash scripts/gpu_table4.sh --parallel 10
 source scripts/gpu_setup.sh
 OUT=${OUT:-.}
 if [ -f .gpu/metaicl.tar.xz ] && [ ! -d /tmp/zofo/data/metaicl ]; then

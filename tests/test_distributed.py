@@ -185,6 +185,17 @@ def test_a_killed_rank_stops_the_other_with_a_clear_error_and_the_run_resumes(da
     assert expected and all(torch.equal(expected[k], got[k]) for k in expected)
 
 
+def test_accelerate_launch_runs_the_same_training_as_torchrun(data_parallel_runs, tmp_path, data_dir):
+    """`accelerate launch --multi_gpu` starts torchrun itself: the same two processes, unchanged (here on gloo)."""
+    folder = tmp_path / "accelerate"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "-m", "zofo", *train_args(data_dir, folder, "mezo")]
+    result = subprocess.run(command, env=environment(), capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((folder / "metrics.json").read_text())["processes"] == 2
+    assert (folder / "trajectory.jsonl").read_text() == (data_parallel_runs("mezo") / "trajectory.jsonl").read_text()
+
+
 def test_a_batch_that_does_not_split_over_the_processes_fails_before_anything_loads(monkeypatch, capsys, tmp_path, data_dir):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
