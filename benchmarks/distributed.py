@@ -154,9 +154,9 @@ CURVE_LR = {"zo-sgd": 1e-4, "bilevel": 1e-6}
 
 def curve(workload: str, arch: str, steps: int, global_batch: int, length: int, device: torch.device,
           weights_file: Path) -> dict:
-    """`steps` iterations (ZO steps or bilevel cycles) of `workload` in fp32 with a fixed global batch, whatever the number of processes: every step's
-    logged losses; the ranks' weights compared after the last step, and rank 0's saved to `weights_file` so that
-    the launcher can compare runs of different N."""
+    """`steps` iterations (ZO steps or bilevel cycles) of `workload` in fp32, with one global batch whatever the
+    number of processes: every step's logged losses; the ranks' weights compared after the last step, and rank
+    0's saved to `weights_file` so that the launcher can compare runs of different N."""
     model = random_model(arch, torch.float32, device, sharded=False)
     data = task_data(ARCHS[arch]().vocab_size, global_batch, length)
     method = library_method(workload, model, data, global_batch, "fp32", iterations=steps, lr=CURVE_LR[workload])

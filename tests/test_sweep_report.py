@@ -201,6 +201,13 @@ def test_a_sweep_spreads_its_runs_over_the_gpus_each_run_seeing_one(tmp_path, da
     assert main(["sweep", str(write_sweep(tmp_path / "t.yaml", data_dir, tmp_path / "one")), "--gpus", "3"]) == 0
     assert FakeChild.shown == ["3"] * 4
     FakeChild.shown = []
+    named = write_sweep(tmp_path / "n.yaml", data_dir, tmp_path / "named")
+    sweep = yaml.safe_load(named.read_text())
+    sweep["base"]["device"] = "cuda:1"  # a run that names its GPU keeps the sweep's view of the GPUs
+    named.write_text(yaml.safe_dump(sweep))
+    assert main(["sweep", str(named)]) == 0
+    assert FakeChild.shown == ["2,3"] * 4
+    FakeChild.shown = []
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU: the children's environment as it was
     assert main(["sweep", str(write_sweep(tmp_path / "u.yaml", data_dir, tmp_path / "none"))]) == 0
     assert FakeChild.shown == [""] * 4

@@ -140,8 +140,8 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     jobs = {folder: tuning_fields(fields, candidate, sweep)
             for (fields, _), runs in zip(planned, tuning) for candidate, folder in runs}
     if jobs:
-        run_jobs([(fields, folder) for folder, fields in jobs.items()], parallel, dry_run, f"tuning runs in {out_dir / 'tuning'}",
-                 gpus)
+        run_jobs([(fields, folder) for folder, fields in jobs.items()], parallel, dry_run,
+                 f"tuning runs in {out_dir / 'tuning'}", gpus)
         if dry_run and not all((folder / "metrics.json").exists() for folder in jobs):
             print(f"then the {len(folders)} runs in {out_dir}, with the values their tuning runs choose")
             return folders
@@ -244,7 +244,9 @@ def run_jobs(jobs: list[tuple[dict, Path]], parallel: int, dry_run: bool, what: 
                     folder.mkdir(parents=True, exist_ok=True)
                     config = make_config(fields, {"out_dir": str(folder), "resume": True, "overwrite": False})
                     (folder / "sweep_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-                    gpu = least_busy(gpus, [entry[3] for entry in running]) if gpus else None
+                    # a run that names its GPU (device cuda:N) keeps the sweep's view of the GPUs
+                    spread = gpus and not config.device.startswith("cuda:")
+                    gpu = least_busy(gpus, [entry[3] for entry in running]) if spread else None
                     child_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
                     with open(folder / "output.log", "a") as log:
                         command = [sys.executable, "-m", "zofo", "train", "--config", str(folder / "sweep_config.yaml")]
