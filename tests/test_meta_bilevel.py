@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from zofo.adapters import adapter_state, base_parameters
+from zofo.adapters import activate, base_parameters
 from zofo.config import make_config
 from zofo.data import TaskSet, metaicl_task_data
 from zofo.methods.bilevel import UpperObjective
+from zofo.methods.penalty import UPPER
 from zofo.methods.meta_bilevel import MetaBilevelZOFO
 from zofo.zo import Trajectory
 
@@ -34,8 +35,15 @@ def objectives(method, lam):
     for i, data in enumerate(method.data):
         method.lower_level(i)
         ft, peft = data.train[:2], data.train[2:4]
-        found.append(UpperObjective(method.peft_model, data, ft, peft, lam, upper=method.phi(i), lower=method.z(i)))
+        objective = UpperObjective(method.peft_model, data, ft, peft, lam)
+        found.append(lambda i=i, objective=objective: (method.load(i), objective())[1])  # task i's φ_i and z_i
     return found
+
+
+def adapter_values(method):
+    """Every task's φ_i and z_i, copied."""
+    return {(which, i): [v.clone() for v in values] for which, adapters in (("phi", method.phis), ("z", method.zs))
+            for i, values in enumerate(adapters.values)}
 
 
 def test_the_estimate_of_the_summed_objective_is_the_sum_of_the_tasks_estimates(data_dir, tmp_path):
@@ -59,8 +67,9 @@ def test_with_lambda_zero_the_estimate_is_mezos_on_the_summed_fine_tuning_loss(d
 
     def summed_ft_loss():
         losses = []
-        for i, (f, data) in enumerate(zip(parts, method.data)):
-            method.peft_model.set_adapter(method.phi(i))
+        activate(method.peft_model, UPPER)
+        for i, data in enumerate(method.data):
+            method.phis.load(i)
             losses.append(data.loss(method.peft_model, data.train[:2]))
         return torch.stack(losses).sum()
     mezo = spsa.estimate(summed_ft_loss, 3)
@@ -69,18 +78,16 @@ def test_with_lambda_zero_the_estimate_is_mezos_on_the_summed_fine_tuning_loss(d
 
 def test_an_iteration_moves_theta_and_only_the_sampled_tasks_adapters(data_dir, tmp_path):
     method = build(data_dir, tmp_path, tasks_per_step=2)
-    before = {name: adapter_state(method.peft_model, name) for name in method.optimizers}
+    before = adapter_values(method)
     theta = {n: p.clone() for n, p in base_parameters(method.peft_model)}
     sampled = method.sampled_tasks(1)
     assert len(sampled) == 2 and sampled == method.sampled_tasks(1)  # seeded: the same for a resumed run
     assert len({tuple(method.sampled_tasks(t)) for t in range(1, 11)}) > 1
     log = method.step(0)
     assert {"train_loss", "lower_loss", "upper_objective"} <= set(log)
-    for i in range(len(TASKS)):
-        for name in (method.phi(i), method.z(i)):
-            after = adapter_state(method.peft_model, name)
-            moved = any(not torch.equal(after[k], before[name][k]) for k in after)
-            assert moved == (i in sampled), name
+    for (which, i), after in adapter_values(method).items():
+        moved = any(not torch.equal(a, b) for a, b in zip(after, before[which, i]))
+        assert moved == (i in sampled), (which, i)
     assert any(not torch.equal(p, theta[n]) for n, p in base_parameters(method.peft_model))
     assert [r["step"] for r in method.trajectory.read()] == [3]
     assert method.validation_loss() > 0
@@ -98,9 +105,9 @@ def test_a_method_rebuilt_from_its_start_point_and_state_continues_as_the_uninte
     resumed.restore(first.schedule()[0], snapshot)
     resumed.load_state_dict(state)
     resumed.step(1)
-    for name in whole.optimizers:
-        a, b = adapter_state(whole.peft_model, name), adapter_state(resumed.peft_model, name)
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    expected, got = adapter_values(whole), adapter_values(resumed)
+    for key in expected:
+        assert all(torch.equal(a, b) for a, b in zip(expected[key], got[key])), key
     theta = dict(base_parameters(resumed.peft_model))
     assert all(torch.equal(p, theta[n]) for n, p in base_parameters(whole.peft_model))
 
@@ -150,3 +157,20 @@ def test_meta_training_runs_from_the_command_line_and_meta_tests_the_pretrained_
     assert metrics["test"]["zero_shot"] == metrics["meta_test"]["zero_shot"]
     assert metrics["best_step"] in (3, 6) and (out / "model" / "model.safetensors").exists()
     assert [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "val_loss" in r] == [3, 6]
+
+
+def test_every_task_runs_through_the_same_two_adapters_whose_storage_never_moves(data_dir, tmp_path, monkeypatch):
+    """CUDA graphs are keyed by the active adapter and read the weights where they were captured: so that an
+    iteration replays graphs captured once, whatever the tasks, every model call uses one of two adapters and
+    no parameter's storage moves (tasks' values are copied in place)."""
+    method = build(data_dir, tmp_path, tasks_per_step=3)
+    active, calls = [], type(method.data[0].calls)
+    original = calls._call
+    monkeypatch.setattr(calls, "_call", lambda self, kind, model, *a: (active.append(model.active_adapter),
+                                                                       original(self, kind, model, *a))[1])
+    storage = [p.data_ptr() for p in method.peft_model.parameters()]
+    for i in range(2):
+        method.step(i)
+    method.validation_loss()
+    assert set(active) == {"default", "lower"} and len(active) > 2 * len(TASKS)
+    assert [p.data_ptr() for p in method.peft_model.parameters()] == storage

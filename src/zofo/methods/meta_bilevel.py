@@ -9,7 +9,7 @@ with its own pair of adapters, θ moved by one SPSA estimate of the sampled task
         g = SPSA of Σ_{i∈S_t} F_i(θ), F_i = L(θ,φ_i;B_FT,i) + λ·(L(θ,φ_i;B_P,i) − L(θ,z_i;B_P,i)), seed s_t
         θ ← ZO-optimizer.step(θ, g, u(s_t))
 Only the sampled tasks' adapters move in an iteration. Memory: one model, 2 × (tasks) adapters and their
-Adam states.
+Adam states (kept beside the model and swapped into its two adapters in turn: TaskAdapters).
 
 `zofo train --method meta-bilevel --meta-setting ...` runs it (experiment.run_meta_training), then the
 meta-test (meta_test.py). The run loop's validation is the mean over the training tasks of their held-out
@@ -20,12 +20,48 @@ from __future__ import annotations
 
 import torch
 
-from ..adapters import activate, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
+from ..adapters import activate, adapter_parameters, base_parameters, with_adapters
 from ..data import TaskSet
 from ..calls import step_optimizer
 from ..zo import mix, zo_engine
 from .base import Method, sample_tasks
-from .penalty import UpperObjective, phi_gradient
+from .penalty import LOWER, UPPER, UpperObjective, phi_gradient
+
+
+class TaskAdapters:
+    """Every task's values of one of the model's two adapters (φ's or z's) and of its Adam state. The model
+    holds one such adapter, its *slot*; `load(i)` copies task i's values into it, in place, and hands its
+    optimizer task i's state; `store(i)` keeps the slot's values as task i's. So the model's modules, the
+    parameters' storage and with them the captured CUDA graphs are the same for every task: graphs keyed by
+    the active adapter are captured for two adapters, not for two per task (captured once per task visit,
+    they would cost more than they save, and their memory would grow with the tasks)."""
+
+    def __init__(self, model, slot: str, optimizer: torch.optim.Optimizer, tasks: int):
+        self.slot, self.optimizer = slot, optimizer
+        self.parameters = adapter_parameters(model, slot)
+        with torch.no_grad():
+            self.values = [[p.detach().clone() for p in self.parameters] for _ in range(tasks)]  # same start
+        self.states: list[dict[int, dict]] = [{} for _ in range(tasks)]  # parameter index -> its Adam state
+
+    @torch.no_grad()
+    def load(self, i: int) -> None:
+        torch._foreach_copy_(self.parameters, self.values[i])
+        self.optimizer.state.clear()
+        for k, state in self.states[i].items():
+            self.optimizer.state[self.parameters[k]] = state  # by reference: Adam updates it in place
+
+    @torch.no_grad()
+    def store(self, i: int) -> None:
+        torch._foreach_copy_(self.values[i], self.parameters)
+        self.states[i] = {k: self.optimizer.state[p] for k, p in enumerate(self.parameters) if p in self.optimizer.state}
+
+    def snapshot(self) -> list[list[torch.Tensor]]:
+        return [[v.clone() for v in task] for task in self.values]
+
+    @torch.no_grad()
+    def restore(self, snapshot: list[list[torch.Tensor]]) -> None:
+        for task, saved in zip(self.values, snapshot):
+            torch._foreach_copy_(task, [v.to(task[0].device) for v in saved])
 
 
 class MetaBilevelZOFO(Method):
@@ -36,26 +72,18 @@ class MetaBilevelZOFO(Method):
         settings = config.bilevel
         self.K, self.lam, self.data = settings.k, settings.lam, list(tasks)
         self.tasks_per_step = min(tasks_per_step or config.meta.tasks_per_step, len(self.data))
-        names = [name for i in range(len(self.data)) for name in (self.phi(i), self.z(i))]
-        self.peft_model = with_adapters(model, config.adapter, names, config.seed, same_start=True)
+        # two adapter slots, every task's φ_i and z_i starting from the same values (see TaskAdapters)
+        self.peft_model = with_adapters(model, config.adapter, [UPPER, LOWER], config.seed, same_start=True)
         self.zo = zo_engine(self.peft_model, base_parameters(self.peft_model), config.zo, config.lr)  # over θ
         self.f_coefficients = UpperObjective.coefficients(self.lam, self.zo.space.device, tasks=self.tasks_per_step)
-        self.optimizers = {name: torch.optim.Adam(adapter_parameters(self.peft_model, name),
-                                                  lr=settings.upper_lr if name.startswith("phi") else settings.lower_lr)
-                           for name in names}
-        self.samplers = {}
+        adam = lambda slot, lr: torch.optim.Adam(adapter_parameters(self.peft_model, slot), lr=lr)
+        self.phis = TaskAdapters(self.peft_model, UPPER, adam(UPPER, settings.upper_lr), len(self.data))
+        self.zs = TaskAdapters(self.peft_model, LOWER, adam(LOWER, settings.lower_lr), len(self.data))
+        self.ft_samplers, self.peft_samplers = [], []
         for i, data in enumerate(self.data):
             ft, peft = data.split(mix(config.seed, i))
-            self.samplers[self.phi(i)] = data.sampler(config.batch_size, mix(config.seed, i, 1), ft)
-            self.samplers[self.z(i)] = data.sampler(config.batch_size, mix(config.seed, i, 2), peft)
-
-    @staticmethod
-    def phi(i: int) -> str:
-        return f"phi_{i}"
-
-    @staticmethod
-    def z(i: int) -> str:
-        return f"z_{i}"
+            self.ft_samplers.append(data.sampler(config.batch_size, mix(config.seed, i, 1), ft))
+            self.peft_samplers.append(data.sampler(config.batch_size, mix(config.seed, i, 2), peft))
 
     @property
     def model(self):
@@ -73,52 +101,71 @@ class MetaBilevelZOFO(Method):
         lower_losses = [self.lower_level(i) for i in sampled]
         objectives, ft_losses = [], []
         for i in sampled:
-            data, phi = self.data[i], self.phi(i)
-            ft, peft = self.samplers[phi].next(), self.samplers[self.z(i)].next()
-            activate(self.peft_model, phi)
-            ft_losses.append(phi_gradient(self.peft_model, data, self.optimizers[phi], ft, peft, self.lam)[0])
-            step_optimizer(self.optimizers[phi])  # φ first, then θ estimated at the new φ (ALGORITHM.md's order)
-            objectives.append(UpperObjective(self.peft_model, data, ft, peft, self.lam, upper=phi, lower=self.z(i)))
+            data, ft, peft = self.data[i], self.ft_samplers[i].next(), self.peft_samplers[i].next()
+            self.phis.load(i)
+            activate(self.peft_model, UPPER)
+            ft_losses.append(phi_gradient(self.peft_model, data, self.phis.optimizer, ft, peft, self.lam)[0])
+            step_optimizer(self.phis.optimizer)  # φ first, then θ estimated at the new φ (ALGORITHM.md's order)
+            self.phis.store(i)
+            objectives.append(UpperObjective(self.peft_model, data, ft, peft, self.lam))
         # Σ_i F_i from every task's parts, each part weighted over the ranks by its own minibatch
         weights = [w for f in objectives for w in f.weights()]
-        estimate = self.zo_step(lambda: torch.cat([f.parts() for f in objectives]), mix(self.config.seed, t),
+        estimate = self.zo_step(lambda: self.summed_parts(sampled, objectives), mix(self.config.seed, t),
                                 step=t * (self.K + 1), weight=weights, coefficients=self.f_coefficients)
         return {"train_loss": torch.stack(ft_losses).mean(), "lower_loss": torch.stack(lower_losses).mean(),
                 "upper_objective": estimate.loss}
 
+    def load(self, i: int) -> None:
+        """Task i's φ_i and z_i into the model's two adapter slots."""
+        self.phis.load(i)
+        self.zs.load(i)
+
+    def summed_parts(self, sampled: list[int], objectives: list[UpperObjective]) -> torch.Tensor:
+        """Every sampled task's parts of F_i at the current θ, each with its own adapters."""
+        parts = []
+        for i, objective in zip(sampled, objectives):
+            self.load(i)
+            parts.append(objective.parts())
+        return torch.cat(parts)
+
     def lower_level(self, i: int) -> torch.Tensor:
         """K first-order steps on task i's z_i; returns the last loss."""
-        name = self.z(i)
-        activate(self.peft_model, name)
+        self.zs.load(i)
+        activate(self.peft_model, LOWER)
         for _ in range(self.K):
-            loss = self.data[i].gradient(self.peft_model, self.samplers[name].next(), self.optimizers[name])
-            step_optimizer(self.optimizers[name])
+            loss = self.data[i].gradient(self.peft_model, self.peft_samplers[i].next(), self.zs.optimizer)
+            step_optimizer(self.zs.optimizer)
+        self.zs.store(i)
         return loss
 
     def validation_loss(self) -> float:
         """The mean over training tasks of the held-out loss of θ with the task's own φ_i."""
         losses = []
+        activate(self.peft_model, UPPER)
         for i, data in enumerate(self.data):
-            activate(self.peft_model, self.phi(i))
+            self.phis.load(i)
             losses.append(data.validation_loss(self.peft_model))
         return sum(losses) / len(losses)
 
     # --- state -----------------------------------------------------------------------------------
 
     def snapshot(self) -> dict:
-        return {name: adapter_state(self.peft_model, name) for name in self.optimizers}
+        return {"phi": self.phis.snapshot(), "z": self.zs.snapshot()}
 
     def restore(self, step: int, snapshot: dict) -> None:
         super().restore(step, snapshot)  # θ from the trajectory
-        for name, state in snapshot.items():
-            load_adapter_state(self.peft_model, name, state)
+        self.phis.restore(snapshot["phi"])
+        self.zs.restore(snapshot["z"])
 
     def state_dict(self) -> dict:
-        return {"optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
-                "samplers": {n: s.state_dict() for n, s in self.samplers.items()}, "adapters": self.snapshot()}
+        return {"adam": {"phi": self.phis.states, "z": self.zs.states}, "adapters": self.snapshot(),
+                "samplers": {"ft": [s.state_dict() for s in self.ft_samplers],
+                             "peft": [s.state_dict() for s in self.peft_samplers]}}
 
     def load_state_dict(self, state: dict) -> None:
-        for name, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][name])
-            self.samplers[name].load_state_dict(state["samplers"][name])
-            load_adapter_state(self.peft_model, name, state["adapters"][name])
+        self.phis.states, self.zs.states = state["adam"]["phi"], state["adam"]["z"]
+        self.phis.restore(state["adapters"]["phi"])
+        self.zs.restore(state["adapters"]["z"])
+        for sampler, saved in zip(self.ft_samplers + self.peft_samplers,
+                                  state["samplers"]["ft"] + state["samplers"]["peft"]):
+            sampler.load_state_dict(saved)
