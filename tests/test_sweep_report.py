@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -182,7 +183,7 @@ class FakeChild:
     def __init__(self, command, stdout, stderr, env):
         FakeChild.shown.append(env.get("CUDA_VISIBLE_DEVICES"))
         folder = yaml.safe_load(open(command[-1]))["out_dir"]
-        (__import__("pathlib").Path(folder) / "metrics.json").write_text("{}")
+        (Path(folder) / "metrics.json").write_text("{}")
         self.returncode = 0
 
     def poll(self):

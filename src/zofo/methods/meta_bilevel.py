@@ -37,7 +37,7 @@ class TaskAdapters:
     they would cost more than they save, and their memory would grow with the tasks)."""
 
     def __init__(self, model, slot: str, optimizer: torch.optim.Optimizer, tasks: int):
-        self.slot, self.optimizer = slot, optimizer
+        self.optimizer = optimizer
         self.parameters = adapter_parameters(model, slot)
         with torch.no_grad():
             self.values = [[p.detach().clone() for p in self.parameters] for _ in range(tasks)]  # same start

@@ -27,6 +27,8 @@ class MetaMeZO(Method):
         self.model = model.requires_grad_(False).eval()
         self.zo = zo_engine(self.model, base_parameters(self.model), config.zo, config.lr)
         self.samplers = [data.sampler(config.batch_size, mix(config.seed, i)) for i, data in enumerate(self.data)]
+        # Σ of the sampled tasks' losses, as coefficients of the parts (made once: see UpperObjective.coefficients)
+        self.task_coefficients = torch.ones(len(self.sampled_tasks(1)), device=self.zo.space.device)
 
     def sampled_tasks(self, t: int) -> list[int]:
         return sample_tasks(self.config.seed, t, len(self.data), self.config.meta.tasks_per_step)
@@ -39,7 +41,7 @@ class MetaMeZO(Method):
         weights = [data.loss_weight(examples) for data, examples in shards]
         estimate = self.zo_step(lambda: torch.stack([data.batch_loss(self.model, b) for data, b in batches]),
                                 mix(self.config.seed, t), step=t, weight=weights,
-                                coefficients=torch.ones(len(batches), device=self.zo.space.device))
+                                coefficients=self.task_coefficients)
         return {"train_loss": estimate.loss / len(batches)}  # the mean task loss
 
     def state_dict(self) -> dict:

@@ -27,16 +27,15 @@ class UpperObjective:
     Two model calls, φ on B_FT ∪ B_P and z on B_P; or, `separate`, one call per minibatch: the shapes of
     φ's gradient passes, so that a loss taken from those passes compares like with like."""
 
-    def __init__(self, model, data: TaskData, ft: list, peft: list, lam: float, separate: bool = False,
-                 upper: str = UPPER, lower: str = LOWER):
-        self.model, self.data, self.lam, self.lower, self.ft, self.peft = model, data, lam, lower, ft, peft
+    def __init__(self, model, data: TaskData, ft: list, peft: list, lam: float, separate: bool = False):
+        self.model, self.data, self.lam, self.ft, self.peft = model, data, lam, ft, peft
         peft_batch = data.batch(peft)
         # (adapter, batch, sizes of its groups of examples); the groups in order are B_FT·φ, B_P·φ, B_P·z
         if separate:
-            self.calls = [(upper, data.batch(ft), [len(ft)]), (upper, peft_batch, [len(peft)])]
+            self.calls = [(UPPER, data.batch(ft), [len(ft)]), (UPPER, peft_batch, [len(peft)])]
         else:
-            self.calls = [(upper, data.batch(ft + peft), [len(ft), len(peft)])]
-        self.calls.append((lower, peft_batch, [len(peft)]))
+            self.calls = [(UPPER, data.batch(ft + peft), [len(ft), len(peft)])]
+        self.calls.append((LOWER, peft_batch, [len(peft)]))
 
     def _losses_of(self, calls) -> list[torch.Tensor]:
         losses = []
@@ -49,7 +48,7 @@ class UpperObjective:
         """(L(θ,φ;B_FT), L(θ,φ;B_P), L(θ,z;B_P))."""
         # Begin with the adapter the previous evaluation left active: F at θ+εu and θ−εu then switch
         # adapters twice in all, not four times (peft's set_adapter walks every module).
-        if self.model.active_adapter == self.lower:
+        if self.model.active_adapter == LOWER:
             z_loss, *phi_losses = self._losses_of(self.calls[-1:]) + self._losses_of(self.calls[:-1])
             return (*phi_losses, z_loss)
         return tuple(self._losses_of(self.calls))
