@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Here, after a GPU call of scripts/gpu_experiments.sh: copy the finished runs (those with metrics.json)
+# Here, after a GPU call of scripts/gpu_sweep.sh (or gpu_experiments.sh): copy the finished runs (those with metrics.json)
 # from its archive into results/<sweep>/runs, so that the next call skips them, and rebuild the reports.
-# Usage: scripts/collect_runs.sh PATH/runs.tgz
+# Usage: scripts/collect_runs.sh PATH/NAME.tgz
 set -euo pipefail
-archive=${1:?usage: scripts/collect_runs.sh PATH/runs.tgz}
+archive=${1:?usage: scripts/collect_runs.sh PATH/NAME.tgz}
 staging=$(mktemp -d); trap 'rm -rf "$staging"' EXIT
 tar xzf "$archive" -C "$staging"
 # finished runs at any depth (a sweep's tuning runs are in runs/tuning/), and the sweep's tuning.md

