@@ -89,3 +89,20 @@ def test_a_killed_run_resumes_to_the_metrics_and_weights_of_an_uninterrupted_run
     assert steps(killed, "val_loss") == steps(tmp_path / "whole", "val_loss")
     if (killed / "trajectory.jsonl").exists():
         assert (killed / "trajectory.jsonl").read_text() == (tmp_path / "whole" / "trajectory.jsonl").read_text()
+
+
+def test_a_run_killed_after_its_last_step_resumes_with_the_training_time_it_had(tmp_path, data_dir, monkeypatch):
+    """Killed during the test (its checkpoint at the last step): the resumed run trains no step, and reports
+    the training seconds of the first attempt, not zero."""
+    import zofo.experiment
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    extra = ["--method", "fo", "--peft", "lora", "--lr", "1e-2"]
+    with monkeypatch.context() as patch:
+        patch.setattr(zofo.experiment, "save_results", killed)
+        assert main(args(data_dir, tmp_path, extra)) != 0  # "interrupted", the checkpoint kept
+    trained = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["train_seconds"]
+    assert trained > 0
+    assert main(args(data_dir, tmp_path, extra + ["--resume"])) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["train_seconds"] == round(trained, 2)

@@ -75,6 +75,7 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
     if resume_state is not None:
         first, seconds_before = resume_state["iteration"], resume_state["train_seconds"]
         selection.load_state_dict(resume_state["selection"])
+        selection.train_seconds = seconds_before  # kept if no step is left (killed during the test)
         method.restore(schedule[first - 1], resume_state["method"]["snapshot"])
         method.load_state_dict(resume_state["method"]["state"])
         run.keep_until(schedule[first - 1])
