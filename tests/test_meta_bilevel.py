@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zofo.adapters import activate, base_parameters
+from zofo.adapters import activate, adapter_parameters, base_parameters
 from zofo.config import make_config
 from zofo.data import TaskSet, metaicl_task_data
 from zofo.methods.bilevel import UpperObjective
@@ -174,3 +174,17 @@ def test_every_task_runs_through_the_same_two_adapters_whose_storage_never_moves
     method.validation_loss()
     assert set(active) == {"default", "lower"} and len(active) > 2 * len(TASKS)
     assert [p.data_ptr() for p in method.peft_model.parameters()] == storage
+
+
+def test_its_memory_is_one_model_plus_every_tasks_adapters_and_the_visited_tasks_adam_states(data_dir, tmp_path):
+    method = build(data_dir, tmp_path)
+    method.step(0)
+    visited = set(method.sampled_tasks(1))
+    slot = adapter_parameters(method.peft_model, UPPER)
+    slot_bytes = sum(p.nbytes for p in slot)
+    memory = method.summary()["memory_bytes"]
+    assert memory["model"] == sum(p.nbytes for p in method.peft_model.parameters())  # θ and the two slots
+    assert memory["task_adapters"] == 2 * len(TASKS) * slot_bytes  # φ_i and z_i of every task
+    moments = 2 * 2 * len(visited) * slot_bytes  # Adam's two moments of φ_i and z_i, sampled tasks only
+    counters = 2 * len(visited) * len(slot) * torch.tensor(0.0).nbytes  # Adam's step count per parameter
+    assert len(visited) == 2 and memory["task_adam_states"] == moments + counters

@@ -60,6 +60,16 @@ def save_results(model, tokenizer, config: RunConfig, run: RunFolder) -> None:
         tokenizer.save_pretrained(run.folder / "model")
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict:
+    """The GPU memory allocated at the peak since reset_peak_memory (graph pools included); CUDA only."""
+    return {"train_peak_gpu_bytes": torch.cuda.max_memory_allocated(device)} if device.type == "cuda" else {}
+
+
 def plain_model(model):
     """θ alone: the base model without its adapters (LoRA layers removed, not merged into θ)."""
     if not hasattr(model, "peft_config"):
@@ -115,10 +125,12 @@ def run_training(config: RunConfig) -> dict:
     method = start_point(model)
     del model  # the method holds it; released with the method if the selected step is rebuilt
 
+    reset_peak_memory(device)
     try:
         selection = loop.train(method, run, state, extra_state={"zero_shot": zero_shot})
     except NonFiniteLoss as error:
         return finish_diverged(config, run, metrics, error)
+    metrics.update(peak_memory(device))
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
         del method  # one model in memory at a time
         calls.clear()  # its graphs too
@@ -206,10 +218,12 @@ def run_meta_training(config: RunConfig) -> dict:
     method = start_point(model)
     del model
 
+    reset_peak_memory(device)
     try:
         selection = loop.train(method, run, state, extra_state={"pretrained": pretrained})
     except NonFiniteLoss as error:
         return finish_diverged(config, run, metrics, error)
+    metrics.update(peak_memory(device))  # meta-training's own peak (the meta-tests tune their own LoRA)
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
         del method
         calls.clear()

@@ -58,6 +58,13 @@ class TaskAdapters:
     def snapshot(self) -> list[list[torch.Tensor]]:
         return [[v.clone() for v in task] for task in self.values]
 
+    def nbytes(self) -> dict[str, int]:
+        """Memory held beside the model: every task's values, and the Adam states of the tasks visited."""
+        states = [t for task in self.states for state in task.values() for t in state.values()
+                  if isinstance(t, torch.Tensor)]
+        return {"values": sum(v.nbytes for task in self.values for v in task),
+                "adam_states": sum(t.nbytes for t in states)}
+
     @torch.no_grad()
     def restore(self, snapshot: list[list[torch.Tensor]]) -> None:
         for task, saved in zip(self.values, snapshot):
@@ -114,6 +121,14 @@ class MetaBilevelZOFO(Method):
                                 step=t * (self.K + 1), weight=weights, coefficients=self.f_coefficients)
         return {"train_loss": torch.stack(ft_losses).mean(), "lower_loss": torch.stack(lower_losses).mean(),
                 "upper_objective": estimate.loss}
+
+    def summary(self) -> dict:
+        """What the run holds in memory: one model (θ and its two adapter slots) plus every task's φ_i, z_i
+        and their Adam states."""
+        phis, zs = self.phis.nbytes(), self.zs.nbytes()
+        return {**super().summary(), "memory_bytes": {
+            "model": sum(p.nbytes for p in self.peft_model.parameters()),
+            "task_adapters": phis["values"] + zs["values"], "task_adam_states": phis["adam_states"] + zs["adam_states"]}}
 
     def load(self, i: int) -> None:
         """Task i's φ_i and z_i into the model's two adapter slots."""
