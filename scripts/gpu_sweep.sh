@@ -16,5 +16,5 @@ mkdir -p /tmp/zofo/$name && if [ -d results/$name/runs ]; then cp -rn results/$n
 timeout ${SWEEP_SECONDS:-540} python3 -m zofo sweep $config --out-dir /tmp/zofo/$name "$@" > $OUT/$name.log 2>&1
 tail -c 3000 $OUT/$name.log | tr '\r' '\n' | tail -5 | sed "s/^/$name: /"
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
-tar czf $OUT/$name.tgz --exclude=checkpoint.pt --exclude=adapter --exclude=model \
+tar czf $OUT/$name.tgz --exclude=checkpoint.pt --exclude=.lock --exclude=adapter --exclude=model \
     --transform "s,^tmp/zofo/$name,results/$name/runs," /tmp/zofo/$name
