@@ -5,7 +5,7 @@
 set -euo pipefail
 archive=${1:?usage: scripts/collect_runs.sh PATH/NAME.tgz}
 staging=$(mktemp -d); trap 'rm -rf "$staging"' EXIT
-tar xzf "$archive" -C "$staging"
+tar xzf "$archive" -C "$staging" && find "$staging" -name .lock -delete  # a live run's lock, not a result
 # finished runs at any depth (a sweep's tuning runs are in runs/tuning/), and the sweep's tuning.md
 (cd "$staging" && find results -name metrics.json -o -name tuning.md) | while read -r found; do
   if [ "$(basename "$found")" = tuning.md ]; then cp "$staging/$found" "$found"; continue; fi
