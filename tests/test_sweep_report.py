@@ -214,6 +214,49 @@ def test_a_sweep_spreads_its_runs_over_the_gpus_each_run_seeing_one(tmp_path, da
     assert FakeChild.shown == [""] * 4
 
 
+class TrackedChild:
+    """A `zofo train` child that finishes when first polled, remembering which runs were alive as each started."""
+
+    alive: list = []
+    launches: dict = {}
+
+    def __init__(self, command, stdout, stderr, env):
+        self.folder, self.returncode = Path(yaml.safe_load(open(command[-1]))["out_dir"]), None
+        TrackedChild.launches[self.folder] = list(TrackedChild.alive)
+        TrackedChild.alive.append(self.folder)
+
+    def poll(self):
+        if self.returncode is None:
+            (self.folder / "metrics.json").write_text(json.dumps({"best_val_loss": 1.0, "best_step": 1}))
+            TrackedChild.alive.remove(self.folder)
+            self.returncode = 0
+        return self.returncode
+
+
+def test_a_run_starts_as_soon_as_its_own_tuning_runs_have_finished(tmp_path, data_dir, monkeypatch):
+    from zofo.sweep import plan, tuning_folders
+
+    monkeypatch.setattr("zofo.sweep.subprocess.Popen", TrackedChild)
+    TrackedChild.alive, TrackedChild.launches = [], {}
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0]}, tuning={"steps": 1},
+                       parallel=3, variants=[{"method": "mezo", "peft": "none", "tune": {"lr": [1e-3]}},
+                                             {"method": "fo", "peft": "lora", "tune": {"lr": [1e-2, 1e-3]}}])
+    sweep = load_sweep(path)
+    tuning = tuning_folders(sweep, plan(sweep), tmp_path / "runs")
+    mezo_tuned = tuning[0][0][1]  # mezo's one tuning run finished earlier; fo's two are still to run
+    mezo_tuned.mkdir(parents=True)
+    (mezo_tuned / "metrics.json").write_text(json.dumps({"best_val_loss": 2.0, "best_step": 1}))
+    assert main(["sweep", str(path)]) == 0
+    fo_tuning = [folder for _, folder in tuning[1]]
+    mezo_run, fo_run = (tmp_path / "runs" / name for name in ("method=mezo,peft=none", "method=fo,peft=lora"))
+    assert set(TrackedChild.launches) == {*fo_tuning, mezo_run, fo_run}
+    assert TrackedChild.launches[mezo_run] == fo_tuning  # started beside fo's tuning runs, not after them
+    assert not set(TrackedChild.launches[fo_run]) & set(fo_tuning)  # fo's run waited for its own
+    assert yaml.safe_load((fo_run / "sweep_config.yaml").read_text())["lr"] == 1e-2  # the first of equal losses
+    notes = (tmp_path / "runs" / "tuning.md").read_text()
+    assert "method=mezo,peft=none: **lr=0.001**" in notes and "method=fo,peft=lora: **lr=0.01**" in notes
+
+
 def test_the_gpus_to_spread_over_must_be_ids_separated_by_commas(tmp_path, data_dir, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", str(write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs")), "--gpus", "0,,1"])

@@ -25,8 +25,10 @@ says how the tuning runs differ from the runs they choose for (a shortened budge
 
 For each run of such a variant, every combination of the `tune` values first runs on seed 0 with the
 `tuning` fields and no test split read (`test: false`), under out_dir/tuning/; the combination of lowest
-best validation loss is the one the run uses. The runs wait until every tuning run has finished;
-out_dir/tuning.md records every candidate and each choice, and each run's folder its own (tuned.yaml).
+best validation loss is the one the run uses. Tuning runs go first; a run starts as soon as its own tuning
+runs have finished (so a GPU freed at the end of the tuning takes a run whose choice is made, rather than
+idling until the last tuning run ends). out_dir/tuning.md records every candidate and each choice made, and
+each run's folder its own (tuned.yaml).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import yaml
 from tqdm.auto import tqdm
@@ -128,6 +132,21 @@ def last_step(folder: Path) -> str:
         return "0"
 
 
+@dataclass
+class Job:
+    """One run of a sweep: its folder, its fields and, for a run whose values are tuned, its candidates and
+    their tuning runs' folders; it is ready when those tuning runs have finished."""
+    folder: Path
+    fields: dict
+    tuning: list[tuple[dict, Path]] = field(default_factory=list)
+
+    def finished(self) -> bool:
+        return (self.folder / "metrics.json").exists()
+
+    def ready(self) -> bool:
+        return all((folder / "metrics.json").exists() for _, folder in self.tuning)
+
+
 def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = False,
               overrides: dict | None = None, out_dir: str | Path | None = None,
               gpus: list[str] | None = None) -> list[Path]:
@@ -137,21 +156,43 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     folders = [out_dir / name for name in run_names([fields for fields, _ in planned])]
     parallel = parallel or sweep.get("parallel") or 1
     tuning = tuning_folders(sweep, planned, out_dir)  # per run: [(candidate, its tuning run's folder)]
-    jobs = {folder: tuning_fields(fields, candidate, sweep)
-            for (fields, _), runs in zip(planned, tuning) for candidate, folder in runs}
-    if jobs:
-        run_jobs([(fields, folder) for folder, fields in jobs.items()], parallel, dry_run,
-                 f"tuning runs in {out_dir / 'tuning'}", gpus)
-        if dry_run and not all((folder / "metrics.json").exists() for folder in jobs):
-            print(f"then the {len(folders)} runs in {out_dir}, with the values their tuning runs choose")
-            return folders
-        choices = [choose(runs) for runs in tuning]
-        if not dry_run:
-            write_tuning_notes(out_dir, folders, choices)
-        planned = [({**fields, **choice["chosen"]}, tune) for (fields, tune), choice in zip(planned, choices)]
-    run_jobs([(fields, folder) for (fields, _), folder in zip(planned, folders)], parallel, dry_run,
-             f"runs in {out_dir}", gpus)
+    tuning_jobs = list({folder: Job(folder, tuning_fields(fields, candidate, sweep))
+                        for (fields, _), runs in zip(planned, tuning) for candidate, folder in runs}.values())
+    runs = [Job(folder, fields, candidates) for (fields, _), candidates, folder in zip(planned, tuning, folders)]
+    if tuning_jobs:
+        announce(tuning_jobs, f"tuning runs in {out_dir / 'tuning'}", dry_run)
+    tuned = all(job.ready() for job in runs)
+    announce(runs, f"runs in {out_dir}", dry_run and tuned)
+    if dry_run:
+        if not tuned:
+            print(f"then the {len(runs)} runs in {out_dir}, with the values their tuning runs choose "
+                  "(each as soon as its own tuning runs have finished)")
+        return folders
+
+    def with_tuned_values(job: Job) -> dict:
+        if not job.tuning:
+            return job.fields
+        choice = choose(job.tuning)
+        write_tuning_notes(out_dir, runs)
+        return {**job.fields, **choice["chosen"]}
+
+    try:
+        run_jobs(tuning_jobs + runs, parallel, gpus, with_tuned_values)
+    finally:
+        if tuning_jobs:
+            write_tuning_notes(out_dir, runs)
     return folders
+
+
+def announce(jobs: list[Job], what: str, listing: bool) -> None:
+    """How many of these runs are finished and how many are to run (listed when `listing`)."""
+    todo = [job for job in jobs if not job.finished()]
+    partial = sum((job.folder / "checkpoint.pt").exists() for job in todo)
+    print(f"{len(jobs)} {what}: {len(jobs) - len(todo)} finished, {len(todo)} to run "
+          f"({partial} resume from a checkpoint)", flush=True)
+    if listing:
+        for job in todo:
+            print(f"  {job.folder}")
 
 
 def tuning_folders(sweep: dict, planned: list[tuple[dict, dict]], out_dir: Path) -> list[list[tuple[dict, Path]]]:
@@ -181,20 +222,27 @@ def choose(runs: list[tuple[dict, Path]]) -> dict:
     return {"chosen": min(finite, key=lambda r: r["best_val_loss"])["values"], "candidates": results}
 
 
-def write_tuning_notes(out_dir: Path, folders: list[Path], choices: list[dict]) -> None:
-    """tuning.md (every run's candidates and choice) and each run's tuned.yaml (the report reads it)."""
+def write_tuning_notes(out_dir: Path, runs: list[Job]) -> None:
+    """tuning.md (each run's candidates and choice, for the runs whose tuning runs have all finished) and
+    those runs' tuned.yaml (the report reads it)."""
     lines = ["Values chosen on validation (lowest best validation loss of a shortened run on seed "
              f"{TUNING_SEED}; no test split read by a tuning run).", ""]
-    for folder, choice in zip(folders, choices):
-        if not choice["chosen"]:
+    for job in runs:
+        if not job.tuning or not job.ready():
             continue
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "tuned.yaml").write_text(yaml.safe_dump(choice, sort_keys=False))
-        lines.append(f"- {folder.name}: **{', '.join(f'{PATHS[k]}={v}' for k, v in choice['chosen'].items())}**")
+        try:
+            choice = choose(job.tuning)
+        except ZofoError as error:
+            lines.append(f"- {job.folder.name}: none chosen ({error})")
+            continue
+        job.folder.mkdir(parents=True, exist_ok=True)
+        (job.folder / "tuned.yaml").write_text(yaml.safe_dump(choice, sort_keys=False))
+        lines.append(f"- {job.folder.name}: **{', '.join(f'{PATHS[k]}={v}' for k, v in choice['chosen'].items())}**")
         for result in choice["candidates"]:
             values = ", ".join(f"{PATHS[k]}={v}" for k, v in result["values"].items())
             outcome = "diverged" if result["diverged"] else f"val loss {result['best_val_loss']:.4f} at step {result['best_step']}"
             lines.append(f"    - {values}: {outcome}")
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tuning.md").write_text("\n".join(lines) + "\n")
 
 
@@ -213,19 +261,13 @@ def least_busy(gpus: list[str], running: list[str]) -> str:
     return min(gpus, key=running.count)
 
 
-def run_jobs(jobs: list[tuple[dict, Path]], parallel: int, dry_run: bool, what: str,
-             gpus: list[str] | None = None) -> None:
-    """Run each (fields, folder) as a child `zofo train`, `parallel` at a time; finished ones skipped,
-    partial ones resumed. Each child sees one of the `gpus` (CUDA_VISIBLE_DEVICES), the one running the
-    fewest runs, so `parallel` runs share the GPUs evenly; without GPUs the children's environment is ours."""
-    todo = [(fields, folder) for fields, folder in jobs if not (folder / "metrics.json").exists()]
-    partial = sum((folder / "checkpoint.pt").exists() for _, folder in todo)
-    print(f"{len(jobs)} {what}: {len(jobs) - len(todo)} finished, {len(todo)} to run "
-          f"({partial} resume from a checkpoint)", flush=True)
-    if dry_run:
-        for _, folder in todo:
-            print(f"  {folder}")
-        return
+def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
+             fields_of: Callable[[Job], dict] = lambda job: job.fields) -> None:
+    """Run each unfinished job as a child `zofo train`, `parallel` at a time, in order, each as soon as it is
+    ready (`fields_of` gives the fields it runs with); partial ones resume. Each child sees one of the `gpus`
+    (CUDA_VISIBLE_DEVICES), the one running the fewest runs, so `parallel` runs share the GPUs evenly;
+    without GPUs the children's environment is ours."""
+    todo = [job for job in jobs if not job.finished()]
     # One progress bar for the sweep; CPU threads shared out between the runs.
     package_root = str(Path(__file__).resolve().parents[1])  # the children run this same zofo
     env = {**os.environ, "TQDM_DISABLE": "1", "ZOFO_PARENT_PID": str(os.getpid()),
@@ -239,19 +281,18 @@ def run_jobs(jobs: list[tuple[dict, Path]], parallel: int, dry_run: bool, what: 
     try:
         with tqdm(total=len(todo), desc="sweep", unit="run") as progress:
             while todo or running:
-                while todo and len(running) < parallel:
-                    fields, folder = todo.pop(0)
-                    folder.mkdir(parents=True, exist_ok=True)
-                    config = make_config(fields, {"out_dir": str(folder), "resume": True, "overwrite": False})
-                    (folder / "sweep_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-                    # a run that names its GPU (device cuda:N) keeps the sweep's view of the GPUs
-                    spread = gpus and not config.device.startswith("cuda:")
-                    gpu = least_busy(gpus, [entry[3] for entry in running]) if spread else None
-                    child_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
-                    with open(folder / "output.log", "a") as log:
-                        command = [sys.executable, "-m", "zofo", "train", "--config", str(folder / "sweep_config.yaml")]
-                        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
-                    running.append((process, folder, config.steps, gpu))
+                while len(running) < parallel and (job := next((job for job in todo if job.ready()), None)):
+                    todo.remove(job)
+                    try:
+                        fields = fields_of(job)
+                    except ZofoError as error:  # every tuning run of this one diverged
+                        failed.append(job.folder)
+                        progress.update(1)
+                        progress.write(f"not run: {job.folder}: {error}")
+                        continue
+                    running.append(start_run(job.folder, fields, gpus, env, [entry[3] for entry in running]))
+                if not running:
+                    break  # what is left waits for tuning runs that failed
                 time.sleep(0.5)
                 for entry in list(running):
                     process, folder = entry[:2]
@@ -267,5 +308,21 @@ def run_jobs(jobs: list[tuple[dict, Path]], parallel: int, dry_run: bool, what: 
         for process, *_ in running:  # interrupted: the children stop with the sweep
             process.send_signal(signal.SIGTERM)
     if failed:
-        raise ZofoError(f"{len(failed)} run(s) failed (their output.log says why); rerun the sweep to retry "
-                        f"them: {', '.join(map(str, failed))}")
+        waiting = f"; {len(todo)} run(s) wait for the failed tuning runs" if todo else ""
+        raise ZofoError(f"{len(failed)} run(s) failed (their output.log says why){waiting}; rerun the sweep to "
+                        f"retry them: {', '.join(map(str, failed))}")
+
+
+def start_run(folder: Path, fields: dict, gpus: list[str], env: dict, busy: list[str | None]):
+    """Start one run as a child process, on the least busy of `gpus`; returns (process, folder, steps, GPU)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = make_config(fields, {"out_dir": str(folder), "resume": True, "overwrite": False})
+    (folder / "sweep_config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    # a run that names its GPU (device cuda:N) keeps the sweep's view of the GPUs
+    spread = gpus and not config.device.startswith("cuda:")
+    gpu = least_busy(gpus, busy) if spread else None
+    child_env = env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu}
+    with open(folder / "output.log", "a") as log:
+        command = [sys.executable, "-m", "zofo", "train", "--config", str(folder / "sweep_config.yaml")]
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=child_env)
+    return process, folder, config.steps, gpu
