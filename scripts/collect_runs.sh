@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Here, after a GPU call of scripts/gpu_sweep.sh (or gpu_experiments.sh): copy the finished runs (those with metrics.json)
-# from its archive into results/<sweep>/runs, so that the next call skips them, and rebuild the reports.
+# Here, after a GPU call of scripts/gpu_sweep.sh (or gpu_experiments.sh): copy the finished runs (those with
+# metrics.json) from its archive into results/<sweep>/runs, so that the next call skips them, and rebuild the
+# reports. Unfinished runs that came back with their checkpoint (gpu_sweep.sh returns the small ones: MeZO's
+# hold no weights) go to .gpu/partial/<sweep>/, ignored by git, newest replacing older: carried in a later
+# session's first sweep call, they resume there instead of starting again.
 # Usage: scripts/collect_runs.sh PATH/NAME.tgz
 set -euo pipefail
 archive=${1:?usage: scripts/collect_runs.sh PATH/NAME.tgz}
 staging=$(mktemp -d); trap 'rm -rf "$staging"' EXIT
+partial_folder() {  # results/NAME/runs/RUN -> .gpu/partial/NAME/RUN (RUN may be tuning/...)
+  local inside=${1#results/}
+  echo ".gpu/partial/${inside%%/*}/${inside#*/runs/}"
+}
 tar xzf "$archive" -C "$staging" && find "$staging" -name .lock -delete  # a live run's lock, not a result
 # finished runs at any depth (a sweep's tuning runs are in runs/tuning/), and the sweep's tuning.md
 (cd "$staging" && find results -name metrics.json -o -name tuning.md) | while read -r found; do
@@ -12,6 +19,14 @@ tar xzf "$archive" -C "$staging" && find "$staging" -name .lock -delete  # a liv
   run=$(dirname "$found")
   if [ ! -d "$run" ] || [ ! -f "$run/metrics.json" ]; then
     mkdir -p "$run" && cp -r "$staging/$run/." "$run/" && echo "new: $run"
+  fi
+  rm -rf "$(partial_folder "$run")"
+done
+(cd "$staging" && find results -name checkpoint.pt) | while read -r found; do
+  run=$(dirname "$found")
+  if [ ! -f "$staging/$run/metrics.json" ] && [ ! -f "$run/metrics.json" ]; then
+    partial=$(partial_folder "$run")
+    rm -rf "$partial" && mkdir -p "$partial" && cp -r "$staging/$run/." "$partial/" && echo "partial: $partial"
   fi
 done
 for sweep in $(ls "$staging"/results); do
