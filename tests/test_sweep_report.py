@@ -257,6 +257,25 @@ def test_a_run_starts_as_soon_as_its_own_tuning_runs_have_finished(tmp_path, dat
     assert "method=mezo,peft=none: **lr=0.001**" in notes and "method=fo,peft=lora: **lr=0.01**" in notes
 
 
+def test_a_run_whose_tuning_runs_all_diverged_is_not_run_and_the_others_are(tmp_path, data_dir, monkeypatch, capsys):
+    from zofo.sweep import plan, tuning_folders
+
+    monkeypatch.setattr("zofo.sweep.subprocess.Popen", TrackedChild)
+    TrackedChild.alive, TrackedChild.launches = [], {}
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0]}, tuning={"steps": 1},
+                       variants=[{"method": "mezo", "peft": "none", "tune": {"lr": [1e-3]}},
+                                 {"method": "fo", "peft": "lora", "tune": {"lr": [1e-2]}}])
+    sweep = load_sweep(path)
+    diverged = tuning_folders(sweep, plan(sweep), tmp_path / "runs")[0][0][1]
+    diverged.mkdir(parents=True)
+    (diverged / "metrics.json").write_text(json.dumps({"best_val_loss": None, "diverged": "the loss became nan"}))
+    assert main(["sweep", str(path)]) != 0
+    assert "every tuning run diverged" in capsys.readouterr().err
+    assert tmp_path / "runs" / "method=fo,peft=lora" in TrackedChild.launches  # the other run ran
+    assert tmp_path / "runs" / "method=mezo,peft=none" not in TrackedChild.launches
+    assert "none chosen (every tuning run diverged" in (tmp_path / "runs" / "tuning.md").read_text()
+
+
 def test_the_gpus_to_spread_over_must_be_ids_separated_by_commas(tmp_path, data_dir, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", str(write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs")), "--gpus", "0,,1"])

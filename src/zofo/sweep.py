@@ -286,9 +286,8 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
                     try:
                         fields = fields_of(job)
                     except ZofoError as error:  # every tuning run of this one diverged
-                        failed.append(job.folder)
+                        failed.append(f"{job.folder} (not run: {error})")
                         progress.update(1)
-                        progress.write(f"not run: {job.folder}: {error}")
                         continue
                     running.append(start_run(job.folder, fields, gpus, env, [entry[3] for entry in running]))
                 if not running:
@@ -300,7 +299,7 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
                         running.remove(entry)
                         progress.update(1)
                         if process.returncode != 0:
-                            failed.append(folder)
+                            failed.append(f"{folder} (exit {process.returncode}: see its output.log)")
                             progress.write(f"failed ({process.returncode}): {folder} (see {folder / 'output.log'})")
                 progress.set_postfix_str("  ".join(f"{folder.name}: {last_step(folder)}/{steps}"
                                                    for _, folder, steps, _ in running)[:200])
@@ -309,8 +308,8 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
             process.send_signal(signal.SIGTERM)
     if failed:
         waiting = f"; {len(todo)} run(s) wait for the failed tuning runs" if todo else ""
-        raise ZofoError(f"{len(failed)} run(s) failed (their output.log says why){waiting}; rerun the sweep to "
-                        f"retry them: {', '.join(map(str, failed))}")
+        raise ZofoError(f"{len(failed)} run(s) did not finish{waiting}; rerun the sweep to retry them: "
+                        + "; ".join(failed))
 
 
 def start_run(folder: Path, fields: dict, gpus: list[str], env: dict, busy: list[str | None]):
