@@ -139,12 +139,19 @@ class Job:
     folder: Path
     fields: dict
     tuning: list[tuple[dict, Path]] = field(default_factory=list)
+    _choice: dict | None = field(default=None, repr=False)
 
     def finished(self) -> bool:
         return (self.folder / "metrics.json").exists()
 
     def ready(self) -> bool:
         return all((folder / "metrics.json").exists() for _, folder in self.tuning)
+
+    def choice(self) -> dict:
+        """`choose` over its finished tuning runs, read once."""
+        if self._choice is None:
+            self._choice = choose(self.tuning)
+        return self._choice
 
 
 def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = False,
@@ -172,9 +179,9 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     def with_tuned_values(job: Job) -> dict:
         if not job.tuning:
             return job.fields
-        choice = choose(job.tuning)
+        fields = {**job.fields, **job.choice()["chosen"]}
         write_tuning_notes(out_dir, runs)
-        return {**job.fields, **choice["chosen"]}
+        return fields
 
     try:
         run_jobs(tuning_jobs + runs, parallel, gpus, with_tuned_values)
@@ -231,7 +238,7 @@ def write_tuning_notes(out_dir: Path, runs: list[Job]) -> None:
         if not job.tuning or not job.ready():
             continue
         try:
-            choice = choose(job.tuning)
+            choice = job.choice()
         except ZofoError as error:
             lines.append(f"- {job.folder.name}: none chosen ({error})")
             continue
