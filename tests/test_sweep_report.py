@@ -276,6 +276,16 @@ def test_a_run_whose_tuning_runs_all_diverged_is_not_run_and_the_others_are(tmp_
     assert "none chosen (every tuning run diverged" in (tmp_path / "runs" / "tuning.md").read_text()
 
 
+def test_runs_at_once_must_be_a_whole_number_of_at_least_one(tmp_path, data_dir, capsys):
+    for parallel in (0, -2):
+        assert main(["sweep", str(write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs")), "--parallel",
+                     str(parallel), "--dry-run"]) != 0
+        assert f"must be a whole number of at least 1, got {parallel}" in capsys.readouterr().err
+    path = write_sweep(tmp_path / "t.yaml", data_dir, tmp_path / "runs", parallel="four")
+    assert main(["sweep", str(path), "--dry-run"]) != 0
+    assert "got 'four'" in capsys.readouterr().err
+
+
 def test_the_gpus_to_spread_over_must_be_ids_separated_by_commas(tmp_path, data_dir, capsys):
     with pytest.raises(SystemExit):
         main(["sweep", str(write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs")), "--gpus", "0,,1"])

@@ -161,7 +161,10 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     out_dir = Path(out_dir or sweep.get("out_dir") or Path("runs") / Path(path).stem)
     planned = plan(sweep, overrides)
     folders = [out_dir / name for name in run_names([fields for fields, _ in planned])]
-    parallel = parallel or sweep.get("parallel") or 1
+    parallel = sweep.get("parallel", 1) if parallel is None else parallel
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
+        raise ConfigError(f"{path}: parallel (runs at once, from --parallel or the file) must be a whole number "
+                          f"of at least 1, got {parallel!r}")
     tuning = tuning_folders(sweep, planned, out_dir)  # per run: [(candidate, its tuning run's folder)]
     tuning_jobs = list({folder: Job(folder, tuning_fields(fields, candidate, sweep))
                         for (fields, _), runs in zip(planned, tuning) for candidate, folder in runs}.values())
