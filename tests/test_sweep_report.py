@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,30 @@ def test_the_gpus_to_spread_over_must_be_ids_separated_by_commas(tmp_path, data_
     with pytest.raises(SystemExit):
         main(["sweep", str(write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs")), "--gpus", "0,,1"])
     assert "expected GPU ids separated by commas" in capsys.readouterr().err
+
+
+def test_only_runs_the_selected_runs_with_their_own_tuning_runs_and_notes_every_choice(tmp_path, data_dir, monkeypatch, capsys):
+    from zofo.sweep import plan, tuning_folders
+
+    monkeypatch.setattr("zofo.sweep.subprocess.Popen", TrackedChild)
+    TrackedChild.alive, TrackedChild.launches = [], {}
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0, 1], "task": ["copa", "cb"]},
+                       tuning={"steps": 1}, variants=[{"method": "mezo", "peft": "none", "tune": {"lr": [1e-3]}},
+                                                      {"method": "fo", "peft": "lora", "tune": {"lr": [1e-2, 1e-3]}}])
+    sweep = load_sweep(path)
+    mezo_copa_tuning = tuning_folders(sweep, plan(sweep), tmp_path / "runs")[0][0][1]  # finished earlier
+    mezo_copa_tuning.mkdir(parents=True)
+    (mezo_copa_tuning / "metrics.json").write_text(json.dumps({"best_val_loss": 2.0, "best_step": 1}))
+    assert main(["sweep", str(path), "--only", "method=fo", "--only", "task=cb,copa", "--only", "seed=1"]) == 0
+    runs = tmp_path / "runs"
+    launched = {folder.relative_to(runs).as_posix() for folder in TrackedChild.launches}
+    assert launched == {"task=copa,method=fo,peft=lora,seed=1", "task=cb,method=fo,peft=lora,seed=1",
+                        "tuning/task=copa,method=fo,peft=lora,lr=0.01", "tuning/task=copa,method=fo,peft=lora,lr=0.001",
+                        "tuning/task=cb,method=fo,peft=lora,lr=0.01", "tuning/task=cb,method=fo,peft=lora,lr=0.001"}
+    notes = (runs / "tuning.md").read_text()  # the runs not selected keep their choices in the notes
+    assert "task=copa,method=mezo,peft=none,seed=0: **lr=0.001**" in notes
+    assert "task=cb,method=fo,peft=lora,seed=0: **lr=0.01**" in notes
+    for only, message in (("task=cb,sts2", "no run of .* has task = sts2; its values: copa, cb"),
+                          ("lora_r=4", "no run of .* sets lora_r"), ("task", "--only takes field=value")):
+        assert main(["sweep", str(path), "--dry-run", "--only", only]) != 0
+        assert re.search(message, capsys.readouterr().err)

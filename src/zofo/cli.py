@@ -22,7 +22,7 @@ import typing
 import warnings
 from pathlib import Path
 
-from .config import FIELDS, load_config, make_config, parse_assignments
+from .config import FIELDS, load_config, make_config, parse_assignments, parse_selection
 from .errors import ConfigError, ZofoError
 
 EVAL_FIELDS = ("task", "model", "hard_prompt", "seed", "data_dir", "n_test", "max_length", "eval_batch_size",
@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the runs still to do and stop")
     sweep.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="override a config field in every run (repeatable), e.g. --set steps=500")
+    sweep.add_argument("--only", action="append", default=[], metavar="FIELD=VALUES",
+                       help="run only the runs whose FIELD has one of these values (repeatable; each must hold), "
+                            "with the tuning runs they need, e.g. --only task=sst2,copa --only method=fo")
     sweep.add_argument("--out-dir", help="folder of the runs (default: the file's out_dir)")
     sweep.add_argument("--gpus", type=gpu_list, metavar="IDS",
                        help="GPUs to spread the runs over, e.g. 0,1 (default: every visible GPU); each run sees one")
@@ -207,7 +210,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
     run_sweep(args.config, parallel=args.parallel, dry_run=args.dry_run, overrides=parse_assignments(args.set),
-              out_dir=args.out_dir, gpus=args.gpus)
+              out_dir=args.out_dir, gpus=args.gpus, only=parse_selection(args.only))
     return 0
 
 

@@ -366,6 +366,26 @@ def load_config(path: str | Path, *overrides: dict | None) -> RunConfig:
     return make_config(values, *overrides, where=where)
 
 
+def parse_selection(pairs: list[str]) -> dict[str, list[Any]]:
+    """["task=sst2,copa", "method=fo"] -> {"data.task": ["sst2", "copa"], "method": ["fo"]}: the values
+    each field may take (`zofo sweep --only`), read as YAML scalars."""
+    selection = {}
+    for pair in pairs:
+        key, _, values = pair.partition("=")
+        if not values.strip():
+            raise ConfigError(f"--only takes field=value[,value...], e.g. --only task=sst2,copa; got {pair!r}")
+        selection[canonical(key.strip(), "--only: ")] = [yaml_scalar(value.strip()) for value in values.split(",")]
+    return selection
+
+
+def yaml_scalar(text: str) -> Any:
+    """A command-line value as YAML reads it (1e-4 a float, 0 an int), else the text itself."""
+    try:
+        return yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return text
+
+
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:
     """["steps=500", "zo_eps=1e-4"] -> {"steps": 500, "zo.eps": 1e-4}; values are read as YAML scalars
     and converted by the config's types (so 1e-4 is a float)."""
@@ -374,8 +394,5 @@ def parse_assignments(pairs: list[str]) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"--set takes field=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        try:
-            values[canonical(key.strip(), "--set: ")] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
-            values[canonical(key.strip(), "--set: ")] = value
+        values[canonical(key.strip(), "--set: ")] = yaml_scalar(value.strip())
     return values

@@ -156,28 +156,33 @@ class Job:
 
 def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = False,
               overrides: dict | None = None, out_dir: str | Path | None = None,
-              gpus: list[str] | None = None) -> list[Path]:
+              gpus: list[str] | None = None, only: dict[str, list] | None = None) -> list[Path]:
+    """Run the sweep's unfinished runs (those `only` selects, with the tuning runs they need); returns the
+    selected runs' folders."""
     sweep = load_sweep(path)
     out_dir = Path(out_dir or sweep.get("out_dir") or Path("runs") / Path(path).stem)
     planned = plan(sweep, overrides)
+    selected = select([fields for fields, _ in planned], only or {}, path)
     folders = [out_dir / name for name in run_names([fields for fields, _ in planned])]
     parallel = sweep.get("parallel", 1) if parallel is None else parallel
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise ConfigError(f"{path}: parallel (runs at once, from --parallel or the file) must be a whole number "
                           f"of at least 1, got {parallel!r}")
     tuning = tuning_folders(sweep, planned, out_dir)  # per run: [(candidate, its tuning run's folder)]
-    tuning_jobs = list({folder: Job(folder, tuning_fields(fields, candidate, sweep))
-                        for (fields, _), runs in zip(planned, tuning) for candidate, folder in runs}.values())
     runs = [Job(folder, fields, candidates) for (fields, _), candidates, folder in zip(planned, tuning, folders)]
+    chosen_runs = [job for job, keep in zip(runs, selected) if keep]
+    tuning_jobs = list({folder: Job(folder, tuning_fields(job.fields, candidate, sweep))
+                        for job in chosen_runs for candidate, folder in job.tuning}.values())
     if tuning_jobs:
         announce(tuning_jobs, f"tuning runs in {out_dir / 'tuning'}", dry_run)
-    tuned = all(job.ready() for job in runs)
-    announce(runs, f"runs in {out_dir}", dry_run and tuned)
+    tuned = all(job.ready() for job in chosen_runs)
+    announce(chosen_runs, f"runs in {out_dir}" + (f" (of {len(runs)}, selected by --only)" if only else ""),
+             dry_run and tuned)
     if dry_run:
         if not tuned:
-            print(f"then the {len(runs)} runs in {out_dir}, with the values their tuning runs choose "
+            print(f"then the {len(chosen_runs)} runs in {out_dir}, with the values their tuning runs choose "
                   "(each as soon as its own tuning runs have finished)")
-        return folders
+        return [job.folder for job in chosen_runs]
 
     def with_tuned_values(job: Job) -> dict:
         if not job.tuning:
@@ -187,11 +192,26 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
         return fields
 
     try:
-        run_jobs(tuning_jobs + runs, parallel, gpus, with_tuned_values)
+        run_jobs(tuning_jobs + chosen_runs, parallel, gpus, with_tuned_values)
     finally:
         if tuning_jobs:
-            write_tuning_notes(out_dir, runs)
-    return folders
+            write_tuning_notes(out_dir, runs)  # every run's choice made so far, selected or not
+    return [job.folder for job in chosen_runs]
+
+
+def select(runs: list[dict], only: dict[str, list], path: str | Path) -> list[bool]:
+    """Which runs `only` ({dotted path: allowed values}, from --only) keeps: those whose every named field
+    has one of its values. A field no run sets, or a value no run has, is an error (a typo would otherwise
+    run nothing)."""
+    for key, allowed in only.items():
+        present = list(dict.fromkeys(str(run[key]) for run in runs if key in run))
+        if not present:
+            raise ConfigError(f"--only {PATHS[key]}: no run of {path} sets {PATHS[key]}")
+        missing = [value for value in allowed if not any(key in run and run[key] == value for run in runs)]
+        if missing:
+            raise ConfigError(f"--only {PATHS[key]}: no run of {path} has {PATHS[key]} = "
+                              f"{', '.join(map(str, missing))}; its values: {', '.join(present)}")
+    return [all(key in run and run[key] in allowed for key, allowed in only.items()) for run in runs]
 
 
 def announce(jobs: list[Job], what: str, listing: bool) -> None:
