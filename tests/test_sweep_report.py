@@ -56,12 +56,13 @@ def test_sweep_runs_side_by_side_and_resumes_without_rerunning_finished_runs(tmp
     assert finished[0].exists()
 
 
-def fake_run(folder, task, method, seed, test, zero_shot, lam=None):
+def fake_run(folder, task, method, seed, test, zero_shot, lam=None, **other_tests):
     folder.mkdir(parents=True)
     config = {"task": task, "method": method, "peft": "lora", "seed": seed, "bilevel_lambda": lam or 10.0}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     metric = "macro_f1" if task == "cb" else "accuracy"
-    (folder / "metrics.json").write_text(json.dumps({"test": {metric: test}, "zero_shot": {metric: zero_shot}}))
+    (folder / "metrics.json").write_text(json.dumps({"test": {metric: test}, "zero_shot": {metric: zero_shot},
+                                                     **{key: {metric: value} for key, value in other_tests.items()}}))
     (folder / "log.jsonl").write_text("".join(json.dumps({"step": s, "val_loss": 1.0 / s}) + "\n" for s in (1, 2, 3)))
 
 
@@ -73,10 +74,10 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
     for lam, value in ((1.0, 0.7), (100.0, 0.9)):
         fake_run(runs / f"sst2-bilevel-{lam}", "sst2", "bilevel", 0, value, 0.5, lam=lam)
     header, rows, records = build_table(find_runs([runs]))
-    assert header == ["method", "peft", "bilevel_lambda", "cb", "sst2", "average"]
+    assert header == ["method", "evaluated", "peft", "bilevel_lambda", "cb", "sst2", "average"]
     mezo = next(row for row in rows if row[0] == "mezo")
-    assert mezo == ["mezo", "lora", "", "65.0 ± 5.0 (3)", "85.0 ± 5.0 (3)", "75.0"]
-    assert rows[0] == ["zero-shot", "", "", "40.0 ± 0.0 (3)", "50.0 ± 0.0 (5)", ""]  # the base model, every run's
+    assert mezo == ["mezo", "", "lora", "", "65.0 ± 5.0 (3)", "85.0 ± 5.0 (3)", "75.0"]
+    assert rows[0] == ["zero-shot", "", "", "", "40.0 ± 0.0 (3)", "50.0 ± 0.0 (5)", ""]  # the base model, every run's
     cb = next(r for r in records if r["task"] == "cb")
     assert cb["metric"] == "macro_f1" and cb["zero_shot_mean"] == pytest.approx(0.4)
 
@@ -86,6 +87,19 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
         assert len(list(csv.DictReader(f))) == len(records)
     assert (out / "val_loss_curves.png").stat().st_size > 1000
     assert (out / "metric_vs_bilevel_lambda.png").stat().st_size > 1000
+
+
+def test_a_bilevel_run_reports_theta_with_phi_with_z_and_alone_in_rows_of_their_own(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (phi, z, alone) in enumerate([(0.80, 0.70, 0.50), (0.90, 0.80, 0.52)]):
+        fake_run(runs / f"bilevel-{seed}", "sst2", "bilevel", seed, phi, 0.5, test_theta_z=z, test_theta_alone=alone)
+        fake_run(runs / f"fo-{seed}", "sst2", "fo", seed, 0.75, 0.5)
+    header, rows, _ = build_table(find_runs([runs]))
+    assert header == ["method", "evaluated", "peft", "sst2"]
+    assert rows == [["zero-shot", "", "", "50.0 ± 0.0 (4)"],  # each run's zero-shot once
+                    ["bilevel", "θ+φ", "lora", "85.0 ± 7.1 (2)"], ["bilevel", "θ+z", "lora", "75.0 ± 7.1 (2)"],
+                    ["bilevel", "θ alone", "lora", "51.0 ± 1.4 (2)"], ["fo", "", "lora", "75.0 ± 0.0 (2)"]]
+    assert "4 runs from" in (write_report([runs], tmp_path / "report") / "table.md").read_text()
 
 
 def test_a_killed_sweep_resumes_its_partial_run_from_the_checkpoint(tmp_path, data_dir, capsys):

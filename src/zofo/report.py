@@ -5,6 +5,9 @@ the task goes in the columns, the other varying fields (method, peft, hard_promp
 rows. Each cell is the test metric of the task (accuracy; macro-F1 for CB; F1 for SQuAD/DROP) at the
 validation-selected step, as mean ± standard deviation over seeds, with the number of seeds.
 Plots: validation-loss curves per task, and the metric against λ and against K where those vary.
+A Bilevel run is in three rows, by the model tested at its selected step (`evaluated`): θ with φ (what
+ALGORITHM.md selects and tests), θ with z (the authors' code), and θ alone (no adapter): where the gain
+comes from.
 
 Meta-training runs (meta-bilevel, meta-mezo, meta-icl) make the paper's Table 4 instead: the MetaICL
 setting in the columns; in the rows each method with each way it was meta-tested (zero-shot, tuned,
@@ -26,9 +29,30 @@ from .tasks import get_task
 IGNORED = EXECUTION_FIELDS | {"seed", "zero_shot", "test"}  # not what a run trains: what else it evaluates
 
 
+EVALUATED = "evaluated"  # a row field of Bilevel runs: the model tested (θ+φ, θ+z, θ alone)
+BILEVEL_TESTS = (("test_theta_phi", "θ+φ"), ("test_theta_z", "θ+z"), ("test_theta_alone", "θ alone"))
+
+
 def shown(run: dict, path: str):
     """The field's value, or None where the run's method does not read it (so rows do not split on it)."""
     return run["fields"].get(path) if run["config"].uses(path) else None
+
+
+def name(path: str) -> str:
+    """A field's name in the table (its flag name)."""
+    return PATHS.get(path, path)
+
+
+def bilevel_views(run: dict, metrics: dict, metric: str) -> list[dict]:
+    """A Bilevel run as its rows: the model it selected and tested (θ with φ, or with z under
+    bilevel.eval_adapter lower), then the other adapter with θ and θ alone, tested at the same step."""
+    tested = "θ+z" if metrics.get("evaluated_adapter") == "lower" else "θ+φ"
+    views = [{**run, "fields": {**run["fields"], EVALUATED: tested}}]
+    for key, label in BILEVEL_TESTS:
+        if key in metrics:
+            views.append({**run, "fields": {**run["fields"], EVALUATED: label}, "test": metrics[key][metric],
+                          "zero_shot": None, "primary": False})
+    return views
 
 
 def find_runs(paths: list[str | Path]) -> list[dict]:
@@ -56,15 +80,16 @@ def find_runs(paths: list[str | Path]) -> list[dict]:
                 runs.append({**run, "meta": True})
                 continue
             metric = get_task(config.data.task).metric
-            runs.append({**run, "metric": metric, "test": metrics["test"][metric],
-                         "zero_shot": metrics.get("zero_shot", {}).get(metric)})
+            run = {**run, "metric": metric, "test": metrics["test"][metric], "primary": True,
+                   "zero_shot": metrics.get("zero_shot", {}).get(metric)}
+            runs.extend(bilevel_views(run, metrics, metric) if config.method == "bilevel" else [run])
     if not runs:
         skipped = f" ({tuning} tuning runs, which have no test metrics)" if tuning else ""
         raise FileNotFoundError(f"no finished run (config.yaml + metrics.json) under {[str(p) for p in paths]}{skipped}")
     return runs
 
 
-FIRST = ("method", "adapter.peft", "data.hard_prompt")  # row labels read best in this order
+FIRST = ("method", EVALUATED, "adapter.peft", "data.hard_prompt")  # row labels read best in this order
 
 
 def varying_fields(runs: list[dict]) -> list[str]:
@@ -72,7 +97,7 @@ def varying_fields(runs: list[dict]) -> list[str]:
     keys = dict.fromkeys(k for run in runs for k in run["fields"])
     tuned = {k for run in runs for k in run.get("tuned", {})}  # chosen per run on validation: listed, not rows
     fields = [k for k in keys if k not in IGNORED | tuned and k != "data.task"
-              and (k in ("method", "adapter.peft") or len({repr(run["fields"][k]) for run in runs
+              and (k in ("method", "adapter.peft") or len({repr(run["fields"].get(k)) for run in runs
                                                             if run["config"].uses(k)}) > 1)]
     return sorted(fields, key=lambda k: FIRST.index(k) if k in FIRST else len(FIRST))
 
@@ -96,9 +121,10 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict
     for run in runs:
         key = tuple(shown(run, f) for f in fields)
         groups.setdefault(key, {}).setdefault(run["config"].data.task, []).append(run)
-    header = [PATHS[f] for f in fields] + tasks + (["average"] if len(tasks) > 1 else [])
+    header = [name(f) for f in fields] + tasks + (["average"] if len(tasks) > 1 else [])
     rows, records = [], []
-    for key in sorted(groups, key=lambda k: tuple(map(str, k))):
+    order = {label: str(i) for i, (_, label) in enumerate(BILEVEL_TESTS)}  # θ+φ, θ+z, θ alone
+    for key in sorted(groups, key=lambda k: tuple(order.get(v, str(v)) for v in k)):
         row, means = ["" if v is None else str(v) for v in key], []
         for task in tasks:
             members = groups[key].get(task, [])
@@ -108,7 +134,7 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict
                 mean, std = mean_std(values)
                 means.append(mean)
                 zero = [m["zero_shot"] for m in members if m["zero_shot"] is not None]
-                records.append({**{PATHS[f]: v for f, v in zip(fields, key)}, "task": task, "metric": members[0]["metric"],
+                records.append({**{name(f): v for f, v in zip(fields, key)}, "task": task, "metric": members[0]["metric"],
                                 "mean": mean, "std": std, "seeds": len(values),
                                 "zero_shot_mean": statistics.fmean(zero) if zero else None,
                                 "seed_values": ";".join(f"{v:.4f}" for v in values)})
@@ -196,6 +222,8 @@ def plot_val_curves(runs: list[dict], fields: list[str], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     tasks = sorted({run["config"].data.task for run in runs})
+    runs = [run for run in runs if run["primary"]]  # a Bilevel run's curve once, not once per model tested
+    fields = [f for f in fields if f != EVALUATED]
     label_of = lambda run: ", ".join(f"{PATHS[f]}={shown(run, f)}" for f in fields if shown(run, f) is not None) or "run"
     colors = {label: f"C{i % 10}" for i, label in enumerate(sorted({label_of(run) for run in runs}))}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
@@ -229,11 +257,13 @@ def plot_against(records: list[dict], field: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for task in sorted({r["task"] for r in records}):
-        points = sorted((float(r[field]), r["mean"], r["std"]) for r in records if r["task"] == task and r.get(field) is not None)
+    for task, tested in sorted({(r["task"], r.get(EVALUATED) or "") for r in records}):
+        points = sorted((float(r[field]), r["mean"], r["std"]) for r in records
+                        if r["task"] == task and (r.get(EVALUATED) or "") == tested and r.get(field) is not None)
         if points:
             xs, means, stds = zip(*points)
-            ax.errorbar(xs, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o", capsize=3, label=task)
+            ax.errorbar(xs, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o", capsize=3,
+                        label=f"{task} ({tested})" if tested else task)
     if field == "bilevel_lambda":
         ax.set_xscale("log")
     ax.set_xlabel({"bilevel_lambda": "λ", "bilevel_k": "K (lower steps per upper step)"}.get(field, field))
@@ -261,8 +291,9 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
     else:
         header, rows, records = build_table(runs)
         note = "Test metric (%) at the validation-selected step: mean ± std over seeds (number of seeds)."
-    table = markdown(header, rows) + tuned_values(runs)
-    (output / "table.md").write_text(f"{note} {len(runs)} runs from {', '.join(map(str, paths))}.\n\n{table}")
+    primary = [run for run in runs if run.get("primary", True)]
+    table = markdown(header, rows) + tuned_values(primary)
+    (output / "table.md").write_text(f"{note} {len(primary)} runs from {', '.join(map(str, paths))}.\n\n{table}")
     with open(output / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
         writer.writeheader()
