@@ -2,16 +2,19 @@
 # Here, after a GPU call of scripts/gpu_sweep.sh (or gpu_experiments.sh): copy the finished runs (those with
 # metrics.json) from its archive into results/<sweep>/runs, so that the next call skips them, and rebuild the
 # reports. Unfinished runs that came back with their checkpoint (gpu_sweep.sh returns the small ones: MeZO's
-# hold no weights) go to .gpu/partial/<sweep>/, ignored by git, newest replacing older: carried in a later
+# hold no weights, FO-LoRA's about 7 MB) go to .gpu/partial/<sweep>/, ignored by git, newest replacing older: carried in a later
 # session's first sweep call, they resume there instead of starting again.
-# Usage: scripts/collect_runs.sh PATH/NAME.tgz
+# Usage: scripts/collect_runs.sh PATH/NAME.tgz   (or the parts PATH/NAME.tgz.00, .01, ... given as PATH/NAME.tgz)
 set -euo pipefail
 archive=${1:?usage: scripts/collect_runs.sh PATH/NAME.tgz}
-staging=$(mktemp -d); trap 'rm -rf "$staging"' EXIT
+staging=$(mktemp -d); trap 'rm -rf "$staging" "$staging.tgz"' EXIT
 partial_folder() {  # results/NAME/runs/RUN -> .gpu/partial/NAME/RUN (RUN may be tuning/...)
   local inside=${1#results/}
   echo ".gpu/partial/${inside%%/*}/${inside#*/runs/}"
 }
+if [ ! -f "$archive" ] && [ -f "$archive.00" ]; then  # returned in parts (gpu_sweep.sh: over 15 MB)
+  cat "$archive".[0-9][0-9] > "$staging.tgz" && archive=$staging.tgz
+fi
 tar xzf "$archive" -C "$staging" && find "$staging" -name .lock -delete  # a live run's lock, not a result
 # finished runs at any depth (a sweep's tuning runs are in runs/tuning/), and the sweep's tuning.md
 (cd "$staging" && find results -name metrics.json -o -name tuning.md) | while read -r found; do

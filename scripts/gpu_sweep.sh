@@ -4,11 +4,12 @@
 # while the machine is warm; the runs already collected here under results/NAME/runs are copied in and
 # skipped. The sweep runs in a session of its own (setsid), so it goes on between calls while the machine
 # stays warm: a call starts it unless the same sweep (same arguments) is running, waits up to SWEEP_SECONDS
-# for every sweep of NAME to end, and returns what is done so far: $OUT gets NAME.tgz, the run folders
-# without weights (and without checkpoints over 4 MB), and NAME.log, the end of each sweep's output.
+# for every sweep of NAME to end, and returns what is done so far: $OUT gets NAME.tgz, the run folders not
+# yet collected, without weights (below), and NAME.log, the end of each sweep's output.
 # Several sweeps can share NAME's folder (different --only selections, e.g. the runs that must finish on this
 # machine at once and MeZO's, which may carry over, beside them): start the first with SWEEP_SECONDS=0.
-# Afterwards, here: scripts/collect_runs.sh <files_at>/NAME.tgz (before the next machine, or it repeats them).
+# Afterwards, here: scripts/collect_runs.sh <files_at>/NAME.tgz (before the next machine, or it repeats them;
+# every call's archive holds all that is not collected, so the last call's is enough).
 # A later session (a fresh machine): carry .gpu/partial in its first sweep call, so that the unfinished runs
 # that came back with their checkpoints resume.
 # Usage: SWEEP_SECONDS=540 bash scripts/gpu_sweep.sh CONFIG NAME [zofo sweep arguments, e.g. --parallel 10]
@@ -50,7 +51,16 @@ for log in $sweeps/*.log; do
 done > $OUT/$name.log
 sed "s/^/$name: /" $OUT/$name.log
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
-# finished runs, and unfinished ones with their checkpoint where it is small (MeZO's: no weights in it)
-(cd /tmp/zofo && find $name -name checkpoint.pt -size +4M) > /tmp/zofo/$name.large-checkpoints
+# the runs not yet collected here (finished ones, and unfinished ones with their checkpoint where it is small:
+# MeZO's hold no weights, FO-LoRA's about 7 MB; RETURN_CHECKPOINT_MB), and tuning.md; an archive over 15 MB
+# (what a call returns is at most 16 MiB a file) comes back in parts NAME.tgz.00, .01, ...
+(cd /tmp/zofo/$name && find . -name output.log -printf '%h\n') | while read -r run; do
+  [ -f "results/$name/runs/$run/metrics.json" ] || echo "$name/${run#./}"
+done > /tmp/zofo/$name.to-return
+[ -f /tmp/zofo/$name/tuning.md ] && echo $name/tuning.md >> /tmp/zofo/$name.to-return
+(cd /tmp/zofo && find $name -name checkpoint.pt -size +${RETURN_CHECKPOINT_MB:-8}M) > /tmp/zofo/$name.large-checkpoints
 tar czf $OUT/$name.tgz -C /tmp/zofo --exclude=.lock --exclude=adapter --exclude=model \
-    -X /tmp/zofo/$name.large-checkpoints --transform "s,^$name,results/$name/runs," $name
+    -X /tmp/zofo/$name.large-checkpoints --transform "s,^$name,results/$name/runs," -T /tmp/zofo/$name.to-return
+if [ $(stat -c %s $OUT/$name.tgz) -gt 15000000 ]; then
+  split -b 15000000 -d $OUT/$name.tgz $OUT/$name.tgz. && rm $OUT/$name.tgz
+fi
