@@ -51,14 +51,15 @@ for log in $sweeps/*.log; do
 done > $OUT/$name.log
 sed "s/^/$name: /" $OUT/$name.log
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
-# the runs not yet collected here (finished ones, and unfinished ones with their checkpoint where it is small:
-# MeZO's hold no weights, FO-LoRA's about 7 MB; RETURN_CHECKPOINT_MB), and tuning.md; an archive over 15 MB
-# (what a call returns is at most 16 MiB a file) comes back in parts NAME.tgz.00, .01, ...
+# the runs not yet collected here: finished ones, and unfinished ones with their checkpoint where it is at
+# most RETURN_CHECKPOINT_MB (12): MeZO's hold no weights, FO-LoRA's about 7.5 MB (adapter, Adam, best
+# adapter), Bilevel-LoRA's about 15 (φ, z, two Adams, best φ and z) are left; and tuning.md. An archive over
+# 15 MB (a call returns at most 16 MiB a file) comes back in parts NAME.tgz.00, .01, ...
 (cd /tmp/zofo/$name && find . -name output.log -printf '%h\n') | while read -r run; do
   [ -f "results/$name/runs/$run/metrics.json" ] || echo "$name/${run#./}"
 done > /tmp/zofo/$name.to-return
 [ -f /tmp/zofo/$name/tuning.md ] && echo $name/tuning.md >> /tmp/zofo/$name.to-return
-(cd /tmp/zofo && find $name -name checkpoint.pt -size +${RETURN_CHECKPOINT_MB:-8}M) > /tmp/zofo/$name.large-checkpoints
+(cd /tmp/zofo && find $name -name checkpoint.pt -size +${RETURN_CHECKPOINT_MB:-12}M) > /tmp/zofo/$name.large-checkpoints
 tar czf $OUT/$name.tgz -C /tmp/zofo --exclude=.lock --exclude=adapter --exclude=model \
     -X /tmp/zofo/$name.large-checkpoints --transform "s,^$name,results/$name/runs," -T /tmp/zofo/$name.to-return
 if [ $(stat -c %s $OUT/$name.tgz) -gt 15000000 ]; then
