@@ -52,8 +52,8 @@ done > $OUT/$name.log
 sed "s/^/$name: /" $OUT/$name.log
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
 # the runs not yet collected here: finished ones, and unfinished ones with their checkpoint where it is at
-# most RETURN_CHECKPOINT_MB (12): MeZO's hold no weights, FO-LoRA's about 7.5 MB (adapter, Adam, best
-# adapter), Bilevel-LoRA's about 15 (φ, z, two Adams, best φ and z) are left; and tuning.md. An archive over
+# most RETURN_CHECKPOINT_MB (12): MeZO's hold no weights, FO-LoRA's 7.6 MB (adapter, Adam, best
+# adapter), Bilevel-LoRA's 17 MB (φ, z, two Adams, best φ and z) are left; and tuning.md. An archive over
 # 15 MB (a call returns at most 16 MiB a file) comes back in parts NAME.tgz.00, .01, ...
 (cd /tmp/zofo/$name && find . -name output.log -printf '%h\n') | while read -r run; do
   [ -f "results/$name/runs/$run/metrics.json" ] || echo "$name/${run#./}"
