@@ -23,6 +23,15 @@ for archive in .gpu/*.tar.xz; do
     mkdir -p /tmp/zofo/data && tar xJf "$archive" -C /tmp/zofo/data && touch "/tmp/zofo/data/.$(basename "$archive")"
   fi
 done
+# Unfinished runs brought back from an earlier machine (collect_runs.sh keeps them as .gpu/partial/NAME/RUN):
+# carried before the first sweep call (a few runs a call where their checkpoints are large: carry takes the
+# run folders' paths), each goes to /tmp/zofo/NAME/RUN, where scripts/gpu_sweep.sh resumes it, unless this
+# machine already has that run.
+for run in .gpu/partial/*/* .gpu/partial/*/tuning/*; do
+  [ -f "$run/checkpoint.pt" ] || continue
+  destination=/tmp/zofo/${run#.gpu/partial/}
+  [ -e "$destination" ] || { mkdir -p "$(dirname "$destination")" && cp -r "$run" "$destination"; }
+done
 if [ -d /tmp/zofo/data ]; then data=/tmp/zofo/data; else data=$PWD/.gpu/data; fi
 export PYTHONPATH=/tmp/site:$PWD/src ZOFO_DATA_DIR=${ZOFO_DATA_DIR:-$data} ZOFO_CACHE=/tmp/zofo-cache
 set +e

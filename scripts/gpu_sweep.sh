@@ -10,8 +10,8 @@
 # machine at once and MeZO's, which may carry over, beside them): start the first with SWEEP_SECONDS=0.
 # Afterwards, here: scripts/collect_runs.sh <files_at>/NAME.tgz (before the next machine, or it repeats them;
 # every call's archive holds all that is not collected, so the last call's is enough).
-# A later session (a fresh machine): carry .gpu/partial in its first sweep call, so that the unfinished runs
-# that came back with their checkpoints resume.
+# A later session (a fresh machine): carry .gpu/partial (or its run folders, a few per call) before its first
+# sweep call, so that the unfinished runs that came back with their checkpoints resume (gpu_setup.sh).
 # Usage: SWEEP_SECONDS=540 bash scripts/gpu_sweep.sh CONFIG NAME [zofo sweep arguments, e.g. --parallel 10]
 # On a machine of several GPUs the sweep spreads its runs over them.
 config=${1:?usage: gpu_sweep.sh CONFIG NAME [sweep arguments]}; name=${2:?usage: gpu_sweep.sh CONFIG NAME}; shift 2
@@ -32,9 +32,6 @@ running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if ! running $sweeps/$id.pid; then
   python3 -c "from zofo.models import load_model; load_model('smollm2-135m-instruct', 'fp32', 'cpu')"  # converted once, not by each run
   if [ -d results/$name/runs ]; then cp -rn results/$name/runs/. /tmp/zofo/$name/; fi
-  # unfinished runs brought back from an earlier machine (collect_runs.sh; carried as .gpu/partial) resume
-  # here, unless this machine holds a newer state of them
-  if [ -d .gpu/partial/$name ]; then cp -rn .gpu/partial/$name/. /tmp/zofo/$name/; fi
   echo "$config $*" > $sweeps/$id.args
   setsid python3 -m zofo sweep $config --out-dir /tmp/zofo/$name "$@" > $sweeps/$id.log 2>&1 < /dev/null &
   echo $! > $sweeps/$id.pid
@@ -53,7 +50,8 @@ sed "s/^/$name: /" $OUT/$name.log
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
 # the runs not yet collected here: finished ones, and unfinished ones with their checkpoint where it is at
 # most RETURN_CHECKPOINT_MB (12): MeZO's hold no weights, FO-LoRA's 7.6 MB (adapter, Adam, best
-# adapter), Bilevel-LoRA's 17 MB (φ, z, two Adams, best φ and z) are left; and tuning.md. An archive over
+# adapter), Bilevel-LoRA's 17 MB (φ, z, two Adams, best φ and z) are left (RETURN_CHECKPOINT_MB=20 in the
+# last call brings them too, where few are unfinished: a call returns 64 MiB at most); and tuning.md. An archive over
 # 15 MB (a call returns at most 16 MiB a file) comes back in parts NAME.tgz.00, .01, ...
 (cd /tmp/zofo/$name && find . -name output.log -printf '%h\n') | while read -r run; do
   [ -f "results/$name/runs/$run/metrics.json" ] || echo "$name/${run#./}"
