@@ -332,3 +332,6 @@ def test_only_runs_the_selected_runs_with_their_own_tuning_runs_and_notes_every_
                           ("lora_r=4", "no run of .* sets lora_r"), ("task", "--only takes field=value")):
         assert main(["sweep", str(path), "--dry-run", "--only", only]) != 0
         assert re.search(message, capsys.readouterr().err)
+    # a value as typed (YAML reads 1e-3 as text) selects the runs whose field is that number
+    assert main(["sweep", str(write_sweep(tmp_path / "t.yaml", data_dir, runs)), "--dry-run", "--only", "lr=1e-3"]) == 0
+    assert "2 runs in" in capsys.readouterr().out

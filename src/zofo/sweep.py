@@ -162,7 +162,7 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     sweep = load_sweep(path)
     out_dir = Path(out_dir or sweep.get("out_dir") or Path("runs") / Path(path).stem)
     planned = plan(sweep, overrides)
-    selected = select([fields for fields, _ in planned], only or {}, path)
+    selected = select([fields for fields, _ in planned], only or {}, path, {key for _, tune in planned for key in tune})
     folders = [out_dir / name for name in run_names([fields for fields, _ in planned])]
     parallel = sweep.get("parallel", 1) if parallel is None else parallel
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
@@ -199,19 +199,31 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     return [job.folder for job in chosen_runs]
 
 
-def select(runs: list[dict], only: dict[str, list], path: str | Path) -> list[bool]:
+def select(runs: list[dict], only: dict[str, list], path: str | Path, tuned: set[str] = frozenset()) -> list[bool]:
     """Which runs `only` ({dotted path: allowed values}, from --only) keeps: those whose every named field
     has one of its values. A field no run sets, or a value no run has, is an error (a typo would otherwise
     run nothing)."""
     for key, allowed in only.items():
         present = list(dict.fromkeys(str(run[key]) for run in runs if key in run))
         if not present:
-            raise ConfigError(f"--only {PATHS[key]}: no run of {path} sets {PATHS[key]}")
-        missing = [value for value in allowed if not any(key in run and run[key] == value for run in runs)]
+            chosen = " (tuning runs choose it for each run)" if key in tuned else ""
+            raise ConfigError(f"--only {PATHS[key]}: no run of {path} sets {PATHS[key]}{chosen}")
+        missing = [value for value in allowed if not any(key in run and matches(run[key], value) for run in runs)]
         if missing:
             raise ConfigError(f"--only {PATHS[key]}: no run of {path} has {PATHS[key]} = "
                               f"{', '.join(map(str, missing))}; its values: {', '.join(present)}")
-    return [all(key in run and run[key] in allowed for key, allowed in only.items()) for run in runs]
+    return [all(key in run and any(matches(run[key], value) for value in allowed) for key, allowed in only.items())
+            for run in runs]
+
+
+def matches(value, wanted) -> bool:
+    """A run's field value against a value from the command line, where YAML reads 1e-5 as text."""
+    if value == wanted or str(value) == str(wanted):
+        return True
+    try:
+        return float(value) == float(wanted)
+    except (TypeError, ValueError):
+        return False
 
 
 def announce(jobs: list[Job], what: str, listing: bool) -> None:
