@@ -2,8 +2,8 @@
 # Here, after a GPU call of scripts/gpu_sweep.sh (or gpu_experiments.sh): copy the finished runs (those with
 # metrics.json) from its archive into results/<sweep>/runs, so that the next call skips them, and rebuild the
 # reports. Unfinished runs that came back with their checkpoint (gpu_sweep.sh returns the small ones: MeZO's
-# hold no weights, FO-LoRA's about 7 MB) go to .gpu/partial/<sweep>/, ignored by git, newest replacing older: carried in a later
-# session's first sweep call, they resume there instead of starting again.
+# hold no weights, FO-LoRA's 7.6 MB) go to .gpu/partial/<sweep>/, ignored by git, newest replacing older:
+# carried to a later machine before its first sweep call, they resume there instead of starting again.
 # Usage: scripts/collect_runs.sh PATH/NAME.tgz   (or the parts PATH/NAME.tgz.00, .01, ... given as PATH/NAME.tgz)
 set -euo pipefail
 archive=${1:?usage: scripts/collect_runs.sh PATH/NAME.tgz}
