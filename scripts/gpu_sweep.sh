@@ -12,6 +12,8 @@
 # every call's archive holds all that is not collected, so the last call's is enough).
 # A later session (a fresh machine): carry .gpu/partial (or its run folders, a few per call) before its first
 # sweep call, so that the unfinished runs that came back with their checkpoints resume (gpu_setup.sh).
+# In the lease's last call, STOP_AT_END=1 stops every sweep of NAME once SWEEP_SECONDS have passed: each run
+# checkpoints the step under way (zofo train at SIGTERM), so what comes back loses no step.
 # Usage: SWEEP_SECONDS=540 bash scripts/gpu_sweep.sh CONFIG NAME [zofo sweep arguments, e.g. --parallel 10]
 # On a machine of several GPUs the sweep spreads its runs over them.
 config=${1:?usage: gpu_sweep.sh CONFIG NAME [sweep arguments]}; name=${2:?usage: gpu_sweep.sh CONFIG NAME}; shift 2
@@ -42,6 +44,10 @@ while [ $SECONDS -lt $deadline ]; do
   [ $alive = 0 ] && break
   sleep 5
 done
+if [ "${STOP_AT_END:-0}" = 1 ]; then  # the lease's last call: every run checkpoints the step under way and stops
+  for pid in $sweeps/*.pid; do running $pid && kill -TERM "$(cat $pid)"; done
+  for second in $(seq 90); do pgrep -f "zofo train" >/dev/null || break; sleep 1; done
+fi
 for log in $sweeps/*.log; do
   echo "== $(cat ${log%.log}.args)$(running ${log%.log}.pid && echo ' (running)')"
   tail -c 3000 $log | tr '\r' '\n' | tail -5; echo

@@ -45,8 +45,8 @@ def args(data_dir, out, extra):
             "--eval-every", "10", "--no-zero-shot", "--out-dir", str(out), *extra]
 
 
-def kill_when(command, log, lines: int, timeout: float = 120):
-    """Start the command and SIGKILL it once `lines` training steps are in its log."""
+def kill_when(command, log, lines: int, timeout: float = 120, sig=signal.SIGKILL) -> int:
+    """Start the command and send it `sig` once `lines` training steps are in its log; its exit code."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     process = subprocess.Popen([sys.executable, "-m", "zofo", *command], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -55,8 +55,8 @@ def kill_when(command, log, lines: int, timeout: float = 120):
         if log.exists() and log.read_text().count("train_loss") >= lines:
             break
         time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(sig)
+    return process.wait()
 
 
 def saved_weights(folder):
@@ -76,19 +76,39 @@ def test_a_killed_run_resumes_to_the_metrics_and_weights_of_an_uninterrupted_run
     assert (killed / "checkpoint.pt").exists() == (kill_at > 10)
 
     assert main(args(data_dir, killed, extra + ["--resume"])) == 0
-    whole, resumed = (json.loads((folder / "metrics.json").read_text()) for folder in (tmp_path / "whole", killed))
+    assert_same_run(tmp_path / "whole", killed)
+
+
+@pytest.mark.parametrize("name", ["fo", "mezo-full", "bilevel"])
+def test_a_run_stopped_by_sigterm_checkpoints_its_last_step_and_resumes_to_the_uninterrupted_run(name, tmp_path, data_dir):
+    """SIGTERM (a sweep or a GPU lease ending) stops the run after the step under way with a checkpoint
+    there, not at the last evaluation: nothing is trained twice, and the resumed run ends as the whole one."""
+    extra, _ = METHODS[name]
+    assert main(args(data_dir, tmp_path / "whole", extra)) == 0
+    stopped = tmp_path / "stopped"
+    assert kill_when(args(data_dir, stopped, extra), stopped / "log.jsonl", 15, sig=signal.SIGTERM) == 143
+    step = torch.load(stopped / "checkpoint.pt", weights_only=True)["step"]
+    logged = [r["step"] for r in read_records(stopped / "log.jsonl") if "train_loss" in r]
+    assert step == logged[-1] > 10  # its last logged step, past the last evaluation (step 10)
+    assert main(args(data_dir, stopped, extra + ["--resume"])) == 0
+    assert_same_run(tmp_path / "whole", stopped)
+
+
+def assert_same_run(whole_folder, resumed_folder):
+    """The resumed run's metrics, weights, log and trajectory are the uninterrupted run's."""
+    whole, resumed = (json.loads((folder / "metrics.json").read_text()) for folder in (whole_folder, resumed_folder))
     for key in ("best_step", "best_val_loss", "test"):
         assert resumed[key] == whole[key], key
-    expected, got = saved_weights(tmp_path / "whole"), saved_weights(killed)
+    expected, got = saved_weights(whole_folder), saved_weights(resumed_folder)
     assert expected and expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key].view(torch.uint8), got[key].view(torch.uint8)), key
     # the log holds every step once, as the uninterrupted run's does
     steps = lambda folder, key: [r["step"] for r in read_records(folder / "log.jsonl") if key in r]
-    assert steps(killed, "train_loss") == steps(tmp_path / "whole", "train_loss")
-    assert steps(killed, "val_loss") == steps(tmp_path / "whole", "val_loss")
-    if (killed / "trajectory.jsonl").exists():
-        assert (killed / "trajectory.jsonl").read_text() == (tmp_path / "whole" / "trajectory.jsonl").read_text()
+    assert steps(resumed_folder, "train_loss") == steps(whole_folder, "train_loss")
+    assert steps(resumed_folder, "val_loss") == steps(whole_folder, "val_loss")
+    if (resumed_folder / "trajectory.jsonl").exists():
+        assert (resumed_folder / "trajectory.jsonl").read_text() == (whole_folder / "trajectory.jsonl").read_text()
 
 
 def test_a_run_killed_after_its_last_step_resumes_with_the_training_time_it_had(tmp_path, data_dir, monkeypatch):

@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 
 from .config import FIELDS, load_config, make_config, parse_assignments, parse_selection
-from .errors import ConfigError, ZofoError
+from .errors import ConfigError, RunStopped, ZofoError
 
 EVAL_FIELDS = ("task", "model", "hard_prompt", "seed", "data_dir", "n_test", "max_length", "eval_batch_size",
                "max_new_tokens", "dtype", "device")
@@ -271,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nzofo {args.command}: interrupted. A training run keeps its last checkpoint: the same command with "
               "--resume continues it", file=sys.stderr)
         return 130
+    except RunStopped as stopped:
+        print(f"zofo {args.command}: {stopped}", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

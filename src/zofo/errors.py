@@ -40,3 +40,8 @@ class RankLost(ZofoError):
 
 class RanksDiverged(ZofoError):
     """The processes of a data-parallel run hold different weights: the first tensor that differs."""
+
+
+class RunStopped(Exception):
+    """A training run stopped at SIGTERM, checkpointed at its last completed iteration (not an error: the
+    command line exits 143 with the message, and --resume continues the run)."""
