@@ -378,12 +378,17 @@ def parse_selection(pairs: list[str]) -> dict[str, list[Any]]:
     return selection
 
 
+NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def yaml_scalar(text: str) -> Any:
-    """A command-line value as YAML reads it (1e-4 a float, 0 an int), else the text itself."""
+    """A command-line value as YAML reads it (0 an int, true a bool), a number as a number (YAML 1.1 reads
+    1e-4 as text), else the text itself."""
     try:
-        return yaml.safe_load(text) if text else None
+        value = yaml.safe_load(text) if text else None
     except yaml.YAMLError:
         return text
+    return float(value) if isinstance(value, str) and NUMBER.fullmatch(value) else value
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, Any]:

@@ -72,21 +72,18 @@ def plain(value):
 class StopOnSigterm:
     """While training, SIGTERM asks the loop to stop after the iteration under way, with a checkpoint there,
     rather than losing every step since the last evaluation. Single-process runs only (the ranks of a
-    data-parallel run could stop at different iterations); elsewhere SIGTERM keeps its default."""
+    data-parallel run could stop at different iterations); elsewhere SIGTERM keeps its default. The handler
+    is ours from construction until `restore()`."""
 
     def __init__(self, enabled: bool):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested, self.previous = False, None
-
-    def __enter__(self) -> "StopOnSigterm":
-        if self.enabled:
-            self.previous = signal.signal(signal.SIGTERM, self.request)
-        return self
+        self.requested = False
+        self.previous = signal.signal(signal.SIGTERM, self.request) if self.enabled else None
 
     def request(self, signum, frame) -> None:
         self.requested = True
 
-    def __exit__(self, *exc) -> None:
+    def restore(self) -> None:
         if self.enabled:
             signal.signal(signal.SIGTERM, self.previous)
 
@@ -111,41 +108,39 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
     progress = tqdm(total=schedule[-1], initial=done, desc=method.name, unit="step", dynamic_ncols=True,
                     disable=not distributed.is_main())
 
-    def checkpoint(iteration: int, step: int) -> None:
-        selection.train_seconds = seconds_before + time.perf_counter() - started
-        run.save_checkpoint({"iteration": iteration + 1, "step": step, "train_seconds": selection.train_seconds,
-                             "selection": selection.state_dict(),
-                             "method": {"snapshot": method.snapshot(), "state": method.state_dict()},
-                             **(extra_state or {})})
-
-    with StopOnSigterm(enabled=not distributed.active()) as stop:
-        try:
-            for iteration in range(first, len(schedule)):
-                step = schedule[iteration]
-                log.add(step, method.step(iteration))
-                progress.update(step - done)
-                done = step
-                check_weights = distributed.active() and config.weight_check_every
-                if check_weights and due(schedule, iteration, config.weight_check_every):
-                    distributed.check_same_weights(method.model, step)  # every rank took the same steps
-                evaluate = due(schedule, iteration, config.eval_every) or method.must_evaluate(iteration)
-                if evaluate or stop.requested or len(log.records) >= FLUSH_EVERY:
-                    shown = log.flush()
-                    progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if k != "step" and isinstance(v, float)})
-                if evaluate:
-                    val_loss = method.validation_loss()
-                    if not math.isfinite(val_loss):
-                        raise diverged("the validation loss", val_loss, step, config.dtype)
-                    run.log({"step": step, "val_loss": val_loss})
-                    selection.update(step, val_loss, method)
-                    method.evaluated(iteration, val_loss, selection)
-                    progress.set_postfix(val=f"{val_loss:.3f}", best=selection.step)
-                if evaluate or stop.requested:
-                    checkpoint(iteration, step)
-                if stop.requested:
-                    raise RunStopped(f"stopped by SIGTERM after step {step}, checkpointed there: the same command "
-                                     "with --resume continues the run")
-        finally:  # however the run ends, the steps it completed are in the log
-            progress.close()
-            log.flush(check=False)
+    stop = StopOnSigterm(enabled=not distributed.active())
+    try:
+        for iteration in range(first, len(schedule)):
+            step = schedule[iteration]
+            log.add(step, method.step(iteration))
+            progress.update(step - done)
+            done = step
+            check_weights = distributed.active() and config.weight_check_every
+            if check_weights and due(schedule, iteration, config.weight_check_every):
+                distributed.check_same_weights(method.model, step)  # every rank took the same steps
+            evaluate = due(schedule, iteration, config.eval_every) or method.must_evaluate(iteration)
+            if evaluate or stop.requested or len(log.records) >= FLUSH_EVERY:
+                shown = log.flush()
+                progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if k != "step" and isinstance(v, float)})
+            if evaluate:
+                val_loss = method.validation_loss()
+                if not math.isfinite(val_loss):
+                    raise diverged("the validation loss", val_loss, step, config.dtype)
+                run.log({"step": step, "val_loss": val_loss})
+                selection.update(step, val_loss, method)
+                method.evaluated(iteration, val_loss, selection)
+                progress.set_postfix(val=f"{val_loss:.3f}", best=selection.step)
+            if evaluate or stop.requested:
+                selection.train_seconds = seconds_before + time.perf_counter() - started
+                run.save_checkpoint({"iteration": iteration + 1, "step": step, "train_seconds": selection.train_seconds,
+                                     "selection": selection.state_dict(),
+                                     "method": {"snapshot": method.snapshot(), "state": method.state_dict()},
+                                     **(extra_state or {})})
+            if stop.requested:
+                raise RunStopped(f"stopped by SIGTERM after step {step}, checkpointed there: the same command "
+                                 "with --resume continues the run")
+    finally:  # however the run ends, the steps it completed are in the log
+        stop.restore()
+        progress.close()
+        log.flush(check=False)
     return selection

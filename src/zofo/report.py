@@ -75,12 +75,12 @@ def find_runs(paths: list[str | Path]) -> list[dict]:
             metrics = read_json(metrics_path)
             tuned = read_yaml(folder / "tuned.yaml") if (folder / "tuned.yaml").exists() else {}
             run = {"folder": folder, "config": config, "fields": flatten(config.to_dict()), "metrics": metrics,
-                   "tuned": tuned.get("chosen", {})}
+                   "tuned": tuned.get("chosen", {}), "primary": True}  # False: a Bilevel run's other rows
             if config.method in META_METHODS:
                 runs.append({**run, "meta": True})
                 continue
             metric = get_task(config.data.task).metric
-            run = {**run, "metric": metric, "test": metrics["test"][metric], "primary": True,
+            run = {**run, "metric": metric, "test": metrics["test"][metric],
                    "zero_shot": metrics.get("zero_shot", {}).get(metric)}
             runs.extend(bilevel_views(run, metrics, metric) if config.method == "bilevel" else [run])
     if not runs:
@@ -291,7 +291,7 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
     else:
         header, rows, records = build_table(runs)
         note = "Test metric (%) at the validation-selected step: mean ± std over seeds (number of seeds)."
-    primary = [run for run in runs if run.get("primary", True)]
+    primary = [run for run in runs if run["primary"]]
     table = markdown(header, rows) + tuned_values(primary)
     (output / "table.md").write_text(f"{note} {len(primary)} runs from {', '.join(map(str, paths))}.\n\n{table}")
     with open(output / "table.csv", "w", newline="") as f:

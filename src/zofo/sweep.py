@@ -187,9 +187,11 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     def with_tuned_values(job: Job) -> dict:
         if not job.tuning:
             return job.fields
-        fields = {**job.fields, **job.choice()["chosen"]}
+        choice = job.choice()
+        job.folder.mkdir(parents=True, exist_ok=True)
+        (job.folder / "tuned.yaml").write_text(yaml.safe_dump(choice, sort_keys=False))  # the report reads it
         write_tuning_notes(out_dir, runs)
-        return fields
+        return {**job.fields, **choice["chosen"]}
 
     try:
         run_jobs(tuning_jobs + chosen_runs, parallel, gpus, with_tuned_values)
@@ -208,22 +210,11 @@ def select(runs: list[dict], only: dict[str, list], path: str | Path, tuned: set
         if not present:
             chosen = " (tuning runs choose it for each run)" if key in tuned else ""
             raise ConfigError(f"--only {PATHS[key]}: no run of {path} sets {PATHS[key]}{chosen}")
-        missing = [value for value in allowed if not any(key in run and matches(run[key], value) for run in runs)]
+        missing = [value for value in allowed if not any(key in run and run[key] == value for run in runs)]
         if missing:
             raise ConfigError(f"--only {PATHS[key]}: no run of {path} has {PATHS[key]} = "
                               f"{', '.join(map(str, missing))}; its values: {', '.join(present)}")
-    return [all(key in run and any(matches(run[key], value) for value in allowed) for key, allowed in only.items())
-            for run in runs]
-
-
-def matches(value, wanted) -> bool:
-    """A run's field value against a value from the command line, where YAML reads 1e-5 as text."""
-    if value == wanted or str(value) == str(wanted):
-        return True
-    try:
-        return float(value) == float(wanted)
-    except (TypeError, ValueError):
-        return False
+    return [all(key in run and run[key] in allowed for key, allowed in only.items()) for run in runs]
 
 
 def announce(jobs: list[Job], what: str, listing: bool) -> None:
@@ -265,8 +256,7 @@ def choose(runs: list[tuple[dict, Path]]) -> dict:
 
 
 def write_tuning_notes(out_dir: Path, runs: list[Job]) -> None:
-    """tuning.md (each run's candidates and choice, for the runs whose tuning runs have all finished) and
-    those runs' tuned.yaml (the report reads it)."""
+    """tuning.md: each run's candidates and choice, for the runs whose tuning runs have all finished."""
     lines = ["Values chosen on validation (lowest best validation loss of a shortened run on seed "
              f"{TUNING_SEED}; no test split read by a tuning run).", ""]
     for job in runs:
@@ -277,8 +267,6 @@ def write_tuning_notes(out_dir: Path, runs: list[Job]) -> None:
         except ZofoError as error:
             lines.append(f"- {job.folder.name}: none chosen ({error})")
             continue
-        job.folder.mkdir(parents=True, exist_ok=True)
-        (job.folder / "tuned.yaml").write_text(yaml.safe_dump(choice, sort_keys=False))
         lines.append(f"- {job.folder.name}: **{', '.join(f'{PATHS[k]}={v}' for k, v in choice['chosen'].items())}**")
         for result in choice["candidates"]:
             values = ", ".join(f"{PATHS[k]}={v}" for k, v in result["values"].items())
