@@ -89,6 +89,13 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
     assert (out / "metric_vs_bilevel_lambda.png").stat().st_size > 1000
 
 
+def test_a_report_of_a_folder_that_does_not_exist_fails_before_writing_anything(tmp_path, capsys):
+    fake_run(tmp_path / "runs" / "fo-0", "sst2", "fo", 0, 0.75, 0.5)
+    assert main(["report", str(tmp_path / "runs"), str(tmp_path / "rnus")]) != 0
+    assert f"no such folder: {tmp_path / 'rnus'}" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "report").exists()
+
+
 def test_a_bilevel_run_reports_theta_with_phi_with_z_and_alone_in_rows_of_their_own(tmp_path):
     runs = tmp_path / "runs"
     for seed, (phi, z, alone) in enumerate([(0.80, 0.70, 0.50), (0.90, 0.80, 0.52)]):

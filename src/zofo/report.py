@@ -58,6 +58,9 @@ def bilevel_views(run: dict, metrics: dict, metric: str) -> list[dict]:
 def find_runs(paths: list[str | Path]) -> list[dict]:
     """Every finished run (a folder with config.yaml and metrics.json) under the given paths, but tuning
     runs (test: false: they choose a sweep's values and have no test metrics)."""
+    missing = [str(path) for path in paths if not Path(path).is_dir()]
+    if missing:  # a mistyped folder would otherwise leave its runs out of the table unnoticed
+        raise FileNotFoundError(f"no such folder: {', '.join(missing)}")
     runs, tuning = [], 0
     for path in map(Path, paths):
         for metrics_path in sorted(path.rglob("metrics.json")):
