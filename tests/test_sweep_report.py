@@ -342,3 +342,15 @@ def test_only_runs_the_selected_runs_with_their_own_tuning_runs_and_notes_every_
     # a value as typed (YAML reads 1e-3 as text) selects the runs whose field is that number
     assert main(["sweep", str(write_sweep(tmp_path / "t.yaml", data_dir, runs)), "--dry-run", "--only", "lr=1e-3"]) == 0
     assert "2 runs in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("user_setting", [None, "2"])
+def test_a_sweep_run_redraws_its_progress_bars_in_its_log_every_30_seconds_unless_told_otherwise(
+        tmp_path, monkeypatch, user_setting):
+    from zofo import sweep
+
+    started = {}
+    monkeypatch.setattr(sweep.subprocess, "Popen", lambda command, **kwargs: started.update(kwargs))
+    env = {} if user_setting is None else {"TQDM_MININTERVAL": user_setting}
+    sweep.start_run(tmp_path / "run", {"model": "tiny-llama", "task": "sst2"}, [], env, [])
+    assert started["env"]["TQDM_MININTERVAL"] == (user_setting or "30")  # a 10,000-step run wrote 0.8 MB of bars
