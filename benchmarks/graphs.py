@@ -107,7 +107,8 @@ def workload(name: str, mode: str, config, dtype: str, examples, batch: int):
             step_optimizer(adam)
         return fo_step, 2, calls  # forward + the activations' backward (no weight gradients of the base)
     if name == "bilevel":
-        run = make_config(dict(peft="lora", bilevel_k=10, lr=1e-7, batch_size=batch, device="cuda"))
+        run = make_config(dict(peft="lora", bilevel_k=10, lr=1e-7, batch_size=batch, device="cuda", dtype=storage(dtype),
+                                 steps=11_000))  # enough cycles for every timed one
         method = BilevelZOFO(model, TaskSet([data]), run, Trajectory(Path(tempfile.mkdtemp()) / "t.jsonl"))
         method.begin()
         # K lower steps (2 each), φ's gradient on B_FT and B_P (2 each), F twice on B_FT ∪ B_P and z on B_P

@@ -12,7 +12,7 @@ from zofo.calls import ModelCalls
 from zofo.config import make_config
 from zofo.data import prepare_tasks
 from zofo.errors import ConfigError
-from zofo.losses import loss_function
+from zofo.losses import example_losses, loss_function
 from zofo.methods import METHODS
 from zofo.zo import Trajectory
 
@@ -132,10 +132,25 @@ def test_compile_and_tf32_are_refused_where_they_cannot_apply():
         make_config(dict(tf32=True, dtype="bf16"))
 
 
+def test_a_model_that_names_no_blocks_has_each_call_compiled_whole(data_dir):
+    model, data = task_batches("sst2", data_dir)
+    batch = data.batch(data.train[:5])
+    reference = ModelCalls("static", pad_id=data.pad_id).losses(model, batch, "candidates")[0]
+    for module in model.modules():  # model classes that do not say what their blocks are
+        if hasattr(module, "_no_split_modules"):
+            module._no_split_modules = None
+    compiled = ModelCalls("static", pad_id=data.pad_id, compile=True)
+    torch.testing.assert_close(compiled.losses(model, batch, "candidates")[0], reference, **TOLERANCE)
+    assert list(compiled._compiled) == [example_losses]  # the call itself, compiled
+    assert all(getattr(m, "_compiled_call_impl", None) is None for m in model.modules())
+
+
 def test_compiled_calls_give_the_eager_losses_scores_and_gradients(data_dir):
-    """torch.compile (inductor, here its CPU code) inside the static calls: the same values to fp32
-    tolerance, with the adapter switched off and on (a recompile, not a stale graph)."""
+    """torch.compile (inductor, here its CPU code) of the model's decoder layers inside the static calls: the
+    same values to fp32 tolerance, with the adapter switched off and on (a recompile, not a stale graph).
+    Compiling changes the model's layers in place, so every eager value is taken first."""
     from zofo.adapters import with_adapters
+    from zofo.calls import repeated_blocks
     from zofo.config import AdapterConfig
 
     model, data = task_batches("sst2", data_dir)
@@ -147,22 +162,22 @@ def test_compiled_calls_give_the_eager_losses_scores_and_gradients(data_dir):
     eager, compiled = ModelCalls("static", pad_id=data.pad_id), ModelCalls("static", pad_id=data.pad_id, compile=True)
     with pytest.raises(ValueError, match="static shapes"):
         ModelCalls("eager", compile=True)
-    for calls in (eager, compiled):
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    values = {}
+    for name, calls in (("eager", eager), ("compiled", compiled)):
         with model.disable_adapter():
             base = calls.losses(model, batch, "candidates")[0]
         adapted = calls.losses(model, batch, "candidates")[0]
         assert not torch.allclose(base, adapted, atol=1e-4)  # the adapter is seen by both
-        if calls is eager:
-            reference = (base, adapted)
-    torch.testing.assert_close(base, reference[0], **TOLERANCE)
-    torch.testing.assert_close(adapted, reference[1], **TOLERANCE)
-    torch.testing.assert_close(compiled.scores(model, batch), eager.scores(model, batch), **TOLERANCE)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    grads = []
-    for calls in (eager, compiled):
         for p in trainable:
             p.grad = None
         calls.backward(model, batch, "candidates", scale=2.0)
-        grads.append([p.grad.clone() for p in trainable])
-    for g_compiled, g_eager in zip(grads[1], grads[0]):
+        values[name] = dict(base=base, adapted=adapted, scores=calls.scores(model, batch),
+                            grads=[p.grad.clone() for p in trainable])
+    blocks = repeated_blocks(model)
+    assert [type(b).__name__ for b in blocks] == ["LlamaDecoderLayer"] * 2  # through peft's wrapper
+    assert all(b._compiled_call_impl is not None for b in blocks) and not compiled._compiled  # regional, not whole
+    for name in ("base", "adapted", "scores"):
+        torch.testing.assert_close(values["compiled"][name], values["eager"][name], **TOLERANCE)
+    for g_compiled, g_eager in zip(values["compiled"]["grads"], values["eager"]["grads"]):
         torch.testing.assert_close(g_compiled, g_eager, atol=1e-5, rtol=1e-4)

@@ -82,3 +82,22 @@ def test_validation_loss_averages_the_training_loss():
     whole = candidates_loss(model, option_batch(examples, tokenizer.pad_token_id)).item()
     assert mean_loss(model, "candidates", examples, tokenizer.pad_token_id, max_rows=64) == pytest.approx(whole, rel=1e-5)
     assert mean_loss(model, "candidates", examples, tokenizer.pad_token_id, max_rows=2) == pytest.approx(whole, rel=1e-5)
+
+
+@pytest.mark.parametrize("peft", ["none", "lora", "prompt", "prefix"])
+def test_scoring_builds_no_key_value_cache_except_prefix_tunings_own(peft):
+    """transformers builds a cache in every forward by default: a copy of every layer's keys and values."""
+    from transformers.cache_utils import Cache
+
+    from zofo.adapters import with_adapters
+    from zofo.config import AdapterConfig
+
+    model, tokenizer = tiny("tiny-llama")
+    if peft != "none":
+        model = with_adapters(model, AdapterConfig(peft=peft), ["default"], seed=0)
+    decoder = next(m for m in model.modules() if type(m).__name__ == "LlamaModel")
+    caches = []
+    decoder.register_forward_hook(lambda module, args, output: caches.append(
+        [type(v).__name__ for v in output.values() if isinstance(v, Cache)]))
+    option_scores(model, option_batch(tokenize_examples(EXAMPLES, tokenizer, 64), tokenizer.pad_token_id))
+    assert caches == ([["DynamicCache"]] if peft == "prefix" else [[]])

@@ -134,7 +134,7 @@ class RunConfig(BaseModel):
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="parameter dtype")
     device: str = Field("auto", description="cpu, cuda, cuda:N or auto (CUDA when available)")
     graphs: Literal["auto", "on", "off"] = Field("auto", description="run every model call (forwards, backwards, evaluation) from CUDA graphs captured once per padded batch shape: 4-6x faster for small models on a GPU; auto = on for CUDA devices, off on the CPU")
-    compile: bool = Field(False, description="compile each model call with torch.compile (inductor) before capturing it in a CUDA graph: fuses a small model's elementwise work (about 2x on SmolLM2-135M in bf16), for tens of seconds of compile once per kind of call; needs graphs")
+    compile: bool = Field(False, description="compile the model's decoder layers with torch.compile (inductor; one layer's code, reused by every layer) inside the CUDA graphs: fuses a small model's elementwise work (about 2x on SmolLM2-135M in bf16), for seconds to tens of seconds of compile once per shape and adapter; needs graphs")
     tf32: bool = Field(False, description="fp32 weights, matmuls on TF32 tensor cores (CUDA): about 8x the fp32 matmul rate of an H200 with 10-bit mantissas in the products; off keeps fp32 arithmetic")
     seed: int = Field(0, ge=0, description="seed of data sampling, adapter initialisation, minibatches and directions")
     steps: int = Field(220, ge=1, description="training steps (bilevel and two-stage: lower and upper steps counted together)")

@@ -18,12 +18,16 @@ LOSSES = ("candidates", "lm")
 
 def model_inputs(model, batch: OptionBatch) -> dict[str, torch.Tensor]:
     """input_ids and attention_mask, plus position ids that start at 0 on the first real token of each
-    left-padded row (models with absolute positions such as GPT-2 would otherwise see shifted positions).
-    peft's prefix and prompt tuning ignore position ids, so none are passed to them."""
+    left-padded row (models with absolute positions such as GPT-2 would otherwise see shifted positions),
+    and no key/value cache: transformers builds one in every forward by default (a copy of every layer's
+    keys and values, which nothing here reads; with compiled layers, a specialisation per layer). peft's
+    prefix and prompt tuning ignore position ids; prefix tuning's trained prefix is a cache, so it keeps it."""
     inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
     peft_config = getattr(model, "active_peft_config", None)
     if peft_config is None or not peft_config.is_prompt_learning:
         inputs["position_ids"] = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    if peft_config is None or peft_config.peft_type != "PREFIX_TUNING":
+        inputs["use_cache"] = False
     return inputs
 
 
