@@ -25,8 +25,8 @@ With `compile`, the model's repeated blocks (its decoder layers, the classes it 
 `_no_split_modules`) are compiled by torch.compile (inductor), in place, and what a graph captures runs them
 compiled: the norms, activations and rotary embeddings fuse into a few Triton kernels, which roughly halves
 a small model's captured forward. The blocks share their code, so one block's graph is compiled and every
-block reuses it (regional compilation): compiling the whole call instead took 83 s for SmolLM2-135M's forward
-and 556 s for a Bilevel cycle's calls on an H200, cold. A block compiles once more for its first new row
+block reuses it (regional compilation): compiling each whole call instead took 12-83 s for SmolLM2-135M's
+forward and 556 s for a Bilevel cycle's calls on an H200, cold. A block compiles once more for its first new row
 count and first new length (then with dynamic sizes: later bucket shapes only capture), and once per
 adapter; the time is counted in `capture_seconds`. A model that names no blocks has each call compiled
 whole. The graph is still ours, not torch.compile's "reduce-overhead": one capture per (kind, shape,
