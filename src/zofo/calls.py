@@ -100,7 +100,8 @@ class ModelCalls:
             raise ValueError("compiled model calls need static shapes: mode 'static' or 'graphs'")
         self.mode, self.pad_id, self.compile = mode, pad_id, compile
         self._compiled: dict = {}  # function -> its torch.compile wrapper (models that name no blocks)
-        self._regional: weakref.WeakSet = weakref.WeakSet()  # the models whose blocks are compiled
+        # model -> whether its blocks are compiled (else its calls are compiled whole); decided at its first call
+        self._regional: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.captures, self.capture_seconds = 0, 0.0
         # id(model) -> (the model, weakly; the hash of its parameters' addresses; its graphs by (kind, args,
         # shape, adapter)). The graphs share one memory pool; once any are dropped, new captures take a
@@ -166,11 +167,13 @@ class ModelCalls:
         """`function` as it runs with `compile`: plain where the model's blocks are compiled, else compiled whole."""
         if not self.compile:
             return function
-        import torch._dynamo
+        regional = self._regional.get(model)
+        if regional is None:  # the model's first call: not on every call (a replay's hot path)
+            import torch._dynamo
 
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-        if model in self._regional or compile_blocks(model):
-            self._regional.add(model)
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+            regional = self._regional[model] = compile_blocks(model)
+        if regional:
             return function
         if function not in self._compiled:
             self._compiled[function] = torch.compile(function)
