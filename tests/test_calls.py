@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from zofo.batches import BatchShape, bucket, option_batch
-from zofo.calls import ModelCalls
+from zofo.calls import ModelCalls, _scores
 from zofo.config import make_config
 from zofo.data import prepare_tasks
 from zofo.errors import ConfigError
@@ -136,12 +136,14 @@ def test_a_model_that_names_no_blocks_has_each_call_compiled_whole(data_dir):
     model, data = task_batches("sst2", data_dir)
     batch = data.batch(data.train[:5])
     reference = ModelCalls("static", pad_id=data.pad_id).losses(model, batch, "candidates")[0]
+    reference_scores = ModelCalls("static", pad_id=data.pad_id).scores(model, batch)
     for module in model.modules():  # model classes that do not say what their blocks are
         if hasattr(module, "_no_split_modules"):
             module._no_split_modules = None
     compiled = ModelCalls("static", pad_id=data.pad_id, compile=True)
     torch.testing.assert_close(compiled.losses(model, batch, "candidates")[0], reference, **TOLERANCE)
-    assert list(compiled._compiled) == [example_losses]  # the call itself, compiled
+    torch.testing.assert_close(compiled.scores(model, batch), reference_scores, **TOLERANCE)  # a second call
+    assert list(compiled._compiled) == [example_losses, _scores]  # each call itself, compiled
     assert all(getattr(m, "_compiled_call_impl", None) is None for m in model.modules())
 
 

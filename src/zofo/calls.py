@@ -169,9 +169,9 @@ class ModelCalls:
             return function
         regional = self._regional.get(model)
         if regional is None:  # the model's first call: not on every call (a replay's hot path)
-            import torch._dynamo
+            import torch._dynamo as dynamo  # as a name of its own: `import torch._dynamo` would make torch local here
 
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+            dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, RECOMPILE_LIMIT)
             regional = self._regional[model] = compile_blocks(model)
         if regional:
             return function
