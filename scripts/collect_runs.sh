@@ -22,6 +22,9 @@ tar xzf "$archive" -C "$staging" && find "$staging" -name .lock -delete  # a liv
   run=$(dirname "$found")
   if [ ! -d "$run" ] || [ ! -f "$run/metrics.json" ]; then
     mkdir -p "$run" && cp -r "$staging/$run/." "$run/" && echo "new: $run"
+    # its per-step records gzipped (a quarter of the size; zofo reads either): the repository's files travel
+    # with every GPU call, within 64 MiB with what the call carries
+    for records in "$run/log.jsonl" "$run/trajectory.jsonl"; do if [ -f "$records" ]; then gzip -9nf "$records"; fi; done
   fi
   rm -rf "$(partial_folder "$run")"
 done

@@ -1,10 +1,14 @@
+import gzip
 import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from zofo.cli import main
 from zofo.config import make_config
+from zofo.errors import RecordError
+from zofo.records import read_records
 
 from conftest import tiny
 
@@ -44,6 +48,18 @@ def test_full_model_mezo_writes_a_trajectory_that_rebuilds_the_selected_weights(
     changed = any(not torch.equal(a, b) for a, b in zip(weights(out / "model").values(),
                                                         weights(tmp_path / "last").values()))
     assert changed == (metrics["best_step"] != 20)
+
+    # Kept the way results/ keeps finished runs (scripts/collect_runs.sh gzips their JSON lines): the same.
+    logged = read_records(out / "log.jsonl")
+    for name in ("trajectory.jsonl", "log.jsonl"):
+        (out / f"{name}.gz").write_bytes(gzip.compress((out / name).read_bytes()))
+        (out / name).unlink()
+    assert read_records(out / "log.jsonl") == logged
+    assert main(["replay", str(out), "--output", str(tmp_path / "from_gzip")]) == 0
+    assert_bit_identical(weights(out / "model"), weights(tmp_path / "from_gzip"))
+    (out / "log.jsonl.gz").write_bytes((out / "log.jsonl.gz").read_bytes()[:-20])  # cut short
+    with pytest.raises(RecordError, match=r"log.jsonl.gz: not a whole gzip file"):
+        read_records(out / "log.jsonl")
 
 
 @pytest.mark.parametrize("peft", ["lora", "prefix", "prompt"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..records import RecordError, append_record, read_records, rewrite_records
+from ..records import RecordError, append_record, read_records, rewrite_records, stored
 from .optimizers import ZOOptimizer
 from .spsa import SPSA
 
@@ -45,7 +45,7 @@ class Trajectory:
         append_record(self.path, {"step": step, "seed": seed, "scalars": scalars, "lr": lr})
 
     def header(self) -> dict:
-        if not self.path.exists():
+        if not stored(self.path).exists():
             raise FileNotFoundError(f"{self.path} does not exist: only runs with zeroth-order steps have a trajectory")
         records = read_records(self.path)
         if not records or "directions" not in records[0]:
