@@ -46,7 +46,8 @@ while [ $SECONDS -lt $deadline ]; do
 done
 if [ "${STOP_AT_END:-0}" = 1 ]; then  # the lease's last call: every run checkpoints the step under way and stops
   for pid in $sweeps/*.pid; do running $pid && kill -TERM "$(cat $pid)"; done
-  for second in $(seq 90); do pgrep -f "zofo train" >/dev/null || break; sleep 1; done
+  # the sweep signals its runs and returns: wait for those runs (--config in NAME's folder), no other zofo train
+  for second in $(seq 90); do pgrep -f "zofo train --config /tmp/zofo/$name/" >/dev/null || break; sleep 1; done
 fi
 for log in $sweeps/*.log; do
   echo "== $(cat ${log%.log}.args)$(running ${log%.log}.pid && echo ' (running)')"
