@@ -7,6 +7,8 @@
 # /tmp/zofo and are installed once the wheel they make has its checksum. Task data carried as archives (.gpu/*.tar.xz,
 # e.g. `tar cJf .gpu/tasks.tar.xz -C ../shared/data glue superglue`) is unpacked once into /tmp/zofo/data,
 # which then stays while the machine is warm.
+# Which paths each setup call carries (the wheel's parts, .gpu/py, the data, .gpu/partial's runs, packed within a
+# call's limits): python3 scripts/carry_plan.py, here.
 # Usage: source scripts/gpu_setup.sh   (sets PYTHONPATH, ZOFO_CACHE, and ZOFO_DATA_DIR unless set)
 set -e
 if [ ! -d /tmp/site/pydantic ]; then
