@@ -142,7 +142,7 @@ def main() -> int:
                 signal = args.eps * row[target]["median_abs_g"]
                 print(f"  {mode} against fp32, ZO on {target:4}: g's relative RMS difference "
                       f"{row[target]['rel_rms']:.4f}, same sign {row[target]['sign_agreement']:.1%}, median |g| "
-                      f"{row[target]['median_abs_g']:.3g} (ε·|g| = {signal:.2e} against the loss's own difference "
+                      f"{row[target]['median_abs_g']:.3g} (ε·|g| = {signal:.2e}; the loss at θ differs from fp32's by "
                       f"{row['loss_difference']:.2e})")
             print(f"  {mode} against fp32, first-order LoRA gradient: cosine {row['gradient_cosine']:.6f}")
             if mode == "tf32" and max(row["full"]["rel_rms"], row["lora"]["rel_rms"]) > args.tolerance:
