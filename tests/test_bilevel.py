@@ -11,6 +11,7 @@ from zofo.data import prepare_tasks
 from zofo.experiment import run_training
 from zofo.losses import loss_function
 from zofo.methods.bilevel import LOWER, UPPER, BilevelZOFO, UpperObjective
+from zofo.records import read_records
 from zofo.zo import Trajectory
 
 from conftest import tiny
@@ -295,3 +296,18 @@ def test_a_run_selects_and_saves_the_evaluated_adapter_and_tests_the_other_and_t
     assert tasks.test_metrics(saved, tokenizer) == metrics["test"]
     with saved.disable_adapter():
         assert tasks.test_metrics(saved, tokenizer) == metrics["test_theta_alone"]
+    # each evaluation also logs the other adapter's validation loss and each adapter's first-order steps so far
+    other_loss = "val_loss_theta_z" if evaluated == "upper" else "val_loss_theta_phi"
+    evaluations = [r for r in read_records(folder / "log.jsonl") if "val_loss" in r]
+    assert [(r["step"], r["lower_steps"], r["upper_steps"]) for r in evaluations] == [(3, 2, 1), (6, 4, 2), (9, 6, 3)]
+    assert all(r[other_loss] > 0 and r[other_loss] != r["val_loss"] for r in evaluations)
+
+
+def test_evaluating_both_adapters_leaves_training_as_it_is(data_dir, tmp_path):
+    """θ's steps (the trajectory) and the adapters are the same whether a run evaluates every cycle or only at
+    its end: evaluation switches adapters and forwards, and moves nothing."""
+    trajectories = []
+    for every in (3, 9):
+        run_training(small_config(data_dir, tmp_path / str(every), steps=9, eval_every=every, zero_shot=False, test=False))
+        trajectories.append((tmp_path / str(every) / "run" / "trajectory.jsonl").read_text())
+    assert trajectories[0] == trajectories[1] and trajectories[0].count("\n") == 4  # its header, 3 upper steps

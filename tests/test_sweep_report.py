@@ -9,7 +9,7 @@ import yaml
 from zofo.cli import main
 from zofo.config import make_config
 from zofo.experiment import run_training
-from zofo.report import build_table, find_runs, write_report
+from zofo.report import build_table, find_runs, first_order_curves, write_report
 from zofo.sweep import expand, load_sweep, run_names
 
 
@@ -56,14 +56,15 @@ def test_sweep_runs_side_by_side_and_resumes_without_rerunning_finished_runs(tmp
     assert finished[0].exists()
 
 
-def fake_run(folder, task, method, seed, test, zero_shot, lam=None, **other_tests):
+def fake_run(folder, task, method, seed, test, zero_shot, lam=None, log=None, **other_tests):
     folder.mkdir(parents=True)
     config = {"task": task, "method": method, "peft": "lora", "seed": seed, "bilevel_lambda": lam or 10.0}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     metric = "macro_f1" if task == "cb" else "accuracy"
     (folder / "metrics.json").write_text(json.dumps({"test": {metric: test}, "zero_shot": {metric: zero_shot},
                                                      **{key: {metric: value} for key, value in other_tests.items()}}))
-    (folder / "log.jsonl").write_text("".join(json.dumps({"step": s, "val_loss": 1.0 / s}) + "\n" for s in (1, 2, 3)))
+    log = log or [{"step": s, "val_loss": 1.0 / s} for s in (1, 2, 3)]
+    (folder / "log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in log))
 
 
 def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
@@ -87,6 +88,7 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
         assert len(list(csv.DictReader(f))) == len(records)
     assert (out / "val_loss_curves.png").stat().st_size > 1000
     assert (out / "metric_vs_bilevel_lambda.png").stat().st_size > 1000
+    assert not (out / "val_loss_first_order_steps.png").exists()  # no Bilevel run logged θ+z's validation loss
 
 
 def test_a_report_of_a_folder_that_does_not_exist_fails_before_writing_anything(tmp_path, capsys):
@@ -107,6 +109,21 @@ def test_a_bilevel_run_reports_theta_with_phi_with_z_and_alone_in_rows_of_their_
                     ["bilevel", "θ+φ", "lora", "85.0 ± 7.1 (2)"], ["bilevel", "θ+z", "lora", "75.0 ± 7.1 (2)"],
                     ["bilevel", "θ alone", "lora", "51.0 ± 1.4 (2)"], ["fo", "", "lora", "75.0 ± 0.0 (2)"]]
     assert "4 runs from" in (write_report([runs], tmp_path / "report") / "table.md").read_text()
+
+
+def test_bilevel_theta_z_is_plotted_against_fo_peft_by_first_order_steps(tmp_path):
+    """z takes K of every K + 1 steps: its curve is drawn at lower_steps, FO-PEFT's at its steps."""
+    runs = tmp_path / "runs"
+    log = [{"step": 11 * c, "val_loss": 0.6, "val_loss_theta_z": 0.5 + c / 100, "lower_steps": 10 * c, "upper_steps": c}
+           for c in (1, 2)]
+    fake_run(runs / "bilevel-0", "sst2", "bilevel", 0, 0.8, 0.5, log=log, test_theta_z=0.7, test_theta_alone=0.5)
+    fake_run(runs / "fo-0", "sst2", "fo", 0, 0.75, 0.5)
+    fake_run(runs / "mezo-0", "sst2", "mezo", 0, 0.7, 0.5)
+    by_method = {run["config"].method: first_order_curves(run) for run in find_runs([runs]) if run["primary"]}
+    assert by_method == {"bilevel": [(" (θ+z)", [(10, 0.51), (20, 0.52)])],
+                         "fo": [("", [(1, 1.0), (2, 0.5), (3, 1.0 / 3)])], "mezo": []}
+    out = write_report([runs], tmp_path / "report")
+    assert (out / "val_loss_first_order_steps.png").stat().st_size > 1000
 
 
 def test_a_killed_sweep_resumes_its_partial_run_from_the_checkpoint(tmp_path, data_dir, capsys):

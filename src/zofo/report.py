@@ -4,7 +4,8 @@ Runs are grouped by every config field that varies among them except the seed an
 the task goes in the columns, the other varying fields (method, peft, hard_prompt, λ, K, ...) in the
 rows. Each cell is the test metric of the task (accuracy; macro-F1 for CB; F1 for SQuAD/DROP) at the
 validation-selected step, as mean ± standard deviation over seeds, with the number of seeds.
-Plots: validation-loss curves per task, and the metric against λ and against K where those vary.
+Plots: validation-loss curves per task; Bilevel's θ+z against FO-PEFT by first-order steps taken, where
+Bilevel runs logged θ+z's validation loss; and the metric against λ and against K where those vary.
 A Bilevel run is in three rows, by the model tested at its selected step (`evaluated`): θ with φ (what
 ALGORITHM.md selects and tests), θ with z (the authors' code), and θ alone (no adapter): where the gain
 comes from.
@@ -218,38 +219,70 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_val_curves(runs: list[dict], fields: list[str], path: Path) -> Path:
+def points(run: dict, x: str, y: str) -> list[tuple[float, float]]:
+    """(x, y) of the run's log records that have both (y None where it was not finite)."""
+    return [(r[x], float(r[y])) for r in read_records(run["folder"] / "log.jsonl") if r.get(y) is not None and x in r]
+
+
+def plot_curves(runs: list[dict], fields: list[str], path: Path, curves, xlabel: str) -> Path:
+    """One panel per task; each run's curves (`curves(run)`: [(label suffix, points)]), one colour per label,
+    which its seeds share."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = sorted({run["config"].data.task for run in runs})
-    runs = [run for run in runs if run["primary"]]  # a Bilevel run's curve once, not once per model tested
     fields = [f for f in fields if f != EVALUATED]
     label_of = lambda run: ", ".join(f"{PATHS[f]}={shown(run, f)}" for f in fields if shown(run, f) is not None) or "run"
-    colors = {label: f"C{i % 10}" for i, label in enumerate(sorted({label_of(run) for run in runs}))}
+    colors: dict[str, str] = {}
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.8), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         labels_seen = set()
-        for run in runs:
-            if run["config"].data.task != task:
-                continue
-            points = [(r["step"], float(r["val_loss"])) for r in read_records(run["folder"] / "log.jsonl") if "val_loss" in r]
-            if not points:
-                continue
-            label = label_of(run)  # one colour per group: its seeds share it
-            steps, values = zip(*points)
-            ax.plot(steps, values, lw=1, alpha=0.8, color=colors[label], label=None if label in labels_seen else label)
-            labels_seen.add(label)
+        for run in sorted((r for r in runs if r["config"].data.task == task), key=label_of):
+            for suffix, curve in curves(run):
+                if not curve:
+                    continue
+                label = label_of(run) + suffix
+                xs, ys = zip(*curve)
+                color = colors.setdefault(label, f"C{len(colors) % 10}")
+                ax.plot(xs, ys, lw=1, alpha=0.8, color=color, label=None if label in labels_seen else label)
+                labels_seen.add(label)
         ax.set_title(task)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("validation loss")
         ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_val_curves(runs: list[dict], fields: list[str], path: Path) -> Path:
+    primary = [run for run in runs if run["primary"]]  # a Bilevel run's curve once, not once per model tested
+    return plot_curves(primary, fields, path, lambda run: [("", points(run, "step", "val_loss"))], "step")
+
+
+def first_order_curves(run: dict) -> list[tuple[str, list]]:
+    """FO-PEFT's validation loss by its steps; Bilevel's θ+z by z's steps (K of every K + 1 steps, logged as
+    lower_steps at each evaluation)."""
+    if run["config"].method == "fo":
+        return [("", points(run, "step", "val_loss"))]
+    if run["config"].method == "bilevel":
+        z_is_selected = run["config"].bilevel.eval_adapter == "lower"
+        return [(" (θ+z)", points(run, "lower_steps", "val_loss" if z_is_selected else "val_loss_theta_z"))]
+    return []
+
+
+def plot_first_order_curves(runs: list[dict], fields: list[str], path: Path) -> Path | None:
+    """Is Bilevel's gain more than z's first-order steps? θ+z against FO-PEFT at the same number of them, on
+    the tasks where a Bilevel run logged θ+z's validation loss (runs from session 13 on)."""
+    primary = [run for run in runs if run["primary"]]
+    tasks = {run["config"].data.task for run in primary if run["config"].method == "bilevel" and first_order_curves(run)[0][1]}
+    if not tasks:
+        return None
+    shown_runs = [run for run in primary if run["config"].data.task in tasks and run["config"].method in ("fo", "bilevel")]
+    return plot_curves(shown_runs, fields, path, first_order_curves, "first-order steps of the adapter")
 
 
 def plot_against(records: list[dict], field: str, path: Path) -> Path:
@@ -304,6 +337,7 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
     if not meta:
         fields = varying_fields(runs)
         plot_val_curves(runs, fields, output / "val_loss_curves.png")
+        plot_first_order_curves(runs, fields, output / "val_loss_first_order_steps.png")
         for field in ("bilevel.lambda", "bilevel.k"):
             if field in fields:
                 plot_against(records, PATHS[field], output / f"metric_vs_{PATHS[field]}.png")

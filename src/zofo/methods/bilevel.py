@@ -29,6 +29,8 @@ Every run also tests the other adapter with θ, and θ alone, at the selected st
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.profiler import record_function
 
@@ -165,6 +167,18 @@ class BilevelZOFO(Method):
         self.z_optimizer.load_state_dict(state["z_optimizer"])
         self.ft_sampler.load_state_dict(state["ft_sampler"])
         self.peft_sampler.load_state_dict(state["peft_sampler"])
+
+    def other_validation(self, iteration: int) -> dict:
+        """θ with the other adapter on the validation set, and the first-order steps each adapter has taken so far
+        (z one per lower step, φ one per upper step): θ+z's curve against FO-PEFT's at the same number of
+        first-order steps (`zofo report`'s val_loss_first_order_steps.png)."""
+        other, label = (LOWER, "theta_z") if self.evaluated_adapter == UPPER else (UPPER, "theta_phi")
+        activate(self.peft_model, other)
+        loss = self.tasks.validation_loss(self.peft_model)
+        activate(self.peft_model, self.evaluated_adapter)
+        cycles = [self.cycle(i) for i in range(iteration + 1)]
+        return {f"val_loss_{label}": loss if math.isfinite(loss) else None,
+                "lower_steps": sum(lower for lower, _ in cycles), "upper_steps": sum(upper for _, upper in cycles)}
 
     def other_tests(self, evaluate) -> dict:
         """At the selected step: the other adapter with θ, and θ alone (where does the gain come from?)."""
