@@ -276,7 +276,7 @@ def first_order_curves(run: dict) -> list[tuple[str, list]]:
 
 def plot_first_order_curves(runs: list[dict], fields: list[str], path: Path) -> Path | None:
     """Is Bilevel's gain more than z's first-order steps? θ+z against FO-PEFT at the same number of them, on
-    the tasks where a Bilevel run logged θ+z's validation loss (runs from session 13 on)."""
+    the tasks where a Bilevel run logged θ+z's validation loss (runs older than that logging have none)."""
     primary = [run for run in runs if run["primary"]]
     tasks = {run["config"].data.task for run in primary if run["config"].method == "bilevel" and first_order_curves(run)[0][1]}
     if not tasks:
