@@ -12,6 +12,7 @@ fit (largest first), and prints one JSON list per call, to paste as `carry`; eac
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,7 @@ def plan(paths: list[Path], room: int) -> list[list[Path]]:
 
 
 def main() -> None:
+    os.chdir(Path(__file__).resolve().parents[1])  # the paths it reads and prints are the repository's
     repository = repository_bytes()
     room = CALL_BYTES - repository - MARGIN
     calls = plan(wanted(sys.argv[1:]), room)

@@ -303,11 +303,18 @@ def test_a_run_selects_and_saves_the_evaluated_adapter_and_tests_the_other_and_t
     assert all(r[other_loss] > 0 and r[other_loss] != r["val_loss"] for r in evaluations)
 
 
-def test_evaluating_both_adapters_leaves_training_as_it_is(data_dir, tmp_path):
-    """θ's steps (the trajectory) and the adapters are the same whether a run evaluates every cycle or only at
-    its end: evaluation switches adapters and forwards, and moves nothing."""
+@pytest.mark.parametrize("cycle", ["paper", "authors"])
+def test_evaluating_both_adapters_leaves_training_as_it_is(data_dir, tmp_path, cycle):
+    """θ's steps (the trajectory: seeds and scalars, which depend on φ and z through F) are the same whether a run
+    evaluates often or only at its end: evaluation switches adapters and forwards, and moves nothing. Each
+    evaluation counts every step once, as a lower or an upper step."""
     trajectories = []
-    for every in (3, 9):
-        run_training(small_config(data_dir, tmp_path / str(every), steps=9, eval_every=every, zero_shot=False, test=False))
-        trajectories.append((tmp_path / str(every) / "run" / "trajectory.jsonl").read_text())
-    assert trajectories[0] == trajectories[1] and trajectories[0].count("\n") == 4  # its header, 3 upper steps
+    for every in (2, 9):
+        folder = tmp_path / str(every)
+        run_training(small_config(data_dir, folder, steps=9, eval_every=every, zero_shot=False, test=False,
+                                  bilevel_cycle=cycle))
+        trajectories.append((folder / "run" / "trajectory.jsonl").read_text())
+        evaluations = [r for r in read_records(folder / "run" / "log.jsonl") if "val_loss" in r]
+        assert evaluations and all(r["lower_steps"] + r["upper_steps"] == r["step"] for r in evaluations)
+    upper_steps = 3 if cycle == "paper" else 4  # paper: cycles of K + 1 = 3 steps; authors: 3, then 2 each
+    assert trajectories[0] == trajectories[1] and trajectories[0].count("\n") == 1 + upper_steps  # header + steps

@@ -31,3 +31,8 @@ def test_calls_stay_within_their_bytes_and_paths_and_carry_everything_once(tmp_p
 def test_a_path_larger_than_a_call_is_refused_before_the_lease(tmp_path):
     with pytest.raises(SystemExit, match="does not fit one call"):
         plan(files(tmp_path, [50, 3]), room=42)
+
+
+def test_a_call_carries_at_most_eight_paths_however_small(tmp_path):
+    calls = plan(files(tmp_path, [1] * 20), room=42)
+    assert [len(call) for call in calls] == [CALL_PATHS, CALL_PATHS, 20 - 2 * CALL_PATHS]

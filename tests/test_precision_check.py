@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, tiny
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -35,8 +37,12 @@ def test_bf16_against_fp32_is_measured_and_reported(tmp_path, data_dir):
                             env={**os.environ, "ZOFO_DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
-    assert [(r["task"], r["mode"]) for r in rows] == [("sst2", "bf16"), ("rte", "bf16")]
-    for row in rows:
+    assert [(r["task"], r["mode"]) for r in rows] == [("sst2", "fp32-again"), ("sst2", "bf16"),
+                                                      ("rte", "fp32-again"), ("rte", "bf16")]
+    for row in rows[0::2]:  # the CPU repeats fp32 exactly: the comparison's floor is 0
+        assert row["full"]["rel_rms"] == row["lora"]["rel_rms"] == row["loss_difference"] == 0
+        assert row["gradient_cosine"] == pytest.approx(1.0, abs=1e-12)
+    for row in rows[1::2]:
         assert row["directions"] == 3
         for target in ("full", "lora"):
             assert row[target]["rel_rms"] > 0 and row[target]["median_abs_g"] > 0  # bf16 rounds, g changes

@@ -126,7 +126,7 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
                 val_loss = method.validation_loss()
                 if not math.isfinite(val_loss):
                     raise diverged("the validation loss", val_loss, step, config.dtype)
-                run.log({"step": step, "val_loss": val_loss, **method.other_validation(iteration)})
+                run.log({"step": step, "val_loss": val_loss, **method.evaluation_log(iteration)})
                 selection.update(step, val_loss, method)
                 method.evaluated(iteration, val_loss, selection)
                 progress.set_postfix(val=f"{val_loss:.3f}", best=selection.step)

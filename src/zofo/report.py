@@ -220,7 +220,7 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
 
 
 def points(run: dict, x: str, y: str) -> list[tuple[float, float]]:
-    """(x, y) of the run's log records that have both (y None where it was not finite)."""
+    """(x, y) of the run's log records that have both (a y logged as None, not finite, is left out)."""
     return [(r[x], float(r[y])) for r in read_records(run["folder"] / "log.jsonl") if r.get(y) is not None and x in r]
 
 
@@ -275,13 +275,15 @@ def first_order_curves(run: dict) -> list[tuple[str, list]]:
 
 
 def plot_first_order_curves(runs: list[dict], fields: list[str], path: Path) -> Path | None:
-    """Is Bilevel's gain more than z's first-order steps? θ+z against FO-PEFT at the same number of them, on
-    the tasks where a Bilevel run logged θ+z's validation loss (runs older than that logging have none)."""
+    """Is Bilevel's gain more than z's first-order steps? θ+z against FO-PEFT with the same adapter type at the same
+    number of them, for each (task, adapter type) where a Bilevel run logged θ+z's validation loss (runs older
+    than that logging have none)."""
     primary = [run for run in runs if run["primary"]]
-    tasks = {run["config"].data.task for run in primary if run["config"].method == "bilevel" and first_order_curves(run)[0][1]}
-    if not tasks:
+    kind = lambda run: (run["config"].data.task, run["config"].adapter.peft)
+    logged = {kind(run) for run in primary if run["config"].method == "bilevel" and first_order_curves(run)[0][1]}
+    if not logged:
         return None
-    shown_runs = [run for run in primary if run["config"].data.task in tasks and run["config"].method in ("fo", "bilevel")]
+    shown_runs = [run for run in primary if kind(run) in logged and run["config"].method in ("fo", "bilevel")]
     return plot_curves(shown_runs, fields, path, first_order_curves, "first-order steps of the adapter")
 
 

@@ -62,8 +62,8 @@ class Method:
     def evaluated(self, iteration: int, val_loss: float, best: "Selection") -> None:
         """Called after each evaluation, once the best step is updated."""
 
-    def other_validation(self, iteration: int) -> dict[str, Any]:
-        """Further values logged beside the validation loss at each evaluation; they select nothing."""
+    def evaluation_log(self, iteration: int) -> dict[str, Any]:
+        """Further values logged beside the validation loss at each evaluation (they select nothing)."""
         return {}
 
     # --- how to come back to a step -------------------------------------------------------------

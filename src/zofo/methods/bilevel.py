@@ -168,8 +168,8 @@ class BilevelZOFO(Method):
         self.ft_sampler.load_state_dict(state["ft_sampler"])
         self.peft_sampler.load_state_dict(state["peft_sampler"])
 
-    def other_validation(self, iteration: int) -> dict:
-        """θ with the other adapter on the validation set, and the first-order steps each adapter has taken so far
+    def evaluation_log(self, iteration: int) -> dict:
+        """θ with the other adapter's validation loss, and the first-order steps each adapter has taken so far
         (z one per lower step, φ one per upper step): θ+z's curve against FO-PEFT's at the same number of
         first-order steps (`zofo report`'s val_loss_first_order_steps.png)."""
         other, label = (LOWER, "theta_z") if self.evaluated_adapter == UPPER else (UPPER, "theta_phi")
