@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from zofo.adapters import adapter_parameters, base_parameters, with_adapters  # noqa: E402
+from zofo.adapters import adapter_parameters, base_parameters, is_adapter_parameter, with_adapters  # noqa: E402
 from zofo.config import make_config  # noqa: E402
 from zofo.data import prepare_task  # noqa: E402
 from zofo.losses import candidates_loss  # noqa: E402
@@ -79,7 +79,8 @@ def lora_gradient(model, batches) -> torch.Tensor:
 
 def measure(model, batches, seeds, eps) -> dict:
     full, losses = projected_gradients(model, base_parameters(model), batches, seeds, eps)
-    lora, _ = projected_gradients(model, [(n, p) for n, p in model.named_parameters() if "lora_" in n], batches, seeds, eps)
+    adapter = [(n, p) for n, p in model.named_parameters() if is_adapter_parameter(model, n)]
+    lora, _ = projected_gradients(model, adapter, batches, seeds, eps)
     return {"full": full, "lora": lora, "losses": losses, "gradient": lora_gradient(model, batches).cpu()}
 
 

@@ -279,12 +279,13 @@ def plot_first_order_curves(runs: list[dict], fields: list[str], path: Path) -> 
     number of them, for each (task, adapter type) where a Bilevel run logged θ+z's validation loss (runs older
     than that logging have none)."""
     primary = [run for run in runs if run["primary"]]
+    curves = {id(run): first_order_curves(run) for run in primary}  # each log read once
     kind = lambda run: (run["config"].data.task, run["config"].adapter.peft)
-    logged = {kind(run) for run in primary if run["config"].method == "bilevel" and first_order_curves(run)[0][1]}
+    logged = {kind(run) for run in primary if run["config"].method == "bilevel" and curves[id(run)][0][1]}
     if not logged:
         return None
-    shown_runs = [run for run in primary if kind(run) in logged and run["config"].method in ("fo", "bilevel")]
-    return plot_curves(shown_runs, fields, path, first_order_curves, "first-order steps of the adapter")
+    shown_runs = [run for run in primary if curves[id(run)] and kind(run) in logged]  # FO and Bilevel runs
+    return plot_curves(shown_runs, fields, path, lambda run: curves[id(run)], "first-order steps of the adapter")
 
 
 def plot_against(records: list[dict], field: str, path: Path) -> Path:

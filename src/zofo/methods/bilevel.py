@@ -168,21 +168,26 @@ class BilevelZOFO(Method):
         self.ft_sampler.load_state_dict(state["ft_sampler"])
         self.peft_sampler.load_state_dict(state["peft_sampler"])
 
+    @property
+    def other_adapter(self) -> tuple[str, str]:
+        """The adapter not evaluated, and its name in logs and metrics."""
+        return (LOWER, "theta_z") if self.evaluated_adapter == UPPER else (UPPER, "theta_phi")
+
     def evaluation_log(self, iteration: int) -> dict:
         """θ with the other adapter's validation loss, and the first-order steps each adapter has taken so far
         (z one per lower step, φ one per upper step): θ+z's curve against FO-PEFT's at the same number of
         first-order steps (`zofo report`'s val_loss_first_order_steps.png)."""
-        other, label = (LOWER, "theta_z") if self.evaluated_adapter == UPPER else (UPPER, "theta_phi")
+        other, label = self.other_adapter
         activate(self.peft_model, other)
         loss = self.tasks.validation_loss(self.peft_model)
         activate(self.peft_model, self.evaluated_adapter)
-        cycles = [self.cycle(i) for i in range(iteration + 1)]
+        upper_steps = sum(self.cycle(i)[1] for i in range(iteration + 1))
         return {f"val_loss_{label}": loss if math.isfinite(loss) else None,
-                "lower_steps": sum(lower for lower, _ in cycles), "upper_steps": sum(upper for _, upper in cycles)}
+                "lower_steps": self.schedule()[iteration] - upper_steps, "upper_steps": upper_steps}
 
     def other_tests(self, evaluate) -> dict:
         """At the selected step: the other adapter with θ, and θ alone (where does the gain come from?)."""
-        other, label = (LOWER, "theta_z") if self.evaluated_adapter == UPPER else (UPPER, "theta_phi")
+        other, label = self.other_adapter
         activate(self.peft_model, other)
         results = {f"test_{label}": evaluate(self.peft_model)}
         activate(self.peft_model, self.evaluated_adapter)
