@@ -36,5 +36,8 @@ done
   fi
 done
 for sweep in $(ls "$staging"/results); do
+  # the new runs lose their bulk (progress-bar redraws, most training records, steps after the selected one),
+  # copied whole to results-full/ first: the repository travels with every GPU call (scripts/slim_runs.py)
+  python3 scripts/slim_runs.py "results/$sweep/runs" | tail -1
   PYTHONPATH=src python3 -m zofo report "results/$sweep/runs" --output "results/$sweep" | tail -1
 done
