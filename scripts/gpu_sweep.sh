@@ -12,8 +12,15 @@
 # every call's archive holds all that is not collected, so the last call's is enough).
 # A later session (a fresh machine): carry .gpu/partial (or its run folders, a few per call) before its first
 # sweep call, so that the unfinished runs that came back with their checkpoints resume (gpu_setup.sh).
-# In the lease's last call, STOP_AT_END=1 stops every sweep of NAME once SWEEP_SECONDS have passed: each run
-# checkpoints the step under way (zofo train at SIGTERM), so what comes back loses no step.
+# In the lease's last call, STOP_AT_END=1 stops every sweep on the machine (of every NAME: under MPS no sweep
+# stops alone) once SWEEP_SECONDS have passed: each run checkpoints the step under way (zofo train at SIGTERM),
+# so what comes back loses no step. The other NAMEs' archives then come with RETURN_ONLY=1 (no sweep started,
+# no wait), in the same call.
+# What a call returns: at most 64 MiB in all. RETURN_MB (default 60) is what this NAME's archive may take: the
+# returned runs' files, then the unfinished runs' checkpoints that save the most steps per byte
+# (scripts/return_plan.py); a run whose checkpoint stays behind starts again on the next machine. Two NAMEs in
+# one call: split the 60 between them.
+# The machine goes back 30 s after a call ends: have the next call's command ready before this one returns.
 # Usage: SWEEP_SECONDS=540 bash scripts/gpu_sweep.sh CONFIG NAME [zofo sweep arguments, e.g. --parallel 10]
 # On a machine of several GPUs the sweep spreads its runs over them.
 config=${1:?usage: gpu_sweep.sh CONFIG NAME [sweep arguments]}; name=${2:?usage: gpu_sweep.sh CONFIG NAME}; shift 2
@@ -31,13 +38,14 @@ if [ "${ZOFO_MPS:-1}" = 1 ] && [ ! -f /tmp/zofo/.mps ] && command -v nvidia-cuda
 fi
 id=$(echo "$config $*" | md5sum | cut -c1-8)
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
-if ! running $sweeps/$id.pid; then
+if [ "${RETURN_ONLY:-0}" != 1 ] && ! running $sweeps/$id.pid; then
   python3 -c "from zofo.models import load_model; load_model('smollm2-135m-instruct', 'fp32', 'cpu')"  # converted once, not by each run
   if [ -d results/$name/runs ]; then cp -rn results/$name/runs/. /tmp/zofo/$name/; fi
   echo "$config $*" > $sweeps/$id.args
   setsid python3 -m zofo sweep $config --out-dir /tmp/zofo/$name "$@" > $sweeps/$id.log 2>&1 < /dev/null &
   echo $! > $sweeps/$id.pid
 fi
+[ "${RETURN_ONLY:-0}" = 1 ] && SWEEP_SECONDS=0
 deadline=$((SECONDS + ${SWEEP_SECONDS:-540}))
 while [ $SECONDS -lt $deadline ]; do
   alive=0; for pid in $sweeps/*.pid; do running $pid && alive=1; done
@@ -45,9 +53,9 @@ while [ $SECONDS -lt $deadline ]; do
   sleep 5
 done
 if [ "${STOP_AT_END:-0}" = 1 ]; then  # the lease's last call: every run checkpoints the step under way and stops
-  for pid in $sweeps/*.pid; do running $pid && kill -TERM "$(cat $pid)"; done
-  # the sweep signals its runs and returns: wait for those runs (--config in NAME's folder), no other zofo train
-  for second in $(seq 90); do pgrep -f "zofo train --config /tmp/zofo/$name/" >/dev/null || break; sleep 1; done
+  for pid in /tmp/zofo/*.sweeps/*.pid; do running $pid && kill -TERM "$(cat $pid)"; done
+  # each sweep signals its runs and returns: wait for those runs (their configs are under /tmp/zofo)
+  for second in $(seq 90); do pgrep -f "zofo train --config /tmp/zofo/" >/dev/null || break; sleep 1; done
 fi
 for log in $sweeps/*.log; do
   echo "== $(cat ${log%.log}.args)$(running ${log%.log}.pid && echo ' (running)')"
@@ -55,17 +63,14 @@ for log in $sweeps/*.log; do
 done > $OUT/$name.log
 sed "s/^/$name: /" $OUT/$name.log
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
-# the runs not yet collected here: finished ones, and unfinished ones with their checkpoint where it is at
-# most RETURN_CHECKPOINT_MB (12): MeZO's hold no weights, FO-LoRA's 7.6 MB (adapter, Adam, best
-# adapter), Bilevel-LoRA's 17 MB (φ, z, two Adams, best φ and z) are left (RETURN_CHECKPOINT_MB=20 in the
-# last call brings them too, where few are unfinished: a call returns 64 MiB at most); and tuning.md. An archive over
-# 15 MB (a call returns at most 16 MiB a file) comes back in parts NAME.tgz.00, .01, ...
+# the runs not yet collected here (finished ones, and unfinished ones with the checkpoints that fit RETURN_MB),
+# and tuning.md. An archive over 15 MB (a call returns at most 16 MiB a file) comes back in parts NAME.tgz.00, ...
 (cd /tmp/zofo/$name && find . -name output.log -printf '%h\n') | while read -r run; do
   [ -f "results/$name/runs/$run/metrics.json" ] || echo "$name/${run#./}"
 done > /tmp/zofo/$name.to-return
 [ -f /tmp/zofo/$name/tuning.md ] && echo $name/tuning.md >> /tmp/zofo/$name.to-return
-(cd /tmp/zofo && find $name -name checkpoint.pt -size +${RETURN_CHECKPOINT_MB:-12}M) > /tmp/zofo/$name.large-checkpoints
-tar czf $OUT/$name.tgz -C /tmp/zofo --exclude=.lock --exclude=adapter --exclude=model \
+python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/$name.to-return --budget-mb ${RETURN_MB:-60} > /tmp/zofo/$name.large-checkpoints
+tar czf $OUT/$name.tgz -C /tmp/zofo --exclude=.lock --exclude=.checkpoint.pt.tmp --exclude=adapter --exclude=model \
     -X /tmp/zofo/$name.large-checkpoints --transform "s,^$name,results/$name/runs," -T /tmp/zofo/$name.to-return
 if [ $(stat -c %s $OUT/$name.tgz) -gt 15000000 ]; then
   split -b 15000000 -d $OUT/$name.tgz $OUT/$name.tgz. && rm $OUT/$name.tgz
