@@ -125,6 +125,7 @@ if DEVICE == "cuda":
 
     examples = varied_examples(250, 48, seed=0)
     COMPILED = {("fo", "lora"), ("mezo", "none"), ("mezo", "prompt"), ("bilevel", "lora"), ("bilevel", "prefix")}
+    GROUPED = {("fo", "lora"), ("mezo", "none"), ("bilevel", "lora"), ("two-stage", "lora")}  # length_groups 3
     folder = Path(tempfile.mkdtemp())
     for method, peft in (("fo", "lora"), ("fo", "prefix"), ("fo", "prompt"), ("mezo", "none"), ("mezo", "lora"),
                          ("mezo", "prompt"), ("bilevel", "lora"), ("bilevel", "prefix"), ("bilevel", "prompt"),
@@ -133,11 +134,13 @@ if DEVICE == "cuda":
                                   steps=12, zo_eps=1e-2, device="cuda"))
         logs, captures = {}, {}
         # torch.compile inside the graphs for a few methods (each compile takes seconds even for a tiny model)
-        modes = ("eager", "graphs") + (("compiled",) if (method, peft) in COMPILED else ())
+        modes = ("eager", "graphs") + (("compiled",) if (method, peft) in COMPILED else ()) + \
+                (("grouped",) if (method, peft) in GROUPED else ())
         for mode in modes:
-            calls = ModelCalls("graphs" if mode == "compiled" else mode, pad_id=0, compile=mode == "compiled")
+            calls = ModelCalls("graphs" if mode in ("compiled", "grouped") else mode, pad_id=0, compile=mode == "compiled")
             data = TaskData(task=get_task("copa"), train=examples[:32], validation=examples[32:], test=examples[32:],
-                            metadata={}, loss_name="candidates", pad_id=0, calls=calls)
+                            metadata={}, loss_name="candidates", pad_id=0, calls=calls,
+                            length_groups=3 if mode == "grouped" else 1)
             trained = METHODS[method](model(seed=3), TaskSet([data]), config, Trajectory(folder / f"{method}-{peft}-{mode}.jsonl"))
             trained.begin()
             losses = [float(v) for i in range(len(trained.schedule())) for v in trained.step(i).values()]

@@ -183,3 +183,85 @@ def test_compiled_calls_give_the_eager_losses_scores_and_gradients(data_dir):
         torch.testing.assert_close(values["compiled"][name], values["eager"][name], **TOLERANCE)
     for g_compiled, g_eager in zip(values["compiled"]["grads"], values["eager"]["grads"]):
         torch.testing.assert_close(g_compiled, g_eager, atol=1e-5, rtol=1e-4)
+
+
+def test_length_groups_cut_where_the_padded_tokens_are_fewest():
+    import itertools
+    import random
+
+    from zofo.batches import GroupedBatch, TokenizedExample, grouped_batch, length_groups
+
+    def example(length, options):
+        return TokenizedExample(tuple(((1,) * (length - 1), (2,)) for _ in range(options)), 0)
+
+    def tokens(examples, parts):
+        return sum(sum(examples[i].rows for i in part) * max(examples[i].length for i in part) for part in parts)
+
+    rng = random.Random(0)
+    for _ in range(20):
+        examples = [example(rng.randint(2, 300), rng.randint(1, 3)) for _ in range(7)]
+        parts = length_groups(examples, 3)
+        assert sorted(i for part in parts for i in part) == list(range(7)) and len(parts) <= 3
+        order = sorted(range(7), key=lambda i: examples[i].length)
+        every_cut = [[order[a:b] for a, b in zip((0, *cuts), (*cuts, 7))]
+                     for k in range(3) for cuts in itertools.combinations(range(1, 7), k)]
+        assert tokens(examples, parts) == min(tokens(examples, cut) for cut in every_cut)
+    same = [example(40, 2)] * 5  # nothing to gain: the plain batch
+    assert len(length_groups(same, 4)) == 1 and not isinstance(grouped_batch(same, 0, False, 4), GroupedBatch)
+
+
+@pytest.mark.parametrize("mode", ["eager", "static"])
+@pytest.mark.parametrize("task, loss", [("sst2", "candidates"), ("copa", "candidates"), ("copa", "lm")])
+def test_a_minibatch_in_length_groups_gives_its_losses_and_gradient(data_dir, mode, task, loss):
+    from zofo.adapters import with_adapters
+    from zofo.batches import GroupedBatch, grouped_batch
+    from zofo.config import AdapterConfig
+
+    model, data = task_batches(task, data_dir, n=8)
+    model = with_adapters(model, AdapterConfig(peft="lora"), ["default"], seed=0)
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    examples = data.train[:8]
+    plain = option_batch(examples, data.pad_id, gold_only=loss == "lm")
+    grouped = grouped_batch(examples, data.pad_id, loss == "lm", 3)
+    assert isinstance(grouped, GroupedBatch) and len(grouped.groups) == 3
+    assert sum(g.input_ids.numel() for g in grouped.groups) < plain.input_ids.numel()  # fewer padded tokens
+    calls = ModelCalls(mode, pad_id=data.pad_id)
+
+    values, weights = calls.losses(model, plain, loss)
+    grouped_values, grouped_weights = calls.losses(model, grouped, loss)
+    torch.testing.assert_close(grouped_values, values[:8], **TOLERANCE)  # each example in its place
+    torch.testing.assert_close(grouped_weights, weights[:8])
+    torch.testing.assert_close(calls.loss(model, grouped, loss), calls.loss(model, plain, loss), **TOLERANCE)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for batch in (plain, grouped):
+        for p in trainable:
+            p.grad = None
+        mean = calls.backward(model, batch, loss, scale=3.0)
+        results.append((mean, [p.grad.clone() for p in trainable]))
+    torch.testing.assert_close(results[1][0], results[0][0], **TOLERANCE)
+    for g_grouped, g_plain in zip(results[1][1], results[0][1]):
+        assert g_plain.abs().sum() > 0
+        torch.testing.assert_close(g_grouped, g_plain, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method, peft", [("fo", "lora"), ("mezo", "none"), ("bilevel", "lora"), ("two-stage", "lora")])
+def test_every_method_trains_the_same_in_length_groups(data_dir, tmp_path, method, peft):
+    from zofo.batches import GroupedBatch
+
+    config = dict(model="tiny-llama", task="copa", data_dir=str(data_dir), n_train=24, n_val=6, n_test=4, batch_size=6,
+                  device="cpu", method=method, peft=peft, lr=1e-3, bilevel_k=1, steps=6, zo_eps=1e-2)
+    logs = {}
+    for groups in (1, 3):
+        model, tokenizer = tiny()
+        run = make_config({**config, "length_groups": groups})
+        tasks = prepare_tasks(run, tokenizer, calls=ModelCalls("static", pad_id=tokenizer.pad_token_id))
+        assert isinstance(tasks.single.batch(tasks.single.train[:6]), GroupedBatch) == (groups > 1)
+        trained = METHODS[method](model, tasks, run, Trajectory(tmp_path / f"{groups}.jsonl"))
+        trained.begin()
+        steps = [trained.step(i) for i in range(3)]
+        logs[groups] = ([float(v) for log in steps for v in log.values()], tasks.validation_loss(trained.model))
+    assert logs[3][0] == pytest.approx(logs[1][0], rel=1e-4, abs=1e-4)
+    assert logs[3][1] == pytest.approx(logs[1][1], rel=1e-4, abs=1e-5)

@@ -217,6 +217,61 @@ def option_batch(examples: list[TokenizedExample], pad_id: int, gold_only: bool 
                        torch.tensor(labels), torch.ones(len(examples), dtype=torch.bool), per_example, gold_only)
 
 
+@dataclass
+class GroupedBatch:
+    """One minibatch as a few batches of examples of similar length, each padded on its own: on inputs of
+    uneven length (CB, RTE) one batch padded to its longest input carries about twice the real tokens. Its
+    loss and gradient are the minibatch's (calls.ModelCalls combines the groups). Example i of the minibatch
+    is example order[i] of the groups' examples taken in turn."""
+
+    groups: list[OptionBatch]
+    order: torch.Tensor  # [examples], int64
+
+    @property
+    def examples(self) -> int:
+        return len(self.order)
+
+
+def length_groups(examples: list[TokenizedExample], groups: int) -> list[list[int]]:
+    """Indices of `examples` in at most `groups` groups of similar length: sorted by length and cut where the
+    tokens of the padded batches (each group's rows times its longest input) are fewest."""
+    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+    rows = [0]
+    for i in order:
+        rows.append(rows[-1] + examples[i].rows)
+
+    def tokens(first: int, last: int) -> int:  # the group order[first:last], padded to its longest
+        return (rows[last] - rows[first]) * examples[order[last - 1]].length
+
+    n = len(order)
+    # best[k][j]: fewest tokens of order[:j] in k groups; cut[k][j]: where its last group starts
+    best = [[0] + [None] * n] + [[None] * (n + 1) for _ in range(groups)]
+    cut = [[0] * (n + 1) for _ in range(groups + 1)]
+    for k in range(1, groups + 1):
+        for j in range(1, n + 1):
+            for i in range(k - 1, j):
+                if best[k - 1][i] is not None:
+                    total = best[k - 1][i] + tokens(i, j)
+                    if best[k][j] is None or total < best[k][j]:
+                        best[k][j], cut[k][j] = total, i
+    k = min((k for k in range(1, groups + 1) if best[k][n] is not None), key=lambda k: (best[k][n], k))
+    bounds, j = [], n
+    for level in range(k, 0, -1):
+        bounds.append((cut[level][j], j))
+        j = cut[level][j]
+    return [order[first:last] for first, last in reversed(bounds)]
+
+
+def grouped_batch(examples: list[TokenizedExample], pad_id: int, gold_only: bool, groups: int) -> OptionBatch | GroupedBatch:
+    """option_batch(examples), split into at most `groups` length groups (one group: the plain batch)."""
+    parts = length_groups(examples, groups) if groups > 1 and len(examples) > 1 else [list(range(len(examples)))]
+    if len(parts) == 1:
+        return option_batch(examples, pad_id, gold_only)
+    position = {i: p for p, i in enumerate(i for part in parts for i in part)}
+    return GroupedBatch([option_batch([examples[i] for i in part], pad_id, gold_only) for part in parts],
+                        torch.tensor([position[i] for i in range(len(examples))], dtype=torch.long))
+
+
 def context_batch(examples: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-padded contexts of the first option, for generation."""
     contexts = [example.options[0][0] for example in examples]

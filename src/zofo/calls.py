@@ -11,6 +11,11 @@ for a small model). Three kinds of call:
     scores(model, batch)                 each example's option scores (candidate scoring)
     backward(model, batch, loss, scale)  the mean loss, its gradient times `scale` accumulated into .grad
 
+A training minibatch may come as a batches.GroupedBatch, its examples in a few batches of similar length
+(`length_groups`): losses and backward run each group and give the minibatch's values, in its order, and
+its mean's gradient (each group's backward scaled by its share of the weights, a number the backward's graph
+reads from a tensor, so that one graph serves every scale).
+
 A graph reads the weights where they were when it was captured, so everything that moves them must do so
 in place (optimizers, the ZO passes and loading adapter states do); if a parameter's storage moves
 (packing, unpacking, new adapters), the model's graphs are dropped and captured again. A backward graph
@@ -39,20 +44,21 @@ import time
 import weakref
 import torch
 
-from .batches import OptionBatch
-from .losses import example_losses, grouped_scores, option_scores
+from .batches import GroupedBatch, OptionBatch
+from .losses import example_losses, example_weights, grouped_scores, option_scores
 
 MODES = ("eager", "static", "graphs")
 # dynamo's default (8) is too few for kinds x adapters x loss names on one function, and for prefix tuning's
 # compiled layers, each specialised to its index in the prefix cache (30 layers x 2 shapes x 2 adapters)
 RECOMPILE_LIMIT = 256
 WARMUP_RUNS = 2  # eager runs on a side stream before capture (cuBLAS workspaces, lazy initialisation)
+STAGED = 8  # batches kept padded and pinned: SPSA evaluates a minibatch (each of its length groups) twice
 
 
-def _mean_loss_backward(model, batch: OptionBatch, loss: str, scale: float) -> torch.Tensor:
+def _mean_loss_backward(model, batch: OptionBatch, loss: str, scale: float | torch.Tensor) -> torch.Tensor:
     values, weights = example_losses(model, batch, loss)
     mean = values.sum() / weights.sum()
-    (mean * scale if scale != 1.0 else mean).backward()
+    (mean if isinstance(scale, float) and scale == 1.0 else mean * scale).backward()
     return mean.detach()
 
 
@@ -71,6 +77,7 @@ class _Graph:
         self.outputs: tuple[torch.Tensor, ...] = ()
         self.grads: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self.template = batch
+        self.scale = torch.ones((), device=device)  # a backward's scale, written before each replay
 
     def batch(self) -> OptionBatch:
         """The static batch: views of the flat buffer, cast where the field is not int64."""
@@ -108,13 +115,19 @@ class ModelCalls:
         # new pool (PyTorch refuses to capture into a pool whose graphs are all gone).
         self._graphs: dict[int, tuple[weakref.ref, int, dict]] = {}
         self._pool = None
-        self._staged: tuple = (None, None, None)  # (batch, padded, pinned flat copy): SPSA evaluates one batch twice
+        self._staged: dict[int, list] = {}  # id(batch) -> [batch, padded, pinned flat copy or None], the last STAGED
 
     # --- the three calls -----------------------------------------------------------------------
 
     @torch.no_grad()
-    def losses(self, model, batch: OptionBatch, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(values, weights) per example, padded examples last with weight 0 (see losses.example_losses)."""
+    def losses(self, model, batch: OptionBatch | GroupedBatch, loss: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values, weights) per example, padded examples last with weight 0 (see losses.example_losses); of
+        a GroupedBatch, its real examples in the minibatch's order."""
+        if isinstance(batch, GroupedBatch):
+            parts = [self.losses(model, group, loss) for group in batch.groups]
+            order = batch.order.to(parts[0][0].device, non_blocking=True)
+            return tuple(torch.cat([part[k][: group.examples] for part, group in zip(parts, batch.groups)])[order]
+                         for k in (0, 1))
         return self._call("losses", model, batch, (loss,), example_losses)
 
     @torch.no_grad()
@@ -123,10 +136,15 @@ class ModelCalls:
         scores = self._call("scores", model, batch, (), _scores)
         return scores[: batch.examples, : batch.slots.shape[1]]
 
-    def backward(self, model, batch: OptionBatch, loss: str, scale: float = 1.0) -> torch.Tensor:
+    def backward(self, model, batch: OptionBatch | GroupedBatch, loss: str, scale: float = 1.0) -> torch.Tensor:
         """The batch's mean loss (detached); ∇(scale·loss) is added to the trainable parameters' .grad."""
+        if isinstance(batch, GroupedBatch):  # the mean is Σ_g (w_g / w)·mean_g, w_g the weights of group g
+            shares = [float(example_weights(group, loss).sum()) for group in batch.groups]
+            shares = [share / sum(shares) for share in shares]
+            return sum(self.backward(model, group, loss, scale * share) * share
+                       for group, share in zip(batch.groups, shares))
         with torch.enable_grad():
-            return self._call("backward", model, batch, (loss, scale), _mean_loss_backward)
+            return self._call("backward", model, batch, (loss,), _mean_loss_backward, scale=scale)
 
     def loss(self, model, batch: OptionBatch, loss: str) -> torch.Tensor:
         """The batch's mean loss, no gradient."""
@@ -139,26 +157,33 @@ class ModelCalls:
 
     # --- machinery -------------------------------------------------------------------------------
 
-    def _call(self, kind: str, model, batch: OptionBatch, args: tuple, function):
+    def _call(self, kind: str, model, batch: OptionBatch, args: tuple, function, scale: float | None = None):
+        """function(model, batch, *args[, scale]), eager or padded; from a graph, where `scale` (a backward's)
+        is read from the graph's scale tensor, so that the graph serves any scale."""
         device = model.device
+        scaled = args if scale is None else (*args, scale)
         if self.mode == "eager":
-            return function(model, batch.to(device), *args)
-        if self._staged[0] is not batch:
-            padded = batch.padded(batch.shape.bucketed(), self.pad_id)
-            self._staged = (batch, padded, None)
-        padded = self._staged[1]
+            return function(model, batch.to(device), *scaled)
+        staged = self._staged.get(id(batch))
+        if staged is None or staged[0] is not batch:
+            staged = self._staged[id(batch)] = [batch, batch.padded(batch.shape.bucketed(), self.pad_id), None]
+            while len(self._staged) > STAGED:
+                del self._staged[next(iter(self._staged))]
+        padded = staged[1]
         function = self._compiled_or_plain(function, model)
         if self.mode == "static" or device.type != "cuda":
-            return function(model, padded.to(device), *args)
+            return function(model, padded.to(device), *scaled)
         graphs = self._graphs_of(model)
         # peft runs the active adapter's modules, or none inside disable_adapter()
         key = (kind, args, padded.shape, getattr(model, "active_adapter", None), getattr(model, "_adapters_disabled", False))
         graph = graphs.get(key)
         if graph is None or not graph.valid():
-            graph = graphs[key] = self._capture(model, padded, args, function)
-        if self._staged[2] is None:
-            self._staged = (batch, padded, flatten(padded).pin_memory())
-        graph.flat.copy_(self._staged[2], non_blocking=True)
+            graph = graphs[key] = self._capture(model, padded, args, function, scaled=scale is not None)
+        if staged[2] is None:
+            staged[2] = flatten(padded).pin_memory()
+        graph.flat.copy_(staged[2], non_blocking=True)
+        if scale is not None:
+            graph.scale.fill_(scale)
         graph.graph.replay()
         outputs = tuple(o.clone() for o in graph.outputs)  # the shared pool is overwritten by the next replay
         return outputs if len(outputs) > 1 else outputs[0]
@@ -200,11 +225,12 @@ class ModelCalls:
         """Release every graph (and so the memory they hold)."""
         self._graphs, self._pool = {}, None
 
-    def _capture(self, model, batch: OptionBatch, args: tuple, function) -> _Graph:
+    def _capture(self, model, batch: OptionBatch, args: tuple, function, scaled: bool = False) -> _Graph:
         start = time.perf_counter()
         device = model.device
         make_capturable(model)
         graph = _Graph(batch, device)
+        args = (*args, graph.scale) if scaled else args
         trainable = [p for p in model.parameters() if p.requires_grad]
         saved = [None if p.grad is None else p.grad.clone() for p in trainable]
         if self._pool is None:

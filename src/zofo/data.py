@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import distributed
-from .batches import MinibatchSampler, OptionBatch, TokenizedExample, option_batch, tokenize_examples
+from .batches import GroupedBatch, MinibatchSampler, OptionBatch, TokenizedExample, grouped_batch, tokenize_examples
 from .calls import ModelCalls
 from .config import RunConfig
 from .errors import ConfigError
@@ -58,20 +58,21 @@ class TaskData:
     eval_batch_size: int = 32
     max_new_tokens: int = 50
     calls: ModelCalls = field(default_factory=ModelCalls)  # eager, or CUDA graphs (calls.py)
+    length_groups: int = 1  # a training batch's groups of examples of similar length (RunConfig.length_groups)
 
     @property
     def name(self) -> str:
         return self.task.name
 
-    def batch(self, examples: list[TokenizedExample]) -> OptionBatch:
+    def batch(self, examples: list[TokenizedExample]) -> OptionBatch | GroupedBatch:
         """The training loss's batch of `examples`, on the host (the model call moves it)."""
-        return option_batch(examples, self.pad_id, gold_only=self.loss_name == "lm")
+        return grouped_batch(examples, self.pad_id, self.loss_name == "lm", self.length_groups)
 
     def loss(self, model, examples: list[TokenizedExample]) -> torch.Tensor:
         """The training loss of `examples` (a tensor on the model's device), no gradient."""
         return self.batch_loss(model, self.batch(examples))
 
-    def batch_loss(self, model, batch: OptionBatch) -> torch.Tensor:
+    def batch_loss(self, model, batch: OptionBatch | GroupedBatch) -> torch.Tensor:
         """The training loss of a batch built once and evaluated several times (at θ + εu and θ − εu)."""
         return self.calls.loss(model, batch, self.loss_name)
 
@@ -169,7 +170,7 @@ def prepare_task(config: RunConfig, tokenizer, task_name: str | None = None,
         task=task, train=tokenized(splits.train), validation=tokenized(splits.validation),
         test=tokenized(splits.test), metadata=splits.metadata, loss_name=config.loss_for(task),
         pad_id=tokenizer.pad_token_id, eval_batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
-        calls=calls or ModelCalls(pad_id=tokenizer.pad_token_id),
+        calls=calls or ModelCalls(pad_id=tokenizer.pad_token_id), length_groups=config.length_groups,
     )
 
 
@@ -200,7 +201,7 @@ def metaicl_task_data(name: str, config: RunConfig, tokenizer, calls: ModelCalls
     return TaskData(task=metaicl.task_of(name, records), train=examples[validation:], validation=examples[:validation],
                     test=[], metadata={"pool": len(records), "validation": validation}, loss_name=loss,
                     pad_id=tokenizer.pad_token_id, eval_batch_size=config.eval_batch_size,
-                    calls=calls or ModelCalls(pad_id=tokenizer.pad_token_id))
+                    calls=calls or ModelCalls(pad_id=tokenizer.pad_token_id), length_groups=config.length_groups)
 
 
 def prepare_tasks(config: RunConfig, tokenizer, names: list[str] | None = None,

@@ -56,17 +56,23 @@ def example_losses(model, batch: OptionBatch, loss: str) -> tuple[torch.Tensor, 
     values[group].sum() / weights[group].sum(). "candidates": cross-entropy per example, weight 1;
     "lm": summed NLL of the gold continuation's tokens, weight = its token count (build the batch gold_only).
     Padded examples have value and weight 0."""
-    real = batch.example_mask.to(torch.float32)
+    weights = example_weights(batch, loss)
     if loss == "candidates":
         scores = grouped_scores(option_scores(model, batch), batch)
-        values = F.cross_entropy(scores, batch.labels, reduction="none")
-        return values * real, real
+        return F.cross_entropy(scores, batch.labels, reduction="none") * weights, weights
+    nll = -target_logprobs(model, batch).sum(-1)[batch.slots[:, 0]]
+    return nll * batch.example_mask.to(torch.float32), weights
+
+
+def example_weights(batch: OptionBatch, loss: str) -> torch.Tensor:
+    """example_losses' weights, from the batch alone (no model call)."""
+    real = batch.example_mask.to(torch.float32)
+    if loss == "candidates":
+        return real
     if loss == "lm":
         if not batch.gold_only:
             raise ValueError("the LM loss needs a gold-only batch (one row per example)")
-        gold = batch.slots[:, 0]
-        nll = -target_logprobs(model, batch).sum(-1)[gold]
-        return nll * real, batch.target_mask.sum(-1)[gold].to(torch.float32) * real
+        return batch.target_mask.sum(-1)[batch.slots[:, 0]].to(torch.float32) * real
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
 
 
