@@ -36,6 +36,7 @@ done
   fi
 done
 for sweep in $(ls "$staging"/results); do
+  [ -d "results/$sweep/runs" ] || continue  # only unfinished runs came back: nothing to slim or report yet
   # the new runs lose their bulk (progress-bar redraws, most training records, steps after the selected one),
   # copied whole to results-full/ first: the repository travels with every GPU call (scripts/slim_runs.py)
   python3 scripts/slim_runs.py "results/$sweep/runs" | tail -1

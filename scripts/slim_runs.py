@@ -57,6 +57,8 @@ def thin_records(records: list[dict], most: int) -> tuple[list[dict], str]:
     every = max(1, math.ceil(len(training) / most))
     kept_training = set(training[::every]) | set(training[-1:])
     kept = [r for i, r in enumerate(records) if i in kept_training or not is_training_record(r)]
+    if every == 1:
+        return kept, "every record kept"
     return kept, (f"{len(kept_training)} of {len(training)} training records kept (one in {every}, and the last); "
                   "every evaluation record kept")
 
