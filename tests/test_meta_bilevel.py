@@ -166,8 +166,8 @@ def test_every_task_runs_through_the_same_two_adapters_whose_storage_never_moves
     method = build(data_dir, tmp_path, tasks_per_step=3)
     active, calls = [], type(method.data[0].calls)
     original = calls._call
-    monkeypatch.setattr(calls, "_call", lambda self, kind, model, *a: (active.append(model.active_adapter),
-                                                                       original(self, kind, model, *a))[1])
+    monkeypatch.setattr(calls, "_call", lambda self, kind, model, *a, **k: (active.append(model.active_adapter),
+                                                                            original(self, kind, model, *a, **k))[1])
     storage = [p.data_ptr() for p in method.peft_model.parameters()]
     for i in range(2):
         method.step(i)
