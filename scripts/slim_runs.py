@@ -4,14 +4,15 @@ tables add a few hundred runs. A finished run kept under results/ keeps all it n
 and `zofo replay`; what it drops is copied first, whole, to results-full/ (ignored by git) on the machine that
 collects it:
 - output.log: each progress bar's redraws collapse to its last state;
-- log.jsonl(.gz): every evaluation record, and at most 1,000 training records (every k-th step, and the last;
-  200 for a tuning run);
+- log.jsonl(.gz): every evaluation record, and at most 1,000 training records (every k-th step) and the last
+  (200 for a tuning run);
 - trajectory.jsonl(.gz): the zeroth-order steps up to the validation-selected step (metrics.json's best_step),
   the model the test scored and the one `zofo replay` rebuilds by default;
 - sweep_config.yaml, where it is config.yaml byte for byte;
-- a tuning run (under .../tuning/) also drops its trajectory and loss_curves.png: it is there for its
+- a tuning run (config.yaml's test: false) also drops its trajectory and loss_curves.png: it is there for its
   validation loss, which chose the setting, not to be replayed.
-The run's slimmed.json says what was done; a run that has one is left as it is.
+The run's slimmed.json says what was done; a run that has one is left as it is. Slimming reads the copies, so a
+pass cut short is simply run again.
 Usage: python3 scripts/slim_runs.py RUN_FOLDER_OR_FOLDER_OF_RUNS... [--full-copies results-full]
 """
 
@@ -29,7 +30,7 @@ TUNING_TRAINING_RECORDS = 200
 TUNING_DROPS = ("trajectory.jsonl", "trajectory.jsonl.gz", "loss_curves.png")
 
 
-PROGRESS_BAR = re.compile(r"^\s*([^:\n]{1,40}): +\d+%\|")  # tqdm's "desc:  42%|"
+PROGRESS_BAR = re.compile(r"^\s*([^:\n]{1,40}): +\d+%\|[^\n]*\]\s*$")  # tqdm's "desc:  42%|...]", nothing after
 
 
 def collapse_redraws(text: str) -> str:
@@ -52,7 +53,7 @@ def is_training_record(record: dict) -> bool:
 
 
 def thin_records(records: list[dict], most: int) -> tuple[list[dict], str]:
-    """Every evaluation record and at most `most` training records: every k-th, and the last."""
+    """Every evaluation record, and at most `most` training records (every k-th) and the last."""
     training = [i for i, r in enumerate(records) if is_training_record(r)]
     every = max(1, math.ceil(len(training) / most))
     kept_training = set(training[::every]) | set(training[-1:])
@@ -68,52 +69,74 @@ def read_lines(path: Path) -> str:
     return (gzip.decompress(data) if path.suffix == ".gz" else data).decode()
 
 
+SLIMMED = ("output.log", "log.jsonl", "log.jsonl.gz", "trajectory.jsonl", "trajectory.jsonl.gz", "loss_curves.png",
+           "sweep_config.yaml")  # the files slimming may change or drop
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_bytes(data)
+    staging.replace(path)
+
+
+def is_tuning(run: Path) -> bool:
+    """A tuning run (it chose a setting on validation and read no test split): config.yaml's test: false."""
+    config = run / "config.yaml"
+    return config.exists() and re.search(r"^test: false$", config.read_text(), re.MULTILINE) is not None
+
+
 def slim(run: Path, full_copies: Path, root: Path) -> dict | None:
-    """Slim one finished run in place, its dropped or changed files first copied to full_copies/<its path>."""
+    """Slim one finished run in place, from whole copies of its files in full_copies/<its path>, made first."""
     if (run / "slimmed.json").exists() or not (run / "metrics.json").exists():
         return None
-    tuning = "tuning" in run.parts
     copy_to = full_copies / run.resolve().relative_to(root.resolve())
-    done: dict = {"full copies": f"{copy_to}, on the machine that collected the run (not in git)"}
+    # The copies are this run's originals once their marker holds its metrics.json: then slimming (again,
+    # after an interruption) reads them, never its own half-slimmed output; else (none yet, or another run's
+    # at the same path) they are made now.
+    marker, metrics = copy_to / ".originals-of", (run / "metrics.json").read_bytes()
+    if not marker.exists() or marker.read_bytes() != metrics:
+        shutil.rmtree(copy_to, ignore_errors=True)
+        copy_to.mkdir(parents=True)
+        for name in SLIMMED:
+            if (run / name).exists():
+                shutil.copy2(run / name, copy_to / name)
+        marker.write_bytes(metrics)
+    original = {name: copy_to / name for name in SLIMMED if (copy_to / name).exists()}
+    tuning = is_tuning(run)
+    done: dict = {}
 
-    def keep_full(path: Path) -> None:
-        copy_to.mkdir(parents=True, exist_ok=True)
-        if not (copy_to / path.name).exists():
-            shutil.copy2(path, copy_to / path.name)
+    def write(name: str, text: str) -> None:
+        data = text.encode()
+        write_atomic(run / name, gzip.compress(data, mtime=0) if name.endswith(".gz") else data)
 
-    if (output := run / "output.log").exists():
-        keep_full(output)
-        output.write_bytes(collapse_redraws(output.read_bytes().decode(errors="replace")).encode())
+    if "output.log" in original:
+        write("output.log", collapse_redraws(original["output.log"].read_bytes().decode(errors="replace")))
         done["output.log"] = "progress bars' redraws collapsed to their last state"
-    for log in (run / "log.jsonl", run / "log.jsonl.gz"):
-        if log.exists():
-            keep_full(log)
-            records = [json.loads(line) for line in read_lines(log).splitlines() if line.strip()]
-            kept, said = thin_records(records, TUNING_TRAINING_RECORDS if tuning else TRAINING_RECORDS)
-            text = "".join(json.dumps(r) + "\n" for r in kept).encode()
-            log.write_bytes(gzip.compress(text, mtime=0) if log.suffix == ".gz" else text)
-            done[log.name] = said
-    best_step = json.loads((run / "metrics.json").read_text()).get("best_step")
-    for trajectory in (run / "trajectory.jsonl", run / "trajectory.jsonl.gz"):
-        if trajectory.exists() and not tuning and best_step is not None:
-            keep_full(trajectory)
-            lines = read_lines(trajectory).splitlines(keepends=True)
+    for name in ("log.jsonl", "log.jsonl.gz"):
+        if name in original:
+            records = [json.loads(line) for line in read_lines(original[name]).splitlines() if line.strip()]
+            kept, done[name] = thin_records(records, TUNING_TRAINING_RECORDS if tuning else TRAINING_RECORDS)
+            write(name, "".join(json.dumps(r) + "\n" for r in kept))
+    best_step = json.loads(metrics).get("best_step")
+    for name in ("trajectory.jsonl", "trajectory.jsonl.gz"):
+        if name in original and not tuning and best_step is not None:
+            lines = read_lines(original[name]).splitlines(keepends=True)
             kept = [line for line in lines if json.loads(line).get("step", 0) <= best_step]  # the header has none
-            text = "".join(kept).encode()
-            trajectory.write_bytes(gzip.compress(text, mtime=0) if trajectory.suffix == ".gz" else text)
-            done[trajectory.name] = f"{len(kept) - 1} of {len(lines) - 1} steps kept: up to the selected step {best_step}"
-    if (run / "sweep_config.yaml").exists() and (run / "config.yaml").exists() and \
-            (run / "sweep_config.yaml").read_bytes() == (run / "config.yaml").read_bytes():
-        (run / "sweep_config.yaml").unlink()
+            write(name, "".join(kept))
+            done[name] = ("every step kept" if len(kept) == len(lines) else
+                          f"{len(kept) - 1} of {len(lines) - 1} steps kept: up to the selected step {best_step}")
+    if "sweep_config.yaml" in original and original["sweep_config.yaml"].read_bytes() == (run / "config.yaml").read_bytes():
+        (run / "sweep_config.yaml").unlink(missing_ok=True)
         done["sweep_config.yaml"] = "dropped: config.yaml byte for byte"
     if tuning:
-        dropped = [path for path in map(run.joinpath, TUNING_DROPS) if path.exists()]
-        for path in dropped:
-            keep_full(path)
-            path.unlink()
+        dropped = [name for name in TUNING_DROPS if name in original]
+        for name in dropped:
+            (run / name).unlink(missing_ok=True)
         if dropped:
-            done["dropped (a tuning run)"] = [path.name for path in dropped]
-    (run / "slimmed.json").write_text(json.dumps(done, indent=1) + "\n")
+            done["dropped (a tuning run)"] = dropped
+    if done:
+        done["full copies"] = f"{copy_to}, on the machine that collected the run (not in git)"
+    write_atomic(run / "slimmed.json", (json.dumps(done, indent=1) + "\n").encode())
     return done
 
 

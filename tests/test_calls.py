@@ -189,13 +189,14 @@ def test_length_groups_cut_where_the_padded_tokens_are_fewest():
     import itertools
     import random
 
-    from zofo.batches import GroupedBatch, TokenizedExample, grouped_batch, length_groups
+    from zofo.batches import GROUP_SAVING, GroupedBatch, TokenizedExample, bucketed_length, grouped_batch, length_groups
 
     def example(length, options):
         return TokenizedExample(tuple(((1,) * (length - 1), (2,)) for _ in range(options)), 0)
 
-    def tokens(examples, parts):
-        return sum(sum(examples[i].rows for i in part) * max(examples[i].length for i in part) for part in parts)
+    def tokens(examples, parts):  # as the batches are run: at their bucketed shapes
+        return sum(bucket(sum(examples[i].rows for i in part)) * bucketed_length(max(examples[i].length for i in part))
+                   for part in parts)
 
     rng = random.Random(0)
     for _ in range(20):
@@ -203,11 +204,18 @@ def test_length_groups_cut_where_the_padded_tokens_are_fewest():
         parts = length_groups(examples, 3)
         assert sorted(i for part in parts for i in part) == list(range(7)) and len(parts) <= 3
         order = sorted(range(7), key=lambda i: examples[i].length)
-        every_cut = [[order[a:b] for a, b in zip((0, *cuts), (*cuts, 7))]
-                     for k in range(3) for cuts in itertools.combinations(range(1, 7), k)]
-        assert tokens(examples, parts) == min(tokens(examples, cut) for cut in every_cut)
+        cuts = {k: [[order[a:b] for a, b in zip((0, *c), (*c, 7))] for c in itertools.combinations(range(1, 7), k - 1)]
+                for k in (1, 2, 3)}
+        fewest = {k: min(tokens(examples, cut) for cut in cuts[k]) for k in cuts}
+        assert tokens(examples, parts) == fewest[len(parts)]  # the best cut into that many groups
+        # a further group is a model call of its own: taken only where it saves more than GROUP_SAVING
+        assert all(fewest[k] >= (1 - GROUP_SAVING) * fewest[len(parts)] for k in cuts if k > len(parts))
     same = [example(40, 2)] * 5  # nothing to gain: the plain batch
     assert len(length_groups(same, 4)) == 1 and not isinstance(grouped_batch(same, 0, False, 4), GroupedBatch)
+    # the LM loss batches each example's gold option alone: its length is what counts, not the longest option's
+    gold = [TokenizedExample((((1,) * 9, (2,)), ((1,) * 199, (2,))), 0) for _ in range(4)] + \
+           [TokenizedExample((((1,) * 199, (2,)), ((1,) * 9, (2,))), 0) for _ in range(4)]
+    assert len(length_groups(gold, 2)) == 1 and len(length_groups(gold, 2, gold_only=True)) == 2
 
 
 @pytest.mark.parametrize("mode", ["eager", "static"])
@@ -265,3 +273,20 @@ def test_every_method_trains_the_same_in_length_groups(data_dir, tmp_path, metho
         logs[groups] = ([float(v) for log in steps for v in log.values()], tasks.validation_loss(trained.model))
     assert logs[3][0] == pytest.approx(logs[1][0], rel=1e-4, abs=1e-4)
     assert logs[3][1] == pytest.approx(logs[1][1], rel=1e-4, abs=1e-5)
+
+
+def test_a_backward_scaled_by_a_tensor_gives_the_float_scales_gradient(data_dir):
+    """A backward's CUDA graph reads its scale from a tensor (one graph for every scale): the same gradient,
+    bit for bit, as the scale given as a number, for 1 and for λ."""
+    from zofo.calls import _mean_loss_backward
+
+    model, data = task_batches("copa", data_dir)
+    model.requires_grad_(False).lm_head.weight.requires_grad_(True)
+    batch = data.batch(data.train[:4])
+    for scale in (1.0, 10.0, 1 / 3):
+        grads = []
+        for given in (scale, torch.tensor(scale)):
+            model.lm_head.weight.grad = None
+            _mean_loss_backward(model, batch, "candidates", given)
+            grads.append(model.lm_head.weight.grad.clone())
+        assert torch.equal(grads[0], grads[1])

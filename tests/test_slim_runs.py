@@ -32,10 +32,15 @@ def test_a_slimmed_mezo_run_replays_its_tested_model_and_reports_the_same(tmp_pa
     for name in ("log.jsonl", "trajectory.jsonl"):  # as scripts/collect_runs.sh keeps them
         gzipped(run, name)
     shutil.copy(run / "config.yaml", run / "sweep_config.yaml")  # as a sweep's run has it
-    tuning = results / "tuning" / "lr=1e-3"
+    tuning = results / "tuning" / "lr=1e-3"  # a tuning run is told by its config (test: false), not by its path
     shutil.copytree(run, tuning, ignore=shutil.ignore_patterns("model"))
-    (run / "output.log").write_text("start\n" + "".join(f"\rmezo:  {p}%|##| {p}/100" for p in range(0, 101, 10))
-                                    + "\n" + "".join(f"mezo: {p}%|##| {p}/100\n" for p in (50, 100)) + "done\n")
+    config = (tuning / "config.yaml").read_text()
+    assert "\ntest: true\n" in config
+    (tuning / "config.yaml").write_text(config.replace("\ntest: true\n", "\ntest: false\n"))
+    bar = "mezo:  {0}%|##| {0}/100 [00:01<00:00]"
+    (run / "output.log").write_text("start\n" + "".join("\r" + bar.format(p) for p in range(0, 101, 10)) + "\n"
+                                    + bar.format(40) + "RuntimeError: kept\n" + bar.format(50) + "\n"
+                                    + bar.format(100) + "\ndone\n")
     before = {name: (run / name).read_bytes() for name in ("log.jsonl.gz", "trajectory.jsonl.gz", "output.log")}
     metrics = json.loads((run / "metrics.json").read_text())
     table_before = build_table(find_runs([results]))
@@ -59,8 +64,9 @@ def test_a_slimmed_mezo_run_replays_its_tested_model_and_reports_the_same(tmp_pa
     assert main(["replay", str(run), "--output", str(tmp_path / "replayed")]) == 0
     assert_bit_identical(load_file(run / "model" / "model.safetensors"),
                          load_file(tmp_path / "replayed" / "model.safetensors"))
-    # progress bars, redrawn after \r or on following lines, keep their last state
-    assert (run / "output.log").read_text() == "start\nmezo: 100%|##| 100/100\ndone\n"
+    # progress bars, redrawn after \r or on following lines, keep their last state; other text stays
+    assert (run / "output.log").read_text() == \
+        f"start\n{bar.format(100)}\n{bar.format(40)}RuntimeError: kept\n{bar.format(100)}\ndone\n"
     # a tuning run keeps what chose its setting, not its trajectory or plot
     assert not (tuning / "trajectory.jsonl.gz").exists() and not (tuning / "loss_curves.png").exists()
     assert not (run / "sweep_config.yaml").exists()  # the same bytes as config.yaml
@@ -73,7 +79,11 @@ def test_a_slimmed_mezo_run_replays_its_tested_model_and_reports_the_same(tmp_pa
     said = json.loads((run / "slimmed.json").read_text())
     assert set(said) == {"full copies", "output.log", "log.jsonl.gz", "trajectory.jsonl.gz", "sweep_config.yaml"}
 
-    # a second pass leaves a slimmed run as it is
+    # a second pass leaves a slimmed run as it is; a pass cut short (no slimmed.json yet) slims from the copies
+    # again, so what it writes is the same, not thinned twice
     after = {path: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    assert slim_runs.main(["results"]) == 0
+    assert {path: path.read_bytes() for path in run.iterdir() if path.is_file()} == after
+    (run / "slimmed.json").unlink()  # its 6 kept training records, read again, would be thinned to 4
     assert slim_runs.main(["results"]) == 0
     assert {path: path.read_bytes() for path in run.iterdir() if path.is_file()} == after

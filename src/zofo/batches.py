@@ -10,7 +10,7 @@ logits at its last position score them all, so such tasks cost one row per examp
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -163,8 +163,13 @@ class BatchShape:
     def bucketed(self) -> "BatchShape":
         """The static shape this batch is padded to: each size rounded up to a few values per octave
         (lengths to multiples of 8), so that few shapes cover every batch and padding costs under 25 %."""
-        return BatchShape(bucket(self.rows), max(16, -(-bucket(self.length) // 8) * 8), bucket(self.options),
+        return BatchShape(bucket(self.rows), bucketed_length(self.length), bucket(self.options),
                           bucket(self.kept), bucket(self.examples), bucket(self.slots))
+
+
+def bucketed_length(n: int) -> int:
+    """A row length rounded up to its bucket, a multiple of 8, at least 16."""
+    return max(16, -(-bucket(n) // 8) * 8)
 
 
 def bucket(n: int) -> int:
@@ -225,23 +230,41 @@ class GroupedBatch:
     is example order[i] of the groups' examples taken in turn."""
 
     groups: list[OptionBatch]
-    order: torch.Tensor  # [examples], int64
+    order: torch.Tensor  # [examples], int64, on the host
+    _on_device: dict = field(default_factory=dict, repr=False)
 
     @property
     def examples(self) -> int:
         return len(self.order)
 
+    def order_on(self, device) -> torch.Tensor:
+        """`order` on `device`, copied once (SPSA evaluates a minibatch twice)."""
+        if device not in self._on_device:
+            self._on_device[device] = self.order.to(device)
+        return self._on_device[device]
 
-def length_groups(examples: list[TokenizedExample], groups: int) -> list[list[int]]:
+
+GROUP_SAVING = 0.05  # a further group (a model call of its own) must save more than this share of the tokens
+
+
+def length_groups(examples: list[TokenizedExample], groups: int, gold_only: bool = False) -> list[list[int]]:
     """Indices of `examples` in at most `groups` groups of similar length: sorted by length and cut where the
-    tokens of the padded batches (each group's rows times its longest input) are fewest."""
-    order = sorted(range(len(examples)), key=lambda i: examples[i].length)
+    tokens of the padded batches (each group at its bucketed shape, as CUDA graphs run it) are fewest; fewer
+    groups where more would save under GROUP_SAVING of the tokens."""
+    def rows_and_length(example: TokenizedExample) -> tuple[int, int]:  # what option_batch makes of it
+        if gold_only:
+            context, continuation = example.options[example.label]
+            return 1, len(context) + (0 if example.shared else len(continuation))
+        return example.rows, example.length
+
+    sizes = [rows_and_length(example) for example in examples]
+    order = sorted(range(len(examples)), key=lambda i: sizes[i][1])
     rows = [0]
     for i in order:
-        rows.append(rows[-1] + examples[i].rows)
+        rows.append(rows[-1] + sizes[i][0])
 
-    def tokens(first: int, last: int) -> int:  # the group order[first:last], padded to its longest
-        return (rows[last] - rows[first]) * examples[order[last - 1]].length
+    def tokens(first: int, last: int) -> int:  # the group order[first:last], padded to its bucketed shape
+        return bucket(rows[last] - rows[first]) * bucketed_length(sizes[order[last - 1]][1])
 
     n = len(order)
     # best[k][j]: fewest tokens of order[:j] in k groups; cut[k][j]: where its last group starts
@@ -254,7 +277,11 @@ def length_groups(examples: list[TokenizedExample], groups: int) -> list[list[in
                     total = best[k - 1][i] + tokens(i, j)
                     if best[k][j] is None or total < best[k][j]:
                         best[k][j], cut[k][j] = total, i
-    k = min((k for k in range(1, groups + 1) if best[k][n] is not None), key=lambda k: (best[k][n], k))
+    counts = [k for k in range(1, groups + 1) if best[k][n] is not None]
+    k = counts[0]
+    for more in counts[1:]:
+        if best[more][n] < (1 - GROUP_SAVING) * best[k][n]:
+            k = more
     bounds, j = [], n
     for level in range(k, 0, -1):
         bounds.append((cut[level][j], j))
@@ -264,7 +291,7 @@ def length_groups(examples: list[TokenizedExample], groups: int) -> list[list[in
 
 def grouped_batch(examples: list[TokenizedExample], pad_id: int, gold_only: bool, groups: int) -> OptionBatch | GroupedBatch:
     """option_batch(examples), split into at most `groups` length groups (one group: the plain batch)."""
-    parts = length_groups(examples, groups) if groups > 1 and len(examples) > 1 else [list(range(len(examples)))]
+    parts = length_groups(examples, groups, gold_only) if groups > 1 and len(examples) > 1 else [list(range(len(examples)))]
     if len(parts) == 1:
         return option_batch(examples, pad_id, gold_only)
     position = {i: p for p, i in enumerate(i for part in parts for i in part)}

@@ -52,7 +52,7 @@ MODES = ("eager", "static", "graphs")
 # compiled layers, each specialised to its index in the prefix cache (30 layers x 2 shapes x 2 adapters)
 RECOMPILE_LIMIT = 256
 WARMUP_RUNS = 2  # eager runs on a side stream before capture (cuBLAS workspaces, lazy initialisation)
-STAGED = 8  # batches kept padded and pinned: SPSA evaluates a minibatch (each of its length groups) twice
+STAGED = 32  # batches kept padded and pinned: SPSA evaluates a minibatch (each of its length groups) twice
 
 
 def _mean_loss_backward(model, batch: OptionBatch, loss: str, scale: float | torch.Tensor) -> torch.Tensor:
@@ -125,7 +125,7 @@ class ModelCalls:
         a GroupedBatch, its real examples in the minibatch's order."""
         if isinstance(batch, GroupedBatch):
             parts = [self.losses(model, group, loss) for group in batch.groups]
-            order = batch.order.to(parts[0][0].device, non_blocking=True)
+            order = batch.order_on(parts[0][0].device)
             return tuple(torch.cat([part[k][: group.examples] for part, group in zip(parts, batch.groups)])[order]
                          for k in (0, 1))
         return self._call("losses", model, batch, (loss,), example_losses)
