@@ -16,10 +16,10 @@
 # stops alone) once SWEEP_SECONDS have passed: each run checkpoints the step under way (zofo train at SIGTERM),
 # so what comes back loses no step. The other NAMEs' archives then come with RETURN_ONLY=1 (no sweep started,
 # no wait), in the same call.
-# What a call returns: at most 64 MiB in all. RETURN_MB (default 60) is what this NAME's archive may take: the
-# returned runs' files, then the unfinished runs' checkpoints that save the most steps per byte
-# (scripts/return_plan.py); a run whose checkpoint stays behind starts again on the next machine. Two NAMEs in
-# one call: split the 60 between them.
+# What a call returns: at most 64 MiB and 8 files in all. RETURN_MB (default 60) is what $OUT may hold once this
+# NAME's archive is in it (a second NAME in the same call gets what the first left): the finished runs, then the
+# unfinished runs, with their checkpoints, that save the most steps per byte (scripts/return_plan.py); an
+# unfinished run left behind starts again on the next machine.
 # The machine goes back 30 s after a call ends: have the next call's command ready before this one returns.
 # Usage: SWEEP_SECONDS=540 bash scripts/gpu_sweep.sh CONFIG NAME [zofo sweep arguments, e.g. --parallel 10]
 # On a machine of several GPUs the sweep spreads its runs over them.
@@ -69,9 +69,11 @@ nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
   [ -f "results/$name/runs/$run/metrics.json" ] || echo "$name/${run#./}"
 done > /tmp/zofo/$name.to-return
 [ -f /tmp/zofo/$name/tuning.md ] && echo $name/tuning.md >> /tmp/zofo/$name.to-return
-python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/$name.to-return --budget-mb ${RETURN_MB:-60} > /tmp/zofo/$name.large-checkpoints
-tar czf $OUT/$name.tgz -C /tmp/zofo --exclude=.lock --exclude=.checkpoint.pt.tmp --exclude=adapter --exclude=model \
-    -X /tmp/zofo/$name.large-checkpoints --transform "s,^$name,results/$name/runs," -T /tmp/zofo/$name.to-return
+budget=$(python3 -c "import sys; print(max(0, ${RETURN_MB:-60} - $(du -sb $OUT | cut -f1) / 1e6))")
+python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/$name.to-return --budget-mb $budget > /tmp/zofo/$name.left-behind
+# tar's status 1: a file changed while it was read (a running run's log), which the next call brings again
+tar czf $OUT/$name.tgz -C /tmp/zofo --exclude=.lock --exclude='.*.tmp' --exclude=adapter --exclude=model \
+    -X /tmp/zofo/$name.left-behind --transform "s,^$name,results/$name/runs," -T /tmp/zofo/$name.to-return || [ $? = 1 ]
 if [ $(stat -c %s $OUT/$name.tgz) -gt 15000000 ]; then
   split -b 15000000 -d $OUT/$name.tgz $OUT/$name.tgz. && rm $OUT/$name.tgz
 fi

@@ -1,9 +1,9 @@
-"""Which unfinished runs' checkpoints a GPU call brings back (scripts/gpu_sweep.sh), within what a call may return:
-64 MiB in all. A run that comes back without its checkpoint starts again from its first step on the next machine,
-so the checkpoints that save the most steps per byte come first (MeZO's, which hold no weights, before Bilevel's
-17 MB). Everything else of the returned runs (logs, metrics, trajectories) always comes back and counts first.
-Prints the checkpoints left behind, one path a line relative to ROOT (for tar -X), and says on stderr what
-they cost.
+"""What a GPU call brings back of a sweep's runs (scripts/gpu_sweep.sh), within what a call may return: 64 MiB in
+all. Finished runs (and NAME/tuning.md) always come back and count first. An unfinished run comes back, its
+checkpoint with it, only if it fits: it then resumes on the next machine, else it starts again there, so it
+is not sent at all (without its checkpoint it is of no use). The unfinished runs that save the most steps per
+byte come first (MeZO's, which hold no weights, before Bilevel's 17 MB).
+Prints what stays behind, one path a line relative to ROOT (for tar -X), and says on stderr what that costs.
 Usage: python3 scripts/return_plan.py ROOT LIST --budget-mb MB
   ROOT: the folder the archive is made in (/tmp/zofo); LIST: a file naming the run folders returned, relative to
   ROOT, one a line (other lines, e.g. NAME/tuning.md, count as files)
@@ -18,14 +18,23 @@ from pathlib import Path
 SKIPPED = {"adapter", "model", ".lock"}  # never returned (gpu_sweep.sh's tar excludes them)
 
 
-def files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    return [p for p in path.rglob("*") if p.is_file() and not SKIPPED & set(p.relative_to(path).parts)]
+def size(path: Path) -> int:
+    """Bytes of the file, or of the files in the folder, that would be sent; a file that vanishes meanwhile (a
+    checkpoint replaced by its next one) counts as nothing."""
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if not SKIPPED & set(p.relative_to(path).parts)
+                                            and not p.name.endswith(".tmp")]
+    total = 0
+    for file in files:
+        try:
+            total += file.stat().st_size if file.is_file() else 0
+        except OSError:
+            pass
+    return total
 
 
 def last_step(run: Path) -> int:
-    """The run's last logged step (0 if none): what is lost if it starts again."""
+    """The run's last logged step (0 if none): about what is lost if it starts again (its checkpoint is at its
+    last evaluation, or at the step under way where it was stopped)."""
     try:
         with open(run / "log.jsonl", "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 2000))
@@ -41,18 +50,18 @@ def last_step(run: Path) -> int:
 
 
 def plan(root: Path, returned: list[str], budget: int) -> tuple[list[Path], list[Path]]:
-    """(checkpoints returned, checkpoints left), the first within `budget` bytes with everything else."""
+    """(unfinished runs that come back, what stays behind), within `budget` bytes with the finished runs."""
     paths = [root / name for name in returned if (root / name).exists()]
-    checkpoints = [p for path in paths for p in files(path) if p.name == "checkpoint.pt"]
-    used = sum(p.stat().st_size for path in paths for p in files(path) if p.name != "checkpoint.pt")
-    kept, left = [], []
-    for checkpoint in sorted(checkpoints, key=lambda c: last_step(c.parent) / c.stat().st_size, reverse=True):
-        size = checkpoint.stat().st_size
-        if used + size <= budget:
-            kept.append(checkpoint)
-            used += size
+    unfinished = [p for p in paths if p.is_dir() and not (p / "metrics.json").exists()]
+    resumable = [p for p in unfinished if (p / "checkpoint.pt").exists()]
+    used = sum(size(p) for p in paths if p not in unfinished)
+    kept, left = [], [p for p in unfinished if p not in resumable]
+    for run in sorted(resumable, key=lambda r: last_step(r) / max(size(r), 1), reverse=True):
+        if used + size(run) <= budget:
+            kept.append(run)
+            used += size(run)
         else:
-            left.append(checkpoint)
+            left.append(run)
     return kept, left
 
 
@@ -64,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     returned = [line.strip() for line in args.list.read_text().splitlines() if line.strip()]
     kept, left = plan(args.root, returned, int(args.budget_mb * 1e6))
-    for checkpoint in left:
-        print(checkpoint.relative_to(args.root))
-    steps = sum(last_step(c.parent) for c in left)
-    print(f"return_plan: {len(kept)} checkpoint(s) come back ({sum(c.stat().st_size for c in kept) / 1e6:.1f} MB); "
-          f"{len(left)} stay behind ({sum(c.stat().st_size for c in left) / 1e6:.1f} MB, {steps} steps to run "
-          f"again): budget {args.budget_mb:g} MB", file=sys.stderr)
+    for run in left:
+        print(run.relative_to(args.root))
+    lost = [run for run in left if (run / "checkpoint.pt").exists()]
+    print(f"return_plan: {len(kept)} unfinished run(s) come back with their checkpoints "
+          f"({sum(map(size, kept)) / 1e6:.1f} MB); {len(lost)} stay behind ({sum(map(size, lost)) / 1e6:.1f} MB, "
+          f"{sum(map(last_step, lost))} steps to run again): budget {args.budget_mb:g} MB", file=sys.stderr)
     return 0
 
 
