@@ -4,8 +4,9 @@ A minibatch padded to its longest input carries about 2.3 times the real tokens 
 run from tens to hundreds of tokens); in groups of similar length, each padded on its own, fewer. Each group
 is a model call of its own, so where a step is bound by launches rather than arithmetic (short inputs) it can
 cost more than it saves. For the same minibatches of each task, this script times, side by side in one run,
-with graphs as the runs use them (each shape captured before timing):
-  - the forward of a zeroth-order step (the loss at θ, no gradient: MeZO and Bilevel's θ do two per step);
+with graphs as the runs use them (each shape captured before timing, the captures counted), the values taking
+turns in each of --repeats rounds (the median is reported):
+  - the two forwards of a zeroth-order step (the loss of the minibatch twice, no gradient, as SPSA does);
   - the forward and backward of a first-order step with a LoRA adapter (FO-PEFT, Bilevel's φ and z);
 and prints the padded tokens per real token and each time against one group's.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -45,19 +47,16 @@ def real_tokens(examples) -> int:
                for example in examples)
 
 
-def timed(function, batches, device, repeats: int) -> float:
-    """Seconds per batch: one pass first (captures every shape), then `repeats` timed passes."""
+def timed(function, batches, device) -> float:
+    """Seconds per batch of one pass."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
     for batch in batches:
         function(batch)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        for batch in batches:
-            function(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - start) / (repeats * len(batches))
+    return (time.perf_counter() - start) / len(batches)
 
 
 def main() -> int:
@@ -68,7 +67,7 @@ def main() -> int:
     parser.add_argument("--groups", default="1,2,3,4", help="comma-separated values of --length-groups, 1 among them")
     parser.add_argument("--batches", type=int, default=20, help="minibatches of each task")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
     parser.add_argument("--tf32", action="store_true", help="fp32 weights, TF32 matmuls")
     parser.add_argument("--output", help="append one JSON line per task and value here")
     args = parser.parse_args()
@@ -82,36 +81,54 @@ def main() -> int:
     model = with_adapters(model, AdapterConfig(peft="lora"), ["default"], seed=0)
     calls = model_calls(config, device, tokenizer.pad_token_id)
     print(f"{args.model} on {device} ({'TF32' if args.tf32 else 'fp32'}, model calls: {calls.mode}); "
-          f"{args.batches} minibatches of {args.batch_size} per task, {args.repeats} timed passes")
+          f"{args.batches} minibatches of {args.batch_size} per task, {args.repeats} timed rounds")
     for task in args.tasks.split(","):
         data = prepare_task(make_config({"model": args.model, "task": task, "n_train": 1000, "n_val": 1, "n_test": 1}),
                             tokenizer, calls=calls)
         sampler = MinibatchSampler(len(data.train), args.batch_size, seed=0)
         minibatches = [[data.train[i] for i in sampler.next()] for _ in range(args.batches)]
         real = sum(map(real_tokens, minibatches))
-        results = {}
-        for value in groups:
+        batches, calls_of = {}, {}
+        for value in groups:  # each value its own model calls: its graphs, its captures
             data.length_groups = value
-            batches = [data.batch(examples) for examples in minibatches]
+            batches[value] = [data.batch(examples) for examples in minibatches]
+            calls_of[value] = model_calls(config, device, tokenizer.pad_token_id)
 
-            def forward(batch):
-                with model.disable_adapter():
-                    data.batch_loss(model, batch)
+        def forward(batch):  # a ZO step's two evaluations of its minibatch, no adapter
+            with model.disable_adapter():
+                data.batch_loss(model, batch)
+                data.batch_loss(model, batch)
 
-            def first_order(batch):
-                calls.backward(model, batch, data.loss_name)
-                model.zero_grad(set_to_none=False)
+        def first_order(batch):
+            data.calls.backward(model, batch, data.loss_name)
+            model.zero_grad(set_to_none=False)
 
-            results[value] = {"task": task, "length_groups": value, "tf32": args.tf32,
-                              "padded_per_real_token": sum(map(padded_tokens, batches)) / real,
-                              "forward_ms": 1e3 * timed(forward, batches, device, args.repeats),
-                              "first_order_ms": 1e3 * timed(first_order, batches, device, args.repeats)}
+        # a first pass of each captures every shape (counted, as a run pays it once); then timed passes, the
+        # values taking turns within each round so that drift affects all alike; the median of the rounds
+        timings = {value: {"forward": [], "first_order": []} for value in groups}
+        for value in groups:
+            data.calls = calls_of[value]
+            for function in (forward, first_order):
+                timed(function, batches[value], device)
+        for _ in range(args.repeats):
+            for value in groups:
+                data.calls = calls_of[value]
+                timings[value]["forward"].append(timed(forward, batches[value], device))
+                timings[value]["first_order"].append(timed(first_order, batches[value], device))
+        results = {value: {"task": task, "length_groups": value, "tf32": args.tf32,
+                           "padded_per_real_token": sum(map(padded_tokens, batches[value])) / real,
+                           "forward_ms": 1e3 * statistics.median(timings[value]["forward"]),
+                           "first_order_ms": 1e3 * statistics.median(timings[value]["first_order"]),
+                           "captures": calls_of[value].captures,
+                           "capture_seconds": round(calls_of[value].capture_seconds, 2)}
+                   for value in groups}
         reference = results[1]
         for value, row in results.items():
             print(f"{task}: {value} group(s): {row['padded_per_real_token']:.2f} padded tokens per real one; "
-                  f"ZO forward {row['forward_ms']:.1f} ms ({reference['forward_ms'] / row['forward_ms']:.2f} x one "
-                  f"group's speed), first-order step {row['first_order_ms']:.1f} ms "
-                  f"({reference['first_order_ms'] / row['first_order_ms']:.2f} x)")
+                  f"ZO step's two forwards {row['forward_ms']:.1f} ms ({reference['forward_ms'] / row['forward_ms']:.2f} "
+                  f"x one group's speed), first-order step {row['first_order_ms']:.1f} ms "
+                  f"({reference['first_order_ms'] / row['first_order_ms']:.2f} x); {row['captures']} graphs captured "
+                  f"in {row['capture_seconds']:.1f} s")
             if args.output:
                 with open(args.output, "a") as f:
                     f.write(json.dumps(row) + "\n")
