@@ -146,7 +146,7 @@ class ModelCalls:
         with torch.enable_grad():
             return self._call("backward", model, batch, (loss,), _mean_loss_backward, scale=scale)
 
-    def loss(self, model, batch: OptionBatch, loss: str) -> torch.Tensor:
+    def loss(self, model, batch: OptionBatch | GroupedBatch, loss: str) -> torch.Tensor:
         """The batch's mean loss, no gradient."""
         values, weights = self.losses(model, batch, loss)
         return values.sum() / weights.sum()
