@@ -69,7 +69,7 @@ nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
   [ -f "results/$name/runs/$run/metrics.json" ] || echo "$name/${run#./}"
 done > /tmp/zofo/$name.to-return
 [ -f /tmp/zofo/$name/tuning.md ] && echo $name/tuning.md >> /tmp/zofo/$name.to-return
-budget=$(python3 -c "import sys; print(max(0, ${RETURN_MB:-60} - $(du -sb $OUT | cut -f1) / 1e6))")
+budget=$(python3 -c "print(max(0, ${RETURN_MB:-60} - $(du -sb $OUT | cut -f1) / 1e6))")
 python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/$name.to-return --budget-mb $budget > /tmp/zofo/$name.left-behind
 # tar's status 1: a file changed while it was read (a running run's log), which the next call brings again
 tar czf $OUT/$name.tgz -C /tmp/zofo --exclude=.lock --exclude='.*.tmp' --exclude=adapter --exclude=model \
