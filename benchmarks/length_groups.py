@@ -5,7 +5,8 @@ run from tens to hundreds of tokens); in groups of similar length, each padded o
 is a model call of its own, so where a step is bound by launches rather than arithmetic (short inputs) it can
 cost more than it saves. For the same minibatches of each task, this script times, side by side in one run,
 with graphs as the runs use them (each shape captured before timing, the captures counted), the values taking
-turns in each of --repeats rounds (the median is reported):
+turns in each of --repeats rounds, in a rotating order, each minibatch staged once a pass as in a run (the
+median is reported):
   - the two forwards of a zeroth-order step (the loss of the minibatch twice, no gradient, as SPSA does);
   - the forward and backward of a first-order step with a LoRA adapter (FO-PEFT, Bilevel's φ and z);
 and prints the padded tokens per real token and each time against one group's.
@@ -110,11 +111,12 @@ def main() -> int:
             data.calls = calls_of[value]
             for function in (forward, first_order):
                 timed(function, batches[value], device)
-        for _ in range(args.repeats):
-            for value in groups:
+        for round_ in range(args.repeats):
+            for value in groups[round_ % len(groups):] + groups[: round_ % len(groups)]:  # each round another order
                 data.calls = calls_of[value]
-                timings[value]["forward"].append(timed(forward, batches[value], device))
-                timings[value]["first_order"].append(timed(first_order, batches[value], device))
+                for kind, function in (("forward", forward), ("first_order", first_order)):
+                    data.calls._staged.clear()  # each minibatch padded and pinned once per pass, as in a run
+                    timings[value][kind].append(timed(function, batches[value], device))
         results = {value: {"task": task, "length_groups": value, "tf32": args.tf32,
                            "padded_per_real_token": sum(map(padded_tokens, batches[value])) / real,
                            "forward_ms": 1e3 * statistics.median(timings[value]["forward"]),

@@ -25,7 +25,7 @@
 # On a machine of several GPUs the sweep spreads its runs over them.
 config=${1:?usage: gpu_sweep.sh CONFIG NAME [sweep arguments]}; name=${2:?usage: gpu_sweep.sh CONFIG NAME}; shift 2
 source scripts/gpu_setup.sh
-OUT=${OUT:-.}
+OUT=${OUT:-/tmp/zofo/out}; mkdir -p $OUT  # the device tool's $OUT; else a folder of its own (RETURN_MB measures it)
 export OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # many runs share the machine's cores
 sweeps=/tmp/zofo/$name.sweeps; mkdir -p $sweeps /tmp/zofo/$name
 # NVIDIA MPS lets the runs' small kernels share each GPU's multiprocessors instead of taking turns (roughly:
@@ -71,9 +71,9 @@ done > /tmp/zofo/$name.to-return
 [ -f /tmp/zofo/$name/tuning.md ] && echo $name/tuning.md >> /tmp/zofo/$name.to-return
 budget=$(python3 -c "print(max(0, ${RETURN_MB:-60} - $(du -sb $OUT | cut -f1) / 1e6))")
 python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/$name.to-return --budget-mb $budget > /tmp/zofo/$name.left-behind
-# tar's status 1: a file changed while it was read (a running run's log), which the next call brings again
+# (tar says "file changed as we read it" of a running run's log: the next call brings it again)
 tar czf $OUT/$name.tgz -C /tmp/zofo --exclude=.lock --exclude='.*.tmp' --exclude=adapter --exclude=model \
-    -X /tmp/zofo/$name.left-behind --transform "s,^$name,results/$name/runs," -T /tmp/zofo/$name.to-return || [ $? = 1 ]
+    --no-wildcards -X /tmp/zofo/$name.left-behind --transform "s,^$name,results/$name/runs," -T /tmp/zofo/$name.to-return
 if [ $(stat -c %s $OUT/$name.tgz) -gt 15000000 ]; then
   split -b 15000000 -d $OUT/$name.tgz $OUT/$name.tgz. && rm $OUT/$name.tgz
 fi

@@ -1,8 +1,9 @@
 """What a GPU call brings back of a sweep's runs (scripts/gpu_sweep.sh), within what a call may return: 64 MiB in
-all. Finished runs (and NAME/tuning.md) always come back and count first. An unfinished run comes back, its
-checkpoint with it, only if it fits: it then resumes on the next machine, else it starts again there, so it
-is not sent at all (without its checkpoint it is of no use). The unfinished runs that save the most steps per
-byte come first (MeZO's, which hold no weights, before Bilevel's 17 MB).
+all. Finished runs (and NAME/tuning.md) always come back and count first, and the output.log of an unfinished
+run that has no checkpoint (one that failed early says why there). An unfinished run with a checkpoint comes
+back, the checkpoint with it, only if it fits: it then resumes on the next machine, else it starts again there,
+so it is not sent at all. The unfinished runs that save the most steps per byte come first (MeZO's, which hold
+no weights, before Bilevel's 17 MB).
 Prints what stays behind, one path a line relative to ROOT (for tar -X), and says on stderr what that costs.
 Usage: python3 scripts/return_plan.py ROOT LIST --budget-mb MB
   ROOT: the folder the archive is made in (/tmp/zofo); LIST: a file naming the run folders returned, relative to
@@ -50,11 +51,13 @@ def last_step(run: Path) -> int:
 
 
 def plan(root: Path, returned: list[str], budget: int) -> tuple[list[Path], list[Path]]:
-    """(unfinished runs that come back, what stays behind), within `budget` bytes with the finished runs."""
+    """(unfinished runs that come back, unfinished runs that stay behind: all of a run with a checkpoint, all
+    but the output.log of one without), within `budget` bytes with the finished runs."""
     paths = [root / name for name in returned if (root / name).exists()]
     unfinished = [p for p in paths if p.is_dir() and not (p / "metrics.json").exists()]
     resumable = [p for p in unfinished if (p / "checkpoint.pt").exists()]
     used = sum(size(p) for p in paths if p not in unfinished)
+    used += sum(size(p / "output.log") for p in unfinished if p not in resumable and (p / "output.log").exists())
     kept, left = [], [p for p in unfinished if p not in resumable]
     for run in sorted(resumable, key=lambda r: last_step(r) / max(size(r), 1), reverse=True):
         if used + size(run) <= budget:
@@ -73,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     returned = [line.strip() for line in args.list.read_text().splitlines() if line.strip()]
     kept, left = plan(args.root, returned, int(args.budget_mb * 1e6))
-    for run in left:
-        print(run.relative_to(args.root))
+    for run in left:  # a run without a checkpoint: all but its output.log
+        for path in [run] if (run / "checkpoint.pt").exists() else sorted(p for p in run.iterdir() if p.name != "output.log"):
+            print(path.relative_to(args.root))
     lost = [run for run in left if (run / "checkpoint.pt").exists()]
     print(f"return_plan: {len(kept)} unfinished run(s) come back with their checkpoints "
           f"({sum(map(size, kept)) / 1e6:.1f} MB); {len(lost)} stay behind ({sum(map(size, lost)) / 1e6:.1f} MB, "

@@ -11,13 +11,15 @@ collects it:
 - sweep_config.yaml, where it is config.yaml byte for byte;
 - a tuning run (config.yaml's test: false) also drops its trajectory and loss_curves.png: it is there for its
   validation loss, which chose the setting, not to be replayed.
-The run's slimmed.json says what was done; a run that has one is left as it is. Slimming reads the copies, so a
-pass cut short is simply run again.
+The run's slimmed.json says what was done, and of which run (its metrics.json's sha256): a slimmed run is left as
+it is, a run redone in its folder is slimmed anew. Slimming reads the copies, so a pass cut short is simply run
+again.
 Usage: python3 scripts/slim_runs.py RUN_FOLDER_OR_FOLDER_OF_RUNS... [--full-copies results-full]
 """
 
 import argparse
 import gzip
+import hashlib
 import json
 import math
 import re
@@ -87,13 +89,17 @@ def is_tuning(run: Path) -> bool:
 
 def slim(run: Path, full_copies: Path, root: Path) -> dict | None:
     """Slim one finished run in place, from whole copies of its files in full_copies/<its path>, made first."""
-    if (run / "slimmed.json").exists() or not (run / "metrics.json").exists():
+    if not (run / "metrics.json").exists():
         return None
+    metrics = (run / "metrics.json").read_bytes()
+    fingerprint = hashlib.sha256(metrics).hexdigest()
+    if (run / "slimmed.json").exists() and json.loads((run / "slimmed.json").read_text()).get("metrics") == fingerprint:
+        return None  # this run is slimmed (a run redone in its folder has other metrics, and is slimmed anew)
     copy_to = full_copies / run.resolve().relative_to(root.resolve())
     # The copies are this run's originals once their marker holds its metrics.json: then slimming (again,
     # after an interruption) reads them, never its own half-slimmed output; else (none yet, or another run's
     # at the same path) they are made now.
-    marker, metrics = copy_to / ".originals-of", (run / "metrics.json").read_bytes()
+    marker = copy_to / ".originals-of"
     if not marker.exists() or marker.read_bytes() != metrics:
         shutil.rmtree(copy_to, ignore_errors=True)
         copy_to.mkdir(parents=True)
@@ -136,6 +142,7 @@ def slim(run: Path, full_copies: Path, root: Path) -> dict | None:
             done["dropped (a tuning run)"] = dropped
     if done:
         done["full copies"] = f"{copy_to}, on the machine that collected the run (not in git)"
+    done["metrics"] = fingerprint  # the sha256 of the metrics.json of the run slimmed
     write_atomic(run / "slimmed.json", (json.dumps(done, indent=1) + "\n").encode())
     return done
 

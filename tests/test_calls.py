@@ -189,18 +189,18 @@ def test_length_groups_cut_where_the_padded_tokens_are_fewest():
     import itertools
     import random
 
-    from zofo.batches import GROUP_SAVING, GroupedBatch, TokenizedExample, bucketed_length, grouped_batch, length_groups
+    from zofo.batches import GROUP_SAVING, GroupedBatch, TokenizedExample, grouped_batch, length_groups
 
-    def example(length, options):
-        return TokenizedExample(tuple(((1,) * (length - 1), (2,)) for _ in range(options)), 0)
+    def example(length, options, continuation=2):  # a row per option (not one shared context)
+        return TokenizedExample(tuple(((1,) * (length - continuation), (2,) * continuation) for _ in range(options)), 0)
 
-    def tokens(examples, parts):  # as the batches are run: at their bucketed shapes
-        return sum(bucket(sum(examples[i].rows for i in part)) * bucketed_length(max(examples[i].length for i in part))
-                   for part in parts)
+    def tokens(examples, parts, gold_only=False):  # what the model computes: each part at its bucketed shape
+        shapes = [option_batch([examples[i] for i in part], 0, gold_only).shape.bucketed() for part in parts]
+        return sum(shape.rows * shape.length for shape in shapes)
 
     rng = random.Random(0)
     for _ in range(20):
-        examples = [example(rng.randint(2, 300), rng.randint(1, 3)) for _ in range(7)]
+        examples = [example(rng.randint(3, 300), rng.randint(1, 3)) for _ in range(7)]
         parts = length_groups(examples, 3)
         assert sorted(i for part in parts for i in part) == list(range(7)) and len(parts) <= 3
         order = sorted(range(7), key=lambda i: examples[i].length)
@@ -208,13 +208,20 @@ def test_length_groups_cut_where_the_padded_tokens_are_fewest():
                 for k in (1, 2, 3)}
         fewest = {k: min(tokens(examples, cut) for cut in cuts[k]) for k in cuts}
         assert tokens(examples, parts) == fewest[len(parts)]  # the best cut into that many groups
-        # a further group is a model call of its own: taken only where it saves more than GROUP_SAVING
-        assert all(fewest[k] >= (1 - GROUP_SAVING) * fewest[len(parts)] for k in cuts if k > len(parts))
+    # a further group is a model call of its own: taken where it saves over GROUP_SAVING of the tokens, not less
+    small_saving = [example(64, 1)] * 7 + [example(56, 1)]  # 8 x 64 = 512 against 7 x 64 + 56 = 504
+    large_saving = [example(64, 1)] * 4 + [example(40, 1)] * 4  # 512 against 256 + 160 = 416
+    assert 1 - tokens(small_saving, [range(7), [7]]) / 512 < GROUP_SAVING < 1 - 416 / 512
+    assert len(length_groups(small_saving, 2)) == 1 and len(length_groups(large_saving, 2)) == 2
     same = [example(40, 2)] * 5  # nothing to gain: the plain batch
     assert len(length_groups(same, 4)) == 1 and not isinstance(grouped_batch(same, 0, False, 4), GroupedBatch)
-    # the LM loss batches each example's gold option alone: its length is what counts, not the longest option's
-    gold = [TokenizedExample((((1,) * 9, (2,)), ((1,) * 199, (2,))), 0) for _ in range(4)] + \
-           [TokenizedExample((((1,) * 199, (2,)), ((1,) * 9, (2,))), 0) for _ in range(4)]
+    # a shared context is one row of the context alone; the LM loss batches the gold option alone
+    shared = [TokenizedExample((((1,) * 16, (2,)), ((1,) * 16, (3,))), 0)] * 8 + \
+             [TokenizedExample((((1,) * 23, (2,)), ((1,) * 23, (3,))), 0)] * 8
+    assert tokens(shared, length_groups(shared, 2)) == min(tokens(shared, [range(16)]), tokens(shared, [range(8), range(8, 16)]))
+    assert len(length_groups(shared, 2)) == 2  # 16 x 24 = 384 against 8 x 16 + 8 x 24 = 320
+    gold = [TokenizedExample((((1,) * 9, (2,)), ((1,) * 199, (2, 2))), 0) for _ in range(4)] + \
+           [TokenizedExample((((1,) * 199, (2,)), ((1,) * 9, (2, 2))), 0) for _ in range(4)]
     assert len(length_groups(gold, 2)) == 1 and len(length_groups(gold, 2, gold_only=True)) == 2
 
 

@@ -15,6 +15,7 @@ def run(root, name, steps, checkpoint_bytes, log_bytes=0, finished=False):
     folder.mkdir(parents=True)
     records = "".join(json.dumps({"step": s, "train_loss": 0.5}) + "\n" for s in range(1, steps + 1))
     (folder / "log.jsonl").write_text(records + " " * log_bytes)
+    (folder / "output.log").write_text("what it printed\n")
     (folder / "adapter").mkdir()
     (folder / "adapter" / "weights").write_bytes(b"w" * 10**6)  # never returned: does not count
     (folder / ".checkpoint.pt.tmp").write_bytes(b"t" * 10**6)  # a checkpoint being written: neither
@@ -38,5 +39,10 @@ def test_the_unfinished_runs_that_save_most_steps_per_byte_come_back_within_the_
     (tmp_path / "list").write_text("\n".join(returned + ["sweep/tuning.md"]) + "\n")
     assert main([str(tmp_path), str(tmp_path / "list"), "--budget-mb", "23"]) == 0
     printed = capsys.readouterr()
-    assert printed.out == "sweep/no-checkpoint\nsweep/bilevel-near\n"  # for tar -X: left out whole
+    # for tar -X: a run that stays behind whole; of one without a checkpoint, all but what it printed
+    assert printed.out.splitlines() == ["sweep/no-checkpoint/.checkpoint.pt.tmp", "sweep/no-checkpoint/adapter",
+                                        "sweep/no-checkpoint/log.jsonl", "sweep/bilevel-near"]
     assert "2 unfinished run(s) come back" in printed.err and "2000 steps to run again" in printed.err
+    # the finished runs' bytes count first: without them bilevel-near would fit in 37 MB
+    assert [r.name for r in plan(tmp_path, returned, budget=37_000_000)[1]] == ["no-checkpoint", "bilevel-near"]
+    assert [r.name for r in plan(tmp_path, returned[:4], budget=37_000_000)[1]] == ["no-checkpoint"]

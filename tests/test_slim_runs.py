@@ -2,6 +2,7 @@
 `zofo replay` read; what it drops is first copied whole."""
 
 import gzip
+import hashlib
 import json
 import shutil
 import sys
@@ -32,7 +33,7 @@ def test_a_slimmed_mezo_run_replays_its_tested_model_and_reports_the_same(tmp_pa
     for name in ("log.jsonl", "trajectory.jsonl"):  # as scripts/collect_runs.sh keeps them
         gzipped(run, name)
     shutil.copy(run / "config.yaml", run / "sweep_config.yaml")  # as a sweep's run has it
-    tuning = results / "tuning" / "lr=1e-3"  # a tuning run is told by its config (test: false), not by its path
+    tuning = results / "lr=1e-3"  # a tuning run is told by its config (test: false), wherever it is
     shutil.copytree(run, tuning, ignore=shutil.ignore_patterns("model"))
     config = (tuning / "config.yaml").read_text()
     assert "\ntest: true\n" in config
@@ -77,7 +78,8 @@ def test_a_slimmed_mezo_run_replays_its_tested_model_and_reports_the_same(tmp_pa
     copies = tmp_path / "results-full" / "results" / "sweep" / "runs" / "seed=0"
     assert {name: (copies / name).read_bytes() for name in before} == before
     said = json.loads((run / "slimmed.json").read_text())
-    assert set(said) == {"full copies", "output.log", "log.jsonl.gz", "trajectory.jsonl.gz", "sweep_config.yaml"}
+    assert set(said) == {"full copies", "output.log", "log.jsonl.gz", "trajectory.jsonl.gz", "sweep_config.yaml",
+                         "metrics"}
 
     # a second pass leaves a slimmed run as it is; a pass cut short (no slimmed.json yet) slims from the copies
     # again, so what it writes is the same, not thinned twice
@@ -87,3 +89,12 @@ def test_a_slimmed_mezo_run_replays_its_tested_model_and_reports_the_same(tmp_pa
     (run / "slimmed.json").unlink()  # its 6 kept training records, read again, would be thinned to 4
     assert slim_runs.main(["results"]) == 0
     assert {path: path.read_bytes() for path in run.iterdir() if path.is_file()} == after
+
+    # a run redone in its folder (zofo train --overwrite: other metrics) is slimmed anew, from its own files
+    (run / "log.jsonl.gz").write_bytes(before["log.jsonl.gz"])
+    (run / "metrics.json").write_text(json.dumps({**metrics, "train_seconds": 123.0}))
+    assert slim_runs.main(["results"]) == 0
+    assert (run / "log.jsonl.gz").read_bytes() == after[run / "log.jsonl.gz"]
+    assert (copies / "log.jsonl.gz").read_bytes() == before["log.jsonl.gz"]
+    assert json.loads((run / "slimmed.json").read_text())["metrics"] == \
+        hashlib.sha256((run / "metrics.json").read_bytes()).hexdigest()

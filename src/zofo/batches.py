@@ -244,17 +244,19 @@ class GroupedBatch:
         return self._on_device[device]
 
 
-GROUP_SAVING = 0.05  # a further group (a model call of its own) must save more than this share of the tokens
+GROUP_SAVING = 0.05  # each further group (a model call of its own) must save more than this share of the tokens
 
 
 def length_groups(examples: list[TokenizedExample], groups: int, gold_only: bool = False) -> list[list[int]]:
     """Indices of `examples` in at most `groups` groups of similar length: sorted by length and cut where the
-    tokens of the padded batches (each group at its bucketed shape, as CUDA graphs run it) are fewest; fewer
-    groups where more would save under GROUP_SAVING of the tokens."""
+    tokens of the padded batches (each group at its bucketed shape, as CUDA graphs run it) are fewest; each
+    group beyond the first only where it saves over GROUP_SAVING of the tokens."""
     def rows_and_length(example: TokenizedExample) -> tuple[int, int]:  # what option_batch makes of it
+        if example.shared:  # one row, the context alone
+            return 1, len(example.options[0][0])
         if gold_only:
             context, continuation = example.options[example.label]
-            return 1, len(context) + (0 if example.shared else len(continuation))
+            return 1, len(context) + len(continuation)
         return example.rows, example.length
 
     sizes = [rows_and_length(example) for example in examples]
@@ -279,8 +281,8 @@ def length_groups(examples: list[TokenizedExample], groups: int, gold_only: bool
                         best[k][j], cut[k][j] = total, i
     counts = [k for k in range(1, groups + 1) if best[k][n] is not None]
     k = counts[0]
-    for more in counts[1:]:
-        if best[more][n] < (1 - GROUP_SAVING) * best[k][n]:
+    for more in counts[1:]:  # each group beyond k must save GROUP_SAVING of the tokens
+        if best[more][n] < (1 - GROUP_SAVING) ** (more - k) * best[k][n]:
             k = more
     bounds, j = [], n
     for level in range(k, 0, -1):
