@@ -80,12 +80,12 @@ def main() -> int:
     tokenizer = load_tokenizer(args.model)
     model, _ = load_model(args.model, "fp32", args.device, seed=0)
     model = with_adapters(model, AdapterConfig(peft="lora"), ["default"], seed=0)
-    calls = model_calls(config, device, tokenizer.pad_token_id)
-    print(f"{args.model} on {device} ({'TF32' if args.tf32 else 'fp32'}, model calls: {calls.mode}); "
+    mode = "graphs" if config.uses_graphs(device) else "eager"
+    print(f"{args.model} on {device} ({'TF32' if args.tf32 else 'fp32'}, model calls: {mode}); "
           f"{args.batches} minibatches of {args.batch_size} per task, {args.repeats} timed rounds")
     for task in args.tasks.split(","):
         data = prepare_task(make_config({"model": args.model, "task": task, "n_train": 1000, "n_val": 1, "n_test": 1}),
-                            tokenizer, calls=calls)
+                            tokenizer)  # its model calls: each value's own, below
         sampler = MinibatchSampler(len(data.train), args.batch_size, seed=0)
         minibatches = [[data.train[i] for i in sampler.next()] for _ in range(args.batches)]
         real = sum(map(real_tokens, minibatches))

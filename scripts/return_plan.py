@@ -59,10 +59,11 @@ def plan(root: Path, returned: list[str], budget: int) -> tuple[list[Path], list
     used = sum(size(p) for p in paths if p not in unfinished)
     used += sum(size(p / "output.log") for p in unfinished if p not in resumable and (p / "output.log").exists())
     kept, left = [], [p for p in unfinished if p not in resumable]
-    for run in sorted(resumable, key=lambda r: last_step(r) / max(size(r), 1), reverse=True):
-        if used + size(run) <= budget:
+    sizes = {run: size(run) for run in resumable}
+    for run in sorted(resumable, key=lambda r: last_step(r) / max(sizes[r], 1), reverse=True):
+        if used + sizes[run] <= budget:
             kept.append(run)
-            used += size(run)
+            used += sizes[run]
         else:
             left.append(run)
     return kept, left

@@ -27,3 +27,12 @@ def _few_threads():
 def tiny(name: str = "tiny-llama", seed: int = 0, dtype: str = "fp32"):
     """A fresh two-layer random model and its byte-level tokenizer, on the CPU."""
     return load_model(name, dtype=dtype, device="cpu", seed=seed)
+
+
+def run_benchmark(script: str, *args: str, data_dir: Path):
+    """benchmarks/<script> with `args` in a process of its own, reading the task data from data_dir."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "ZOFO_DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"})

@@ -2,20 +2,15 @@
 the CPU with a tiny model."""
 
 import json
-import os
-import subprocess
-import sys
 
-from conftest import REPO
+from conftest import run_benchmark
 
 
 def test_length_groups_are_timed_side_by_side_and_pad_less(tmp_path, data_dir):
     output = tmp_path / "groups.jsonl"
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "length_groups.py"), "--model", "tiny-llama",
-                             "--device", "cpu", "--tasks", "rte", "--groups", "1,3", "--batches", "2",
-                             "--batch-size", "8", "--repeats", "1", "--output", str(output)],
-                            capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "ZOFO_DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"})
+    result = run_benchmark("length_groups.py", "--model", "tiny-llama", "--device", "cpu", "--tasks", "rte",
+                           "--groups", "1,3", "--batches", "2", "--batch-size", "8", "--repeats", "1",
+                           "--output", str(output), data_dir=data_dir)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [(r["task"], r["length_groups"]) for r in rows] == [("rte", 1), ("rte", 3)]

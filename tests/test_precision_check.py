@@ -2,13 +2,12 @@
 against fp32, run on the CPU with a tiny model (bf16 for TF32, which needs CUDA)."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, tiny
+from conftest import REPO, run_benchmark, tiny
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -30,11 +29,9 @@ def test_the_reference_is_exactly_repeatable(data_dir):
 
 def test_bf16_against_fp32_is_measured_and_reported(tmp_path, data_dir):
     output = tmp_path / "precision.jsonl"
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "precision_check.py"), "--model", "tiny-llama",
-                             "--device", "cpu", "--tasks", "sst2,rte", "--modes", "fp32,bf16", "--batches", "1",
-                             "--batch-size", "4", "--directions", "3", "--output", str(output)],
-                            capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "ZOFO_DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"})
+    result = run_benchmark("precision_check.py", "--model", "tiny-llama", "--device", "cpu", "--tasks", "sst2,rte",
+                           "--modes", "fp32,bf16", "--batches", "1", "--batch-size", "4", "--directions", "3",
+                           "--output", str(output), data_dir=data_dir)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert [(r["task"], r["mode"]) for r in rows] == [("sst2", "fp32-again"), ("sst2", "bf16"),

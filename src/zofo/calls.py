@@ -164,8 +164,8 @@ class ModelCalls:
         scaled = args if scale is None else (*args, scale)
         if self.mode == "eager":
             return function(model, batch.to(device), *scaled)
-        staged = self._staged.get(id(batch))
-        if staged is None or staged[0] is not batch:
+        staged = self._staged.get(id(batch))  # an entry keeps its batch alive: no other batch has that id
+        if staged is None:
             staged = self._staged[id(batch)] = [batch, batch.padded(batch.shape.bucketed(), self.pad_id), None]
             while len(self._staged) > STAGED:
                 del self._staged[next(iter(self._staged))]
