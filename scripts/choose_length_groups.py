@@ -37,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", required=True, help="comma-separated: the tasks whose runs will use the value")
     parser.add_argument("--least", type=float, default=1.15, help="the speed-up a value must reach on each task")
     args = parser.parse_args(argv)
+    if not args.jsonl.is_file():
+        sys.exit(f"no such file: {args.jsonl} (benchmarks/length_groups.py --output writes it)")
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
-    value, why = choose(rows, args.tasks.split(","), args.least)
+    try:
+        value, why = choose(rows, args.tasks.split(","), args.least)
+    except ValueError as error:
+        sys.exit(f"choose_length_groups: {error}")
     print(value)
     print(f"choose_length_groups: {why}", file=sys.stderr)
     return 0
