@@ -25,6 +25,7 @@ forward is then a collective, so evaluation is not split: each rank scores every
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from typing import Any, Callable
 
@@ -103,7 +104,12 @@ def setup(device: torch.device, timeout_seconds: float, always: bool = False) ->
 
 
 def teardown() -> None:
+    """Destroy the process group, after freeing the garbage that may still use it. A model sharded by FSDP2 sits
+    in reference cycles, so it outlives its last name until the cycle collector runs; left to the interpreter's
+    exit, it was freed after the group was gone and the process aborted now and then ("terminate called without
+    an active exception")."""
     if dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 
