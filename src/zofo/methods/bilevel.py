@@ -156,13 +156,11 @@ class BilevelZOFO(Method):
         load_adapter_state(self.peft_model, UPPER, snapshot["phi"])
         load_adapter_state(self.peft_model, LOWER, snapshot["z"])
 
-    def state_dict(self) -> dict:
-        return {"z": adapter_state(self.peft_model, LOWER), "phi_optimizer": self.phi_optimizer.state_dict(),
-                "z_optimizer": self.z_optimizer.state_dict(), "ft_sampler": self.ft_sampler.state_dict(),
-                "peft_sampler": self.peft_sampler.state_dict()}
+    def state_dict(self) -> dict:  # φ and z themselves are the snapshot's
+        return {"phi_optimizer": self.phi_optimizer.state_dict(), "z_optimizer": self.z_optimizer.state_dict(),
+                "ft_sampler": self.ft_sampler.state_dict(), "peft_sampler": self.peft_sampler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
-        load_adapter_state(self.peft_model, LOWER, state["z"])
         self.phi_optimizer.load_state_dict(state["phi_optimizer"])
         self.z_optimizer.load_state_dict(state["z_optimizer"])
         self.ft_sampler.load_state_dict(state["ft_sampler"])

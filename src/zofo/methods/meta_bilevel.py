@@ -172,15 +172,13 @@ class MetaBilevelZOFO(Method):
         self.phis.restore(snapshot["phi"])
         self.zs.restore(snapshot["z"])
 
-    def state_dict(self) -> dict:
-        return {"adam": {"phi": self.phis.states, "z": self.zs.states}, "adapters": self.snapshot(),
+    def state_dict(self) -> dict:  # the adapters themselves are the snapshot's
+        return {"adam": {"phi": self.phis.states, "z": self.zs.states},
                 "samplers": {"ft": [s.state_dict() for s in self.ft_samplers],
                              "peft": [s.state_dict() for s in self.peft_samplers]}}
 
     def load_state_dict(self, state: dict) -> None:
         self.phis.states, self.zs.states = state["adam"]["phi"], state["adam"]["z"]
-        self.phis.restore(state["adapters"]["phi"])
-        self.zs.restore(state["adapters"]["z"])
         for sampler, saved in zip(self.ft_samplers + self.peft_samplers,
                                   state["samplers"]["ft"] + state["samplers"]["peft"]):
             sampler.load_state_dict(saved)
