@@ -11,7 +11,8 @@
 # its start or until every sweep has ended, and returns what is done in $OUT: tf32-check.tgz and
 # paper-table2-lora.tgz, with their logs. Afterwards, here:
 #   scripts/collect_runs.sh <files_at>/tf32-check.tgz && scripts/collect_runs.sh <files_at>/paper-table2-lora.tgz
-# The lease's last call: STOP_AT_END=1 bash scripts/gpu_next_lease.sh (every run checkpoints and stops).
+# The lease's last call: STOP_AT_END=1 bash scripts/gpu_next_lease.sh (every run checkpoints and stops; its wait
+# is then 420 s, so that the runs' exit, up to 90 s, and the packing end within the call's 600).
 # TABLE2 replaces the Table 2 selections, one sweep per line (for the lease after, Bilevel on RTE:
 # TABLE2="--only method=bilevel --only task=rte").
 set -u
@@ -39,6 +40,7 @@ while read -r selection; do
 done <<< "$TABLE2"
 start configs/paper/tf32-check.yaml tf32-check --only method=bilevel --only task=sst2 --set length_groups=$groups $second
 rm -f "$OUT"/*.tgz*  # what those calls packed at the start: packed again below
+[ "${STOP_AT_END:-0}" = 1 ] && SWEEP_SECONDS=${SWEEP_SECONDS:-420}
 running() { for pid in /tmp/zofo/*.sweeps/*.pid; do kill -0 "$(cat "$pid")" 2>/dev/null && return 0; done; return 1; }
 while [ $SECONDS -lt "${SWEEP_SECONDS:-540}" ] && running; do sleep 5; done
 # pack (STOP_AT_END=1 first stops every sweep on the machine): tf32-check's archive, then Table 2's in the room
