@@ -2,11 +2,12 @@
 launch it makes (data parallel at N = 1 and 2, sharded, the fp32 curves) ends with a record, and what the records
 claim (weights identical, N = 2's curve on N = 1's) holds."""
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from zofo.records import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,7 +19,7 @@ def test_the_distributed_benchmark_measures_every_launch_and_its_curves_agree(tm
                              "--batch", "2", "--length", "16", "--warmup", "1", "--iters", "1", "--output", str(output)],
                             capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]  # a failed launch says why
-    records = [json.loads(line) for line in output.read_text().splitlines()]
+    records = read_records(output)
     kinds = [(r["workload"], r["processes"], r["sharded"]) for r in records]
     assert kinds == [("zo-sgd", 1, False), ("bilevel", 1, False), ("zo-sgd", 2, False), ("bilevel", 2, False),
                      ("zo-sgd", 2, True), ("zo-sgd-curve", 1, False), ("bilevel-curve", 1, False),

@@ -1,9 +1,9 @@
 """benchmarks/length_groups.py, which times a minibatch's model calls in length groups against one batch, run on
 the CPU with a tiny model."""
 
-import json
-
 from conftest import run_benchmark
+
+from zofo.records import read_records
 
 
 def test_length_groups_are_timed_side_by_side_and_pad_less(tmp_path, data_dir):
@@ -12,7 +12,7 @@ def test_length_groups_are_timed_side_by_side_and_pad_less(tmp_path, data_dir):
                            "--groups", "1,3", "--batches", "2", "--batch-size", "8", "--repeats", "1",
                            "--output", str(output), data_dir=data_dir)
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    rows = read_records(output)
     assert [(r["task"], r["length_groups"]) for r in rows] == [("rte", 1), ("rte", 3)]
     assert rows[0]["padded_per_real_token"] > rows[1]["padded_per_real_token"] >= 1.0
     assert all(r["forward_ms"] > 0 and r["first_order_ms"] > 0 for r in rows)

@@ -1,13 +1,14 @@
 """benchmarks/precision_check.py, the script that measures whether TF32 or bf16 changes a step's projected gradient
 against fp32, run on the CPU with a tiny model (bf16 for TF32, which needs CUDA)."""
 
-import json
 import subprocess
 import sys
 
 import pytest
 
 from conftest import REPO, run_benchmark, tiny
+
+from zofo.records import read_records
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -33,7 +34,7 @@ def test_bf16_against_fp32_is_measured_and_reported(tmp_path, data_dir):
                            "--modes", "fp32,bf16", "--batches", "1", "--batch-size", "4", "--directions", "3",
                            "--output", str(output), data_dir=data_dir)
     assert result.returncode == 0, result.stderr
-    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    rows = read_records(output)
     assert [(r["task"], r["mode"]) for r in rows] == [("sst2", "fp32-again"), ("sst2", "bf16"),
                                                       ("rte", "fp32-again"), ("rte", "bf16")]
     for row in rows[0::2]:  # the CPU repeats fp32 exactly: the comparison's floor is 0
