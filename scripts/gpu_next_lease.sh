@@ -1,42 +1,38 @@
 #!/usr/bin/env bash
-# On the GPU machine, after the setup calls (here: bash scripts/gpu_prepare.sh prints their `carry`): the next
-# lease's work as results/README.md plans it ("Session 15"), runs that can end within one lease:
-#   - Table 2's Bilevel-LoRA on CB, seeds 0-2, and MeZO-LoRA on RTE, seed 2 (configs/paper/table2-lora.yaml);
-#   - tf32-check's Bilevel cell on SST-2, which decides whether Bilevel runs in TF32 (configs/paper/tf32-check.yaml).
-# The machine's first call measures --length-groups first, alone on the machine (benchmarks/length_groups.py on
-# CB and RTE, then benchmarks/cuda_checks.py, which checks grouped calls under CUDA graphs), and keeps the value
-# that scripts/choose_length_groups.py's rule gives (1 if the checks fail) in /tmp/zofo/length_groups: every
-# later call passes the same arguments, so it continues the same sweeps (gpu_sweep.sh knows a sweep by them).
+# On the GPU machine, after the setup calls (here: bash scripts/gpu_prepare.sh prints their `carry`; the last
+# setup call may run this script at once): the next lease's work as results/README.md plans it ("Session 16"):
+#   - Table 2's Bilevel-LoRA on CB (seeds 0-2, resumed) and RTE (seeds 0-2), and MeZO-LoRA on RTE, seed 2
+#     (resumed) (configs/paper/table2-lora.yaml);
+#   - tf32-check's Bilevel cell on SST-2 (resumed), which decides whether Bilevel runs in TF32
+#     (configs/paper/tf32-check.yaml).
+# --length-groups: the value that scripts/choose_length_groups.py's rule gives for the H200 measurement of session
+# 16 (results/benchmarks/length_groups_h200.jsonl: 1), the same at every call, so that every call continues the
+# same sweeps (gpu_sweep.sh knows a sweep by its arguments). CUDA_CHECKS=1 runs benchmarks/cuda_checks.py first
+# (about 3 minutes: after a change to the engine; they passed at session 16's code, results/benchmarks/).
 # Every call is the same command: it starts what is not running, waits until SWEEP_SECONDS (default 540) after
 # its start or until every sweep has ended, and returns what is done in $OUT: tf32-check.tgz and
 # paper-table2-lora.tgz, with their logs. Afterwards, here:
 #   scripts/collect_runs.sh <files_at>/tf32-check.tgz && scripts/collect_runs.sh <files_at>/paper-table2-lora.tgz
 # The lease's last call: STOP_AT_END=1 bash scripts/gpu_next_lease.sh (every run checkpoints and stops; its wait
 # is then 420 s, so that the runs' exit, up to 90 s, and the packing end within the call's 600).
-# TABLE2 replaces the Table 2 selections, one sweep per line (for the lease after, Bilevel on RTE:
-# TABLE2="--only method=bilevel --only task=rte").
+# TABLE2 replaces the Table 2 selections, one sweep per line. Right after the last call, while the machine is warm:
+# bash scripts/gpu_return_left.sh brings back the unfinished runs that did not fit in what that call returned.
 set -u
 OUT=${OUT:-/tmp/zofo/out}; mkdir -p "$OUT" /tmp/zofo
 source scripts/gpu_setup.sh
-choice=/tmp/zofo/length_groups
-if [ ! -f $choice ]; then
-  python3 benchmarks/length_groups.py --tasks cb,rte --output "$OUT/length_groups.jsonl" > "$OUT/length_groups.txt" 2>&1
-  if python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1; then
-    python3 scripts/choose_length_groups.py "$OUT/length_groups.jsonl" --tasks cb,rte > $choice.new || echo 1 > $choice.new
-  else
-    echo 1 > $choice.new  # grouped calls not shown right under CUDA graphs: one group, as before
-  fi
-  mv $choice.new $choice
-  tail -n 12 "$OUT/length_groups.txt"; tail -n 3 "$OUT/cuda_checks.txt"
+if [ "${CUDA_CHECKS:-0}" = 1 ]; then
+  python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1 || { tail -n 20 "$OUT/cuda_checks.txt"; exit 1; }
+  tail -n 1 "$OUT/cuda_checks.txt"
 fi
-groups=$(cat $choice); echo "length groups: $groups"
-# on two GPUs: Bilevel CB spread over both, MeZO-LoRA RTE (the longest run) on the first, the TF32 cell on the second
+groups=$(python3 scripts/choose_length_groups.py results/benchmarks/length_groups_h200.jsonl --tasks cb,rte)
+echo "length groups: $groups"
+# on two GPUs: Bilevel spread over both, MeZO-LoRA RTE (the longest run) on the first, the TF32 cell on the second
 if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then first="--gpus 0"; second="--gpus 1"; else first=""; second=""; fi
-TABLE2=${TABLE2:-"--only method=bilevel --only task=cb
+TABLE2=${TABLE2:-"--only method=bilevel --only task=cb,rte
 --only method=mezo --only task=rte --only seed=2 $first"}
 start() { SWEEP_SECONDS=0 STOP_AT_END=0 bash scripts/gpu_sweep.sh "$@" > /dev/null; }
 while read -r selection; do
-  start configs/paper/table2-lora.yaml paper-table2-lora --parallel 4 --set length_groups=$groups $selection
+  start configs/paper/table2-lora.yaml paper-table2-lora --parallel 6 --set length_groups=$groups $selection
 done <<< "$TABLE2"
 start configs/paper/tf32-check.yaml tf32-check --only method=bilevel --only task=sst2 --set length_groups=$groups $second
 rm -f "$OUT"/*.tgz*  # what those calls packed at the start: packed again below
