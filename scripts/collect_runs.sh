@@ -42,3 +42,5 @@ for sweep in $(ls "$staging"/results); do
   python3 scripts/slim_runs.py "results/$sweep/runs" | tail -1
   PYTHONPATH=src python3 -m zofo report "results/$sweep/runs" --output "results/$sweep" | tail -1
 done
+# .gpu/partial is ignored by git and lasts only as long as this checkout: kept in the local branch gpu-partials too
+bash scripts/partials.sh save
