@@ -371,3 +371,40 @@ def test_a_sweep_run_redraws_its_progress_bars_in_its_log_every_30_seconds_unles
     env = {} if user_setting is None else {"TQDM_MININTERVAL": user_setting}
     sweep.start_run(tmp_path / "run", {"model": "tiny-llama", "task": "sst2"}, [], env, [])
     assert started["env"]["TQDM_MININTERVAL"] == (user_setting or "30")  # a 10,000-step run wrote 0.8 MB of bars
+
+
+def test_a_run_another_sweep_has_finished_is_copied_from_it_not_run_again(tmp_path, data_dir, capsys):
+    tuned = {"tuning": {"steps": 1}, "variants": [{"method": "mezo", "peft": "none", "tune": {"lr": [1e-6, 1e-3]}}]}
+    first = tmp_path / "first"
+    assert main(["sweep", str(write_sweep(tmp_path / "a.yaml", data_dir, first, grid={"seed": [0]}, **tuned))]) == 0
+    # the same run with the hard prompt and without; eval_batch_size says only how a run runs, not what it computes
+    path = write_sweep(tmp_path / "b.yaml", data_dir, tmp_path / "second", grid={"seed": [0], "hard_prompt": [True, False]},
+                       reuse=[str(first), str(tmp_path / "not-there")], **tuned)
+    sweep = yaml.safe_load(path.read_text())
+    sweep["base"]["eval_batch_size"] = 3
+    path.write_text(yaml.safe_dump(sweep))
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    assert f"4 tuning runs in {tmp_path / 'second' / 'tuning'}: 0 finished, 4 to run (0 resume from a checkpoint, " \
+           f"2 of them copied from {first})" in planned
+    assert "2 runs in" in planned and "2 to run (0 resume from a checkpoint, 1 of them copied from" in planned
+
+    assert main(["sweep", str(path)]) == 0
+    copied = {p.parent for p in (tmp_path / "second").rglob("reused.yaml")}
+    assert {p.relative_to(tmp_path / "second").as_posix() for p in copied} == {
+        "hard_prompt=True", "tuning/hard_prompt=True,lr=1e-06", "tuning/hard_prompt=True,lr=0.001"}
+    for folder in copied:
+        source = Path(yaml.safe_load((folder / "reused.yaml").read_text())["reused_from"])
+        assert source.parent in (first, first / "tuning") and not (folder / "sweep_config.yaml").exists()  # never run
+        assert (folder / "metrics.json").read_bytes() == (source / "metrics.json").read_bytes()
+    ran = [p.parent for p in (tmp_path / "second").rglob("metrics.json") if p.parent not in copied]
+    assert len(ran) == 3 and all((folder / "sweep_config.yaml").exists() for folder in ran)
+    chosen = yaml.safe_load((tmp_path / "second" / "hard_prompt=True" / "tuned.yaml").read_text())["chosen"]
+    assert chosen == yaml.safe_load((first / "run" / "tuned.yaml").read_text())["chosen"]  # the same choice
+    assert len(find_runs([tmp_path / "second"])) == 2
+
+
+def test_reuse_must_list_folders(tmp_path, data_dir):
+    with pytest.raises(ValueError, match="reuse is a list of folders"):
+        load_sweep(write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", reuse=str(tmp_path)))

@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out-dir", help="folder of the runs (default: the file's out_dir)")
     sweep.add_argument("--gpus", type=gpu_list, metavar="IDS",
                        help="GPUs to spread the runs over, e.g. 0,1 (default: every visible GPU); each run sees one")
+    sweep.add_argument("--reuse", action="append", default=[], metavar="FOLDER",
+                       help="another sweep's runs (repeatable, added to the file's `reuse`): a run that is the same "
+                            "experiment as a finished one there is copied from it, not run again")
 
     report = commands.add_parser("report", help="tables (markdown, CSV: mean ± std over seeds) and plots from run folders")
     report.add_argument("runs", nargs="+", help="folders to search for finished runs")
@@ -210,7 +213,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
     run_sweep(args.config, parallel=args.parallel, dry_run=args.dry_run, overrides=parse_assignments(args.set),
-              out_dir=args.out_dir, gpus=args.gpus, only=parse_selection(args.only))
+              out_dir=args.out_dir, gpus=args.gpus, only=parse_selection(args.only), reuse=args.reuse)
     return 0
 
 

@@ -29,12 +29,21 @@ best validation loss is the one the run uses. Tuning runs go first; a run starts
 runs have finished (so a GPU freed at the end of the tuning takes a run whose choice is made, rather than
 idling until the last tuning run ends). out_dir/tuning.md records every candidate and each choice made, and
 each run's folder its own (tuned.yaml).
+
+Runs shared with other sweeps: `reuse` names folders of other sweeps' runs (relative to where zofo sweep runs,
+as out_dir is; a folder that does not exist is skipped). A run or tuning run that is the same experiment as a
+finished run there (the same config once resolved, but for the fields that only say how or where a run runs:
+device, graphs, out_dir, ...) is copied from it instead of run again, with reused.yaml naming its source; Table
+1's MeZO runs with the hard prompt, for one, are Table 2's MeZO runs on the same tasks:
+
+    reuse: [runs/table2-mezo-full, runs/table2-lora]
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,11 +55,11 @@ from typing import Callable
 import yaml
 from tqdm.auto import tqdm
 
-from .config import PATHS, flatten, make_config, read_yaml
+from .config import EXECUTION_FIELDS, PATHS, RunConfig, flatten, make_config, read_yaml
 from .errors import ConfigError, ZofoError
 from .records import read_json
 
-SWEEP_KEYS = {"out_dir", "parallel", "base", "variants", "grid", "tuning"}
+SWEEP_KEYS = {"out_dir", "parallel", "base", "variants", "grid", "tuning", "reuse"}
 TUNING_SEED = 0
 
 
@@ -64,6 +73,9 @@ def load_sweep(path: str | Path) -> dict:
     for key, values in (sweep.get("grid") or {}).items():
         if not isinstance(values, list):
             raise ConfigError(f"{path}: grid.{key} must be a list of values, got {values!r}")
+    reuse = sweep.get("reuse") or []
+    if not isinstance(reuse, list) or not all(isinstance(folder, str) for folder in reuse):
+        raise ConfigError(f"{path}: reuse is a list of folders of other sweeps' runs, got {reuse!r}")
     if not isinstance(sweep.get("tuning") or {}, dict):
         raise ConfigError(f"{path}: tuning is a mapping of the fields tuning runs change (steps: 500), got {sweep['tuning']!r}")
     sweep["path"] = str(path)
@@ -132,6 +144,42 @@ def last_step(folder: Path) -> str:
         return "0"
 
 
+def experiment(config: RunConfig) -> str:
+    """What a run computes, comparable across sweeps: its resolved config without the fields that only say how
+    or where it runs (EXECUTION_FIELDS)."""
+    return repr(sorted((k, v) for k, v in flatten(config.to_dict()).items() if k not in EXECUTION_FIELDS))
+
+
+class Reuse:
+    """The finished runs under a sweep's `reuse` folders (tuning runs included), by the experiment they ran."""
+
+    def __init__(self, folders: list[Path]):
+        self.folders = [folder for folder in folders if folder.is_dir()]
+        self.runs: dict[str, Path] = {}
+        for folder in self.folders:
+            for metrics in sorted(folder.rglob("metrics.json")):
+                run = metrics.parent
+                try:
+                    self.runs.setdefault(experiment(make_config(read_yaml(run / "config.yaml"))), run)
+                except (ConfigError, OSError):  # another zofo version's run, or not a run: never the same experiment
+                    continue
+
+    def find(self, fields: dict) -> Path | None:
+        return self.runs.get(experiment(make_config(fields)))
+
+    @staticmethod
+    def take(source: Path, folder: Path) -> None:
+        """The finished run `source` as `folder`'s run: what an unfinished attempt left there goes, but the sweep's
+        own tuned.yaml (its choice, which the report reads)."""
+        if folder.exists():
+            for item in folder.iterdir():
+                if item.name != "tuned.yaml":
+                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+        shutil.copytree(source, folder, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("tuned.yaml", "sweep_config.yaml", ".lock", "checkpoint.pt"))
+        (folder / "reused.yaml").write_text(yaml.safe_dump({"reused_from": str(source)}))
+
+
 @dataclass
 class Job:
     """One run of a sweep: its folder, its fields and, for a run whose values are tuned, its candidates and
@@ -156,9 +204,10 @@ class Job:
 
 def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = False,
               overrides: dict | None = None, out_dir: str | Path | None = None,
-              gpus: list[str] | None = None, only: dict[str, list] | None = None) -> list[Path]:
-    """Run the sweep's unfinished runs (those `only` selects, with the tuning runs they need); returns the
-    selected runs' folders."""
+              gpus: list[str] | None = None, only: dict[str, list] | None = None,
+              reuse: list[str] | None = None) -> list[Path]:
+    """Run the sweep's unfinished runs (those `only` selects, with the tuning runs they need), copying those that
+    the `reuse` folders (the file's and these) have finished; returns the selected runs' folders."""
     sweep = load_sweep(path)
     out_dir = Path(out_dir or sweep.get("out_dir") or Path("runs") / Path(path).stem)
     planned = plan(sweep, overrides)
@@ -168,16 +217,16 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise ConfigError(f"{path}: parallel (runs at once, from --parallel or the file) must be a whole number "
                           f"of at least 1, got {parallel!r}")
+    reuse = Reuse([Path(folder) for folder in [*(sweep.get("reuse") or []), *(reuse or [])]])
     tuning = tuning_folders(sweep, planned, out_dir)  # per run: [(candidate, its tuning run's folder)]
     runs = [Job(folder, fields, candidates) for (fields, _), candidates, folder in zip(planned, tuning, folders)]
     chosen_runs = [job for job, keep in zip(runs, selected) if keep]
     tuning_jobs = list({folder: Job(folder, tuning_fields(job.fields, candidate, sweep))
                         for job in chosen_runs for candidate, folder in job.tuning}.values())
-    if tuning_jobs:
-        announce(tuning_jobs, f"tuning runs in {out_dir / 'tuning'}", dry_run)
+    copied = announce(tuning_jobs, f"tuning runs in {out_dir / 'tuning'}", dry_run, reuse) if tuning_jobs else {}
     tuned = all(job.ready() for job in chosen_runs)
     announce(chosen_runs, f"runs in {out_dir}" + (f" (of {len(runs)}, selected by --only)" if only else ""),
-             dry_run and tuned)
+             dry_run and tuned, reuse, copied)
     if dry_run:
         if not tuned:
             print(f"then the {len(chosen_runs)} runs in {out_dir}, with the values their tuning runs choose "
@@ -194,7 +243,7 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
         return {**job.fields, **choice["chosen"]}
 
     try:
-        run_jobs(tuning_jobs + chosen_runs, parallel, gpus, with_tuned_values)
+        run_jobs(tuning_jobs + chosen_runs, parallel, gpus, with_tuned_values, reuse)
     finally:
         if tuning_jobs:
             write_tuning_notes(out_dir, runs)  # every run's choice made so far, selected or not
@@ -217,15 +266,38 @@ def select(runs: list[dict], only: dict[str, list], path: str | Path, tuned: set
     return [all(key in run and run[key] in allowed for key, allowed in only.items()) for run in runs]
 
 
-def announce(jobs: list[Job], what: str, listing: bool) -> None:
-    """How many of these runs are finished and how many are to run (listed when `listing`)."""
+def known_fields(job: Job, copied: dict[Path, Path]) -> dict | None:
+    """The fields a job will run with, if known yet: a tuned run's once its tuning runs have finished or are
+    to be copied from finished ones (`copied`: folder -> source)."""
+    if not job.tuning:
+        return job.fields
+    runs = [(candidate, folder if (folder / "metrics.json").exists() else copied.get(folder))
+            for candidate, folder in job.tuning]
+    if any(folder is None for _, folder in runs):
+        return None
+    try:
+        return {**job.fields, **choose(runs)["chosen"]}
+    except ZofoError:  # every tuning run diverged: it will not run
+        return None
+
+
+def announce(jobs: list[Job], what: str, listing: bool, reuse: Reuse,
+             copied: dict[Path, Path] | None = None) -> dict[Path, Path]:
+    """How many of these runs are finished, how many are to run and how many of those another sweep has run
+    (listed when `listing`); returns those: folder -> the finished run it is copied from. A run whose values
+    its tuning runs have yet to choose is not known to be reusable (`copied`: the tuning runs to be copied)."""
     todo = [job for job in jobs if not job.finished()]
     partial = sum((job.folder / "checkpoint.pt").exists() for job in todo)
+    sources = {job.folder: reuse.find(fields) for job in todo if (fields := known_fields(job, copied or {})) is not None}
+    sources = {folder: source for folder, source in sources.items() if source}
+    reused = f", {len(sources)} of them copied from {', '.join(map(str, reuse.folders))}" if reuse.folders else ""
     print(f"{len(jobs)} {what}: {len(jobs) - len(todo)} finished, {len(todo)} to run "
-          f"({partial} resume from a checkpoint)", flush=True)
+          f"({partial} resume from a checkpoint{reused})", flush=True)
     if listing:
         for job in todo:
-            print(f"  {job.folder}")
+            source = sources.get(job.folder)
+            print(f"  {job.folder}" + (f" (copied from {source})" if source else ""))
+    return sources
 
 
 def tuning_folders(sweep: dict, planned: list[tuple[dict, dict]], out_dir: Path) -> list[list[tuple[dict, Path]]]:
@@ -292,9 +364,10 @@ def least_busy(gpus: list[str], running: list[str]) -> str:
 
 
 def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
-             fields_of: Callable[[Job], dict] = lambda job: job.fields) -> None:
+             fields_of: Callable[[Job], dict] = lambda job: job.fields, reuse: Reuse | None = None) -> None:
     """Run each unfinished job as a child `zofo train`, `parallel` at a time, in order, each as soon as it is
-    ready (`fields_of` gives the fields it runs with); partial ones resume. Each child sees one of the `gpus`
+    ready (`fields_of` gives the fields it runs with); partial ones resume; one that `reuse` has finished
+    elsewhere is copied from there instead. Each child sees one of the `gpus`
     (CUDA_VISIBLE_DEVICES), the one running the fewest runs, so `parallel` runs share the GPUs evenly;
     without GPUs the children's environment is ours."""
     todo = [job for job in jobs if not job.finished()]
@@ -317,6 +390,11 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
                         fields = fields_of(job)
                     except ZofoError as error:  # every tuning run of this one diverged
                         failed.append(f"{job.folder} (not run: {error})")
+                        progress.update(1)
+                        continue
+                    if reuse and (source := reuse.find(fields)):
+                        Reuse.take(source, job.folder)
+                        progress.write(f"copied, the same experiment: {source} -> {job.folder}")
                         progress.update(1)
                         continue
                     running.append(start_run(job.folder, fields, gpus, env, [entry[3] for entry in running]))
