@@ -11,11 +11,12 @@
 # (about 3 minutes: after a change to the engine; they passed at session 16's code, results/benchmarks/).
 # Every call is the same command: it starts what is not running, waits until SWEEP_SECONDS (default 540) after
 # its start or until every sweep has ended, and returns what is done in $OUT: tf32-check.tgz and
-# paper-table2-lora.tgz, with their logs. Afterwards, here:
-#   scripts/collect_runs.sh <files_at>/tf32-check.tgz && scripts/collect_runs.sh <files_at>/paper-table2-lora.tgz
+# paper-table2-lora.tgz, with their logs, and paper-table2-mezo-full.tgz once the follow-up (below) has started.
+# Afterwards, here, for each NAME.tgz (or its parts NAME.tgz.00, ...) that came back:
+#   scripts/collect_runs.sh <files_at>/NAME.tgz
 # The lease's last call: STOP_AT_END=1 bash scripts/gpu_next_lease.sh (every run checkpoints and stops; its wait
 # is then 420 s, so that the runs' exit, up to 90 s, and the packing end within the call's 600).
-# TABLE2 replaces the Table 2 selections, one sweep per line. Right after the last call, while the machine is warm:
+# TABLE2 replaces the Table 2 selections, one sweep per line; TF32_CHECK tf32-check's (empty: none). Right after the last call, while the machine is warm:
 # bash scripts/gpu_return_left.sh brings back the unfinished runs that did not fit in what that call returned.
 set -u
 OUT=${OUT:-/tmp/zofo/out}; mkdir -p "$OUT" /tmp/zofo
@@ -34,12 +35,38 @@ start() { SWEEP_SECONDS=0 STOP_AT_END=0 bash scripts/gpu_sweep.sh "$@" > /dev/nu
 while read -r selection; do
   start configs/paper/table2-lora.yaml paper-table2-lora --parallel 6 --set length_groups=$groups $selection
 done <<< "$TABLE2"
-start configs/paper/tf32-check.yaml tf32-check --only method=bilevel --only task=sst2 --set length_groups=$groups $second
+TF32_CHECK=${TF32_CHECK-"--only method=bilevel --only task=sst2"}  # empty: none
+if [ -n "$TF32_CHECK" ]; then
+  start configs/paper/tf32-check.yaml tf32-check $TF32_CHECK --set length_groups=$groups $second
+fi
 rm -f "$OUT"/*.tgz*  # what those calls packed at the start: packed again below
 [ "${STOP_AT_END:-0}" = 1 ] && SWEEP_SECONDS=${SWEEP_SECONDS:-420}
-running() { for pid in /tmp/zofo/*.sweeps/*.pid; do kill -0 "$(cat "$pid")" 2>/dev/null && return 0; done; return 1; }
-while [ $SECONDS -lt "${SWEEP_SECONDS:-540}" ] && running; do sleep 5; done
-# pack (STOP_AT_END=1 first stops every sweep on the machine): tf32-check's archive, then Table 2's in the room
-# it leaves (RETURN_MB, gpu_sweep.sh)
+running() {  # any sweep of these NAMEs (default: all) still running on the machine
+  for pid in $(for name in "${@:-*}"; do ls /tmp/zofo/$name.sweeps/*.pid 2>/dev/null; done); do
+    kill -0 "$(cat "$pid")" 2>/dev/null && return 0
+  done
+  return 1
+}
+# Once those sweeps have ended, the GPU takes the next work in issue 11's order, so that no part of the lease idles:
+# FOLLOW_UP (CONFIG NAME [sweep arguments]; empty: none), by default Table 2's MeZO on the full model (its tuning
+# runs first), in plain fp32 as the TF32 rule asks until its fp32 seeds exist. It checkpoints and comes back like
+# the others.
+FOLLOW_UP=${FOLLOW_UP-"configs/paper/table2-mezo-full.yaml paper-table2-mezo-full --parallel 8"}
+read -r follow_config follow_name follow_arguments <<< "$FOLLOW_UP"
+deadline=${SWEEP_SECONDS:-540}
+# not in a call's last 2 minutes: loading the model and capturing its graphs take about one
+follow_up_waits() { [ -n "$FOLLOW_UP" ] && [ ! -f /tmp/zofo/$follow_name.started ] && [ $SECONDS -lt $((deadline - 120)) ]; }
+while [ $SECONDS -lt $deadline ] && { running || follow_up_waits; }; do
+  if follow_up_waits && ! running paper-table2-lora tf32-check; then
+    start $follow_config $follow_name $follow_arguments && touch /tmp/zofo/$follow_name.started
+    rm -f "$OUT/$follow_name".tgz*  # packed again below
+  fi
+  sleep 5
+done
+# pack (STOP_AT_END=1 first stops every sweep on the machine): tf32-check's archive, then Table 2's and the
+# follow-up's in the room each leaves (RETURN_MB, gpu_sweep.sh)
 RETURN_ONLY=1 bash scripts/gpu_sweep.sh configs/paper/tf32-check.yaml tf32-check
 RETURN_ONLY=1 STOP_AT_END=0 bash scripts/gpu_sweep.sh configs/paper/table2-lora.yaml paper-table2-lora
+if [ -f "/tmp/zofo/$follow_name.started" ]; then
+  RETURN_ONLY=1 STOP_AT_END=0 bash scripts/gpu_sweep.sh $follow_config $follow_name
+fi
