@@ -405,6 +405,10 @@ def test_a_run_another_sweep_has_finished_is_copied_from_it_not_run_again(tmp_pa
     assert len(find_runs([tmp_path / "second"])) == 2
 
 
-def test_reuse_must_list_folders(tmp_path, data_dir):
+def test_reuse_must_list_folders_and_a_folder_named_with_the_flag_must_exist(tmp_path, data_dir, capsys):
     with pytest.raises(ValueError, match="reuse is a list of folders"):
         load_sweep(write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", reuse=str(tmp_path)))
+    path = write_sweep(tmp_path / "t.yaml", data_dir, tmp_path / "runs", reuse=[str(tmp_path / "not-yet")])
+    assert main(["sweep", str(path), "--dry-run"]) == 0  # the file's folder may come later
+    assert main(["sweep", str(path), "--dry-run", "--reuse", str(tmp_path / "typo")]) == 2
+    assert f"--reuse: no such folder: {tmp_path / 'typo'}" in capsys.readouterr().err

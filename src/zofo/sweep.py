@@ -31,7 +31,7 @@ idling until the last tuning run ends). out_dir/tuning.md records every candidat
 each run's folder its own (tuned.yaml).
 
 Runs shared with other sweeps: `reuse` names folders of other sweeps' runs (relative to where zofo sweep runs,
-as out_dir is; a folder that does not exist is skipped). A run or tuning run that is the same experiment as a
+as out_dir is; a folder that does not exist yet is skipped, but one given with --reuse must exist). A run or tuning run that is the same experiment as a
 finished run there (the same config once resolved, but for the fields that only say how or where a run runs:
 device, graphs, out_dir, ...) is copied from it instead of run again, with reused.yaml naming its source; Table
 1's MeZO runs with the hard prompt, for one, are Table 2's MeZO runs on the same tasks:
@@ -217,6 +217,9 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     if not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1:
         raise ConfigError(f"{path}: parallel (runs at once, from --parallel or the file) must be a whole number "
                           f"of at least 1, got {parallel!r}")
+    missing = [folder for folder in reuse or [] if not Path(folder).is_dir()]  # named here, not in the file: a typo
+    if missing:
+        raise ConfigError(f"--reuse: no such folder: {', '.join(missing)}")
     reuse = Reuse([Path(folder) for folder in [*(sweep.get("reuse") or []), *(reuse or [])]])
     tuning = tuning_folders(sweep, planned, out_dir)  # per run: [(candidate, its tuning run's folder)]
     runs = [Job(folder, fields, candidates) for (fields, _), candidates, folder in zip(planned, tuning, folders)]
