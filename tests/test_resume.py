@@ -126,3 +126,34 @@ def test_a_run_killed_after_its_last_step_resumes_with_the_training_time_it_had(
     assert trained > 0
     assert main(args(data_dir, tmp_path, extra + ["--resume"])) == 0
     assert json.loads((tmp_path / "metrics.json").read_text())["train_seconds"] == round(trained, 2)
+
+
+RETAG = []  # while set, torch.save tags every storage as the GPU's, as a checkpoint written on a GPU is
+
+
+def gpu_tag(storage):
+    return "cuda:0" if RETAG else None
+
+
+torch.serialization.register_package(0, gpu_tag, lambda storage, location: None)
+
+
+def test_a_checkpoint_whose_tensors_were_on_a_gpu_resumes_on_this_cpu(tmp_path, data_dir):
+    """The checkpoint file ties a run to no device: a run saved on cuda:1 resumes on a machine of one GPU, a
+    first-order run saved on a GPU resumes on a CPU. (θ's ZO directions are still drawn by the device type that
+    trained it: a GPU's ZO run resumes on a GPU; elsewhere the trajectory's replay refuses, saying so.)"""
+    extra, _ = METHODS["bilevel"]
+    assert main(args(data_dir, tmp_path / "whole", extra)) == 0
+    moved = tmp_path / "moved"
+    assert kill_when(args(data_dir, moved, extra), moved / "log.jsonl", 15, sig=signal.SIGTERM) == 143
+    state = torch.load(moved / "checkpoint.pt", weights_only=True)
+    RETAG.append(True)
+    try:
+        torch.save(state, moved / "checkpoint.pt")
+    finally:
+        RETAG.clear()
+    if not torch.cuda.is_available():  # the file now asks for a GPU this machine lacks
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(moved / "checkpoint.pt", weights_only=True)
+    assert main(args(data_dir, moved, extra + ["--resume"])) == 0
+    assert_same_run(tmp_path / "whole", moved)

@@ -126,7 +126,9 @@ class RunFolder:
 
     def load_checkpoint(self, config: dict) -> dict:
         try:
-            state = torch.load(self.checkpoint_path, weights_only=True)
+            # onto the CPU first, so that the file ties the run to no device (saved on cuda:1, resumed where there
+            # is one GPU); the methods' load_state_dict and restore put each tensor where its parameter is
+            state = torch.load(self.checkpoint_path, weights_only=True, map_location="cpu")
         except Exception as error:  # a foreign or damaged file: say which and what to do
             raise RunFolderError(f"{self.checkpoint_path} cannot be read ({error}); --overwrite starts the run again") from None
         changed = [f"{path}: {old!r} -> {new!r}" for path, old, new in differences(state["config"], config)
