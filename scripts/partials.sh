@@ -11,7 +11,10 @@ cd "$(dirname "$0")/.."
 branch=gpu-partials
 case "${1:-}" in
   save)
-    [ -d .gpu/partial ] || exit 0
+    if [ -z "$(find .gpu/partial -name checkpoint.pt 2>/dev/null)" ]; then  # every run finished: nothing to keep
+      if git rev-parse -q --verify "$branch" >/dev/null; then git branch -D "$branch" >/dev/null; echo "partials: none left, branch $branch deleted"; fi
+      exit 0
+    fi
     index=$(mktemp); rm -f "$index"; trap 'rm -f "$index"' EXIT
     # a temporary index: the working tree's own index and files stay as they are
     GIT_INDEX_FILE=$index git --work-tree=.gpu add -f partial
@@ -26,7 +29,7 @@ case "${1:-}" in
   restore)
     [ -d .gpu/partial ] && exit 0
     source=$(git rev-parse -q --verify "$branch" || git rev-parse -q --verify "origin/$branch" || true)
-    [ -n "$source" ] || exit 0
+    { [ -n "$source" ] && git cat-file -e "$source:partial" 2>/dev/null; } || exit 0
     mkdir -p .gpu && git archive "$source" partial | tar x -C .gpu
     for checkpoint in $(cd .gpu/partial && find . -name checkpoint.pt | sed 's|^\./||'); do
       run=$(dirname "$checkpoint")  # SWEEP/RUN, or SWEEP/tuning/RUN

@@ -58,3 +58,24 @@ def test_saved_partial_runs_come_back_in_a_clone_less_those_finished_since(tmp_p
     (clone / ".gpu" / "partial" / runs[0] / "checkpoint.pt").write_bytes(b"newer")
     partials(clone, "restore")  # .gpu/partial exists: what this checkout has is kept
     assert (clone / ".gpu" / "partial" / runs[0] / "checkpoint.pt").read_bytes() == b"newer"
+
+
+def test_once_every_run_has_finished_the_branch_goes_and_a_clone_restores_nothing(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copy(SCRIPT, repo / "scripts" / "partials.sh")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "start")
+    run = repo / ".gpu" / "partial" / "sweep" / "seed=0"
+    run.mkdir(parents=True)
+    (run / "checkpoint.pt").write_bytes(b"x")
+    partials(repo, "save")
+    shutil.rmtree(run)  # collect_runs.sh removes a run's partial folder once it has finished; its sweep's folder stays
+    assert "none left, branch gpu-partials deleted" in partials(repo, "save")
+    assert git(repo, "branch", "--list", "gpu-partials") == ""
+    assert partials(repo, "save") == ""
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    assert partials(clone, "restore") == "" and not (clone / ".gpu").exists()
