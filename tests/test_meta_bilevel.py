@@ -188,3 +188,17 @@ def test_its_memory_is_one_model_plus_every_tasks_adapters_and_the_visited_tasks
     moments = 2 * 2 * len(visited) * slot_bytes  # Adam's two moments of φ_i and z_i, sampled tasks only
     counters = 2 * len(visited) * len(slot) * torch.tensor(0.0).nbytes  # Adam's step count per parameter
     assert len(visited) == 2 and memory["task_adam_states"] == moments + counters
+
+
+def test_adam_states_read_from_a_checkpoint_go_to_their_parameters_device_but_the_step_count():
+    """Checkpoints load onto the CPU (runs.py); the per-task Adam states, swapped into the optimizer by reference,
+    must then live where the adapter does (a GPU there; the meta device stands in for it here)."""
+    from zofo.methods.meta_bilevel import TaskAdapters
+
+    adapters = TaskAdapters.__new__(TaskAdapters)  # only the parameters' places matter here
+    adapters.parameters = [torch.nn.Parameter(torch.empty(3, device="meta"))]
+    adapters.load_states([{0: {"step": torch.tensor(4.0), "exp_avg": torch.ones(3), "exp_avg_sq": torch.ones(3)}}, {}])
+    state = adapters.states[0][0]
+    assert state["exp_avg"].device.type == state["exp_avg_sq"].device.type == "meta"
+    assert state["step"].device.type == "cpu" and state["step"].item() == 4.0  # torch's Adam keeps it there
+    assert adapters.states[1] == {}

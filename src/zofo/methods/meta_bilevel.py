@@ -65,6 +65,14 @@ class TaskAdapters:
         return {"values": sum(v.nbytes for task in self.values for v in task),
                 "adam_states": sum(t.nbytes for t in states)}
 
+    def load_states(self, states: list[dict[int, dict]]) -> None:
+        """Adam states read from a checkpoint (loaded onto the CPU): each tensor onto its parameter's device,
+        but the step count, which torch's Adam keeps on the CPU (neither fused nor capturable here)."""
+        place = lambda k, name, value: value.to(self.parameters[k].device) \
+            if isinstance(value, torch.Tensor) and name != "step" else value
+        self.states = [{k: {name: place(k, name, value) for name, value in state.items()} for k, state in task.items()}
+                       for task in states]
+
     @torch.no_grad()
     def restore(self, snapshot: list[list[torch.Tensor]]) -> None:
         for task, saved in zip(self.values, snapshot):
@@ -178,7 +186,8 @@ class MetaBilevelZOFO(Method):
                              "peft": [s.state_dict() for s in self.peft_samplers]}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.phis.states, self.zs.states = state["adam"]["phi"], state["adam"]["z"]
+        self.phis.load_states(state["adam"]["phi"])
+        self.zs.load_states(state["adam"]["z"])
         for sampler, saved in zip(self.ft_samplers + self.peft_samplers,
                                   state["samplers"]["ft"] + state["samplers"]["peft"]):
             sampler.load_state_dict(saved)
