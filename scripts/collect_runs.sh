@@ -16,6 +16,7 @@ if [ ! -f "$archive" ] && [ -f "$archive.00" ]; then  # returned in parts (gpu_s
   cat "$archive".[0-9][0-9] > "$staging.tgz" && archive=$staging.tgz
 fi
 tar xzf "$archive" -C "$staging" && find "$staging" -name .lock -delete  # a live run's lock, not a result
+mkdir -p "$staging/results"  # an archive of a sweep that never started holds nothing: nothing to collect
 # finished runs at any depth (a sweep's tuning runs are in runs/tuning/), and the sweep's tuning.md
 (cd "$staging" && find results -name metrics.json -o -name tuning.md) | while read -r found; do
   if [ "$(basename "$found")" = tuning.md ]; then cp "$staging/$found" "$found"; continue; fi

@@ -11,7 +11,8 @@
 # (about 3 minutes: after a change to the engine; they passed at session 16's code, results/benchmarks/).
 # Every call is the same command: it starts what is not running, waits until SWEEP_SECONDS (default 540) after
 # its start or until every sweep has ended, and returns what is done in $OUT: tf32-check.tgz and
-# paper-table2-lora.tgz, with their logs, and paper-table2-mezo-full.tgz once the follow-up (below) has started.
+# paper-table2-lora.tgz, and paper-table2-mezo-full.tgz once the follow-up (below) has started, with the sweeps'
+# logs in lease.txt.
 # Afterwards, here, for each NAME.tgz (or its parts NAME.tgz.00, ...) that came back:
 #   scripts/collect_runs.sh <files_at>/NAME.tgz
 # The lease's last call: STOP_AT_END=1 bash scripts/gpu_next_lease.sh (every run checkpoints and stops; its wait
@@ -70,3 +71,9 @@ RETURN_ONLY=1 STOP_AT_END=0 bash scripts/gpu_sweep.sh configs/paper/table2-lora.
 if [ -f "/tmp/zofo/$follow_name.started" ]; then
   RETURN_ONLY=1 STOP_AT_END=0 bash scripts/gpu_sweep.sh $follow_config $follow_name
 fi
+# one text file for the sweeps' logs (and cuda_checks.txt): a call returns at most 8 files, and three archives in
+# 15 MB parts take up to 7 of them
+for text in "$OUT"/*.log "$OUT"/*.txt; do
+  if [ -f "$text" ]; then echo "== $(basename "$text")"; cat "$text"; echo; fi
+done > /tmp/zofo/lease.txt
+rm -f "$OUT"/*.log "$OUT"/*.txt && mv /tmp/zofo/lease.txt "$OUT/lease.txt"

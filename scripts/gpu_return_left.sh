@@ -14,7 +14,9 @@ for list in /tmp/zofo/*.left-behind; do
   [ -s "$list" ] || continue
   name=$(basename "$list" .left-behind)
   sent=$(mktemp); kept=$(mktemp)
-  while read -r run; do  # run folders relative to /tmp/zofo, as gpu_sweep.sh's tar -X read them
+  while read -r run; do  # paths relative to /tmp/zofo, as gpu_sweep.sh's tar -X read them
+    # only runs with a checkpoint: the list also names the files of runs that have none (nothing to resume)
+    if [ ! -f "/tmp/zofo/$run/checkpoint.pt" ]; then continue; fi
     bytes=$(du -sb --exclude=adapter --exclude=model "/tmp/zofo/$run" | cut -f1)
     if [ "$bytes" -le "$room" ]; then echo "$run" >> "$sent"; room=$((room - bytes)); else echo "$run" >> "$kept"; fi
   done < "$list"
