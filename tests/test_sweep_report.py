@@ -403,6 +403,26 @@ def test_a_run_another_sweep_has_finished_is_copied_from_it_not_run_again(tmp_pa
     chosen = yaml.safe_load((tmp_path / "second" / "hard_prompt=True" / "tuned.yaml").read_text())["chosen"]
     assert chosen == yaml.safe_load((first / "run" / "tuned.yaml").read_text())["chosen"]  # the same choice
     assert len(find_runs([tmp_path / "second"])) == 2
+    assert len(find_runs([first, tmp_path / "second"])) == 2  # the copied run once, not once per sweep
+    # a GPU draws other ZO directions than this CPU: its runs are other experiments, never copied for these
+    capsys.readouterr()
+    other = write_sweep(tmp_path / "c.yaml", data_dir, tmp_path / "third", grid={"seed": [0]}, reuse=[str(first)], **tuned)
+    assert main(["sweep", str(other), "--dry-run", "--set", "device=cuda"]) == 0
+    assert "0 of them copied" in capsys.readouterr().out
+
+
+def test_a_folder_a_live_run_holds_is_never_copied_over(tmp_path):
+    import fcntl
+
+    from zofo.sweep import held_by_a_run
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert not held_by_a_run(folder)
+    with open(folder / ".lock", "a+") as lock:  # as runs.py holds it while a run lives
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert held_by_a_run(folder)
+    assert not held_by_a_run(folder)  # the run ended: the lock went with it
 
 
 def test_reuse_must_list_folders_and_a_folder_named_with_the_flag_must_exist(tmp_path, data_dir, capsys):

@@ -328,6 +328,18 @@ def make_config(*layers: dict | None, where: str = "") -> RunConfig:
         raise ConfigError(describe(error, where)) from None
 
 
+def experiment(config: RunConfig, device_type: str) -> str:
+    """What a run computes, comparable across runs and sweeps: its resolved config without the fields that only
+    say how or where it runs (EXECUTION_FIELDS), and the type of device it runs on (cpu or cuda), which draws
+    the ZO directions its own way."""
+    return repr((device_type, sorted((k, v) for k, v in flatten(config.to_dict()).items() if k not in EXECUTION_FIELDS)))
+
+
+def device_type_ran_on(metrics: dict) -> str:
+    """cpu or cuda, from a finished run's metrics.json (its "device": "cpu (x86_64, 2 threads)", "NVIDIA H200")."""
+    return "cpu" if str(metrics.get("device", "cpu")).startswith("cpu") else "cuda"
+
+
 def describe(error: ValidationError, where: str = "") -> str:
     """One line per bad value: the field, its flag, the value and what is allowed."""
     lines = []

@@ -22,7 +22,8 @@ import csv
 import statistics
 from pathlib import Path
 
-from .config import EXECUTION_FIELDS, META_METHODS, PATHS, RunConfig, flatten, make_config, read_yaml
+from .config import (EXECUTION_FIELDS, META_METHODS, PATHS, RunConfig, device_type_ran_on, experiment, flatten,
+                     make_config, read_yaml)
 from .errors import ConfigError
 from .records import read_json, read_records
 from .tasks import get_task
@@ -62,31 +63,35 @@ def find_runs(paths: list[str | Path]) -> list[dict]:
     missing = [str(path) for path in paths if not Path(path).is_dir()]
     if missing:  # a mistyped folder would otherwise leave its runs out of the table unnoticed
         raise FileNotFoundError(f"no such folder: {', '.join(missing)}")
-    runs, tuning = [], 0
-    for path in map(Path, paths):
-        for metrics_path in sorted(path.rglob("metrics.json")):
-            folder = metrics_path.parent
-            if not (folder / "config.yaml").exists():
-                continue
-            try:
-                config: RunConfig = make_config(read_yaml(folder / "config.yaml"), where=f"{folder / 'config.yaml'}: ")
-            except ConfigError as error:
-                raise ConfigError(f"{error} (a run folder from another zofo version? move it out of the report's "
-                                  "folders)") from None
-            if not config.test:
-                tuning += 1
-                continue
-            metrics = read_json(metrics_path)
-            tuned = read_yaml(folder / "tuned.yaml") if (folder / "tuned.yaml").exists() else {}
-            run = {"folder": folder, "config": config, "fields": flatten(config.to_dict()), "metrics": metrics,
-                   "tuned": tuned.get("chosen", {}), "primary": True}  # False: a Bilevel run's other rows
-            if config.method in META_METHODS:
-                runs.append({**run, "meta": True})
-                continue
-            metric = get_task(config.data.task).metric
-            run = {**run, "metric": metric, "test": metrics["test"][metric],
-                   "zero_shot": metrics.get("zero_shot", {}).get(metric)}
-            runs.extend(bilevel_views(run, metrics, metric) if config.method == "bilevel" else [run])
+    runs, tuning, seen = [], 0, set()
+    folders = [m.parent for path in map(Path, paths) for m in sorted(path.rglob("metrics.json"))]
+    # a run copied from another sweep (reused.yaml) after its source, so that the source is the one kept
+    for folder in sorted(folders, key=lambda folder: (folder / "reused.yaml").exists()):
+        if not (folder / "config.yaml").exists():
+            continue
+        try:
+            config: RunConfig = make_config(read_yaml(folder / "config.yaml"), where=f"{folder / 'config.yaml'}: ")
+        except ConfigError as error:
+            raise ConfigError(f"{error} (a run folder from another zofo version? move it out of the report's "
+                              "folders)") from None
+        if not config.test:
+            tuning += 1
+            continue
+        metrics = read_json(folder / "metrics.json")
+        same = experiment(config, device_type_ran_on(metrics))
+        if same in seen:  # one experiment in two sweeps' folders (one copied from the other): counted once
+            continue
+        seen.add(same)
+        tuned = read_yaml(folder / "tuned.yaml") if (folder / "tuned.yaml").exists() else {}
+        run = {"folder": folder, "config": config, "fields": flatten(config.to_dict()), "metrics": metrics,
+               "tuned": tuned.get("chosen", {}), "primary": True}  # False: a Bilevel run's other rows
+        if config.method in META_METHODS:
+            runs.append({**run, "meta": True})
+            continue
+        metric = get_task(config.data.task).metric
+        run = {**run, "metric": metric, "test": metrics["test"][metric],
+               "zero_shot": metrics.get("zero_shot", {}).get(metric)}
+        runs.extend(bilevel_views(run, metrics, metric) if config.method == "bilevel" else [run])
     if not runs:
         skipped = f" ({tuning} tuning runs, which have no test metrics)" if tuning else ""
         raise FileNotFoundError(f"no finished run (config.yaml + metrics.json) under {[str(p) for p in paths]}{skipped}")

@@ -31,16 +31,18 @@ idling until the last tuning run ends). out_dir/tuning.md records every candidat
 each run's folder its own (tuned.yaml).
 
 Runs shared with other sweeps: `reuse` names folders of other sweeps' runs (relative to where zofo sweep runs,
-as out_dir is; a folder that does not exist yet is skipped, but one given with --reuse must exist). A run or tuning run that is the same experiment as a
-finished run there (the same config once resolved, but for the fields that only say how or where a run runs:
-device, graphs, out_dir, ...) is copied from it instead of run again, with reused.yaml naming its source; Table
-1's MeZO runs with the hard prompt, for one, are Table 2's MeZO runs on the same tasks:
+as out_dir is; a folder that does not exist yet is skipped, but one given with --reuse must exist). A run or
+tuning run that is the same experiment as a finished run there (config.experiment: the same config once
+resolved, but for the fields that only say how or where a run runs, on the same type of device, since a GPU
+and a CPU draw different ZO directions) is copied from it instead of run again, with reused.yaml naming its
+source; Table 1's MeZO runs with the hard prompt, for one, are Table 2's MeZO runs on the same tasks:
 
     reuse: [runs/table2-mezo-full, runs/table2-lora]
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import shutil
@@ -55,7 +57,7 @@ from typing import Callable
 import yaml
 from tqdm.auto import tqdm
 
-from .config import EXECUTION_FIELDS, PATHS, RunConfig, flatten, make_config, read_yaml
+from .config import PATHS, RunConfig, device_type_ran_on, experiment, flatten, make_config, read_yaml
 from .errors import ConfigError, ZofoError
 from .records import read_json
 
@@ -144,10 +146,26 @@ def last_step(folder: Path) -> str:
         return "0"
 
 
-def experiment(config: RunConfig) -> str:
-    """What a run computes, comparable across sweeps: its resolved config without the fields that only say how
-    or where it runs (EXECUTION_FIELDS)."""
-    return repr(sorted((k, v) for k, v in flatten(config.to_dict()).items() if k not in EXECUTION_FIELDS))
+def planned_device_type(config: RunConfig) -> str:
+    """cpu or cuda: where a run of this config will run (device auto: CUDA when this machine has it)."""
+    if config.device == "auto":
+        import torch  # only here: a sweep's parent needs no torch otherwise
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return config.device.split(":")[0]
+
+
+def held_by_a_run(folder: Path) -> bool:
+    """Whether a live run holds the folder (the lock runs.py takes, which the system drops when the run dies)."""
+    if not (folder / ".lock").exists():
+        return False
+    with open(folder / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
 
 
 class Reuse:
@@ -160,24 +178,28 @@ class Reuse:
             for metrics in sorted(folder.rglob("metrics.json")):
                 run = metrics.parent
                 try:
-                    self.runs.setdefault(experiment(make_config(read_yaml(run / "config.yaml"))), run)
-                except (ConfigError, OSError):  # another zofo version's run, or not a run: never the same experiment
+                    key = experiment(make_config(read_yaml(run / "config.yaml")), device_type_ran_on(read_json(metrics)))
+                except (ZofoError, OSError, ValueError):  # another zofo version's run, or not a run: never the same
                     continue
+                self.runs.setdefault(key, run)
 
     def find(self, fields: dict) -> Path | None:
-        return self.runs.get(experiment(make_config(fields)))
+        config = make_config(fields)
+        return self.runs.get(experiment(config, planned_device_type(config)))
 
     @staticmethod
     def take(source: Path, folder: Path) -> None:
         """The finished run `source` as `folder`'s run: what an unfinished attempt left there goes, but the sweep's
-        own tuned.yaml (its choice, which the report reads)."""
+        own tuned.yaml (its choice, which the report reads). metrics.json, which marks a run finished, comes last,
+        so that a copy cut short is a run still to do."""
         if folder.exists():
             for item in folder.iterdir():
                 if item.name != "tuned.yaml":
                     shutil.rmtree(item) if item.is_dir() else item.unlink()
-        shutil.copytree(source, folder, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("tuned.yaml", "sweep_config.yaml", ".lock", "checkpoint.pt"))
+        shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            "metrics.json", "tuned.yaml", "sweep_config.yaml", ".lock", "checkpoint.pt"))
         (folder / "reused.yaml").write_text(yaml.safe_dump({"reused_from": str(source)}))
+        shutil.copy2(source / "metrics.json", folder / "metrics.json")
 
 
 @dataclass
@@ -395,7 +417,7 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
                         failed.append(f"{job.folder} (not run: {error})")
                         progress.update(1)
                         continue
-                    if reuse and (source := reuse.find(fields)):
+                    if reuse and (source := reuse.find(fields)) and not held_by_a_run(job.folder):
                         Reuse.take(source, job.folder)
                         progress.write(f"copied, the same experiment: {source} -> {job.folder}")
                         progress.update(1)
