@@ -17,7 +17,8 @@
 #   scripts/collect_runs.sh <files_at>/NAME.tgz
 # The lease's last call: STOP_AT_END=1 bash scripts/gpu_next_lease.sh (every run checkpoints and stops; its wait
 # is then 420 s, so that the runs' exit, up to 90 s, and the packing end within the call's 600).
-# TABLE2 replaces the Table 2 selections, one sweep per line; TF32_CHECK tf32-check's (empty: none). Right after the last call, while the machine is warm:
+# TABLE2 replaces the Table 2 selections, one sweep per line; TF32_CHECK tf32-check's (empty: none); FOLLOW_UP the
+# work that starts once those end (below). Right after the last call, while the machine is warm:
 # bash scripts/gpu_return_left.sh brings back the unfinished runs that did not fit in what that call returned.
 set -u
 OUT=${OUT:-/tmp/zofo/out}; mkdir -p "$OUT" /tmp/zofo
