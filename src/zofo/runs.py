@@ -25,12 +25,27 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 import yaml
 
 from .config import EXECUTION_FIELDS
 from .errors import RunFolderError
 from .records import append_record, read_records, rewrite_records, write_atomic
+
+LOCK = ".lock"  # held (flock) by the run writing the folder; the system drops it when that process ends
+
+
+def held_by_a_run(folder: Path) -> bool:
+    """Whether a live run holds the folder's lock (RunFolder takes it for as long as its process lives)."""
+    if not (folder / LOCK).exists():
+        return False
+    with open(folder / LOCK, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
+
 
 OUTPUTS = ("metrics.json", "config.yaml", "log.jsonl", "trajectory.jsonl", "checkpoint.pt", "loss_curves.png",
            "adapter", "model")
@@ -77,7 +92,7 @@ class RunFolder:
         return state
 
     def _take_lock(self) -> None:
-        lock = open(self.folder / ".lock", "a+")
+        lock = open(self.folder / LOCK, "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -120,11 +135,15 @@ class RunFolder:
         """Written after each evaluation, atomically (a kill mid-write leaves the previous one)."""
         if not self.writes:
             return
+        import torch  # here, not at the top: zofo sweep's parent reads run folders without torch
+
         staging = self.checkpoint_path.with_name(".checkpoint.pt.tmp")
         torch.save({**state, "config": yaml.safe_load((self.folder / "config.yaml").read_text())}, staging)
         os.replace(staging, self.checkpoint_path)
 
     def load_checkpoint(self, config: dict) -> dict:
+        import torch
+
         try:
             # onto the CPU first, so that the file ties the run to no device (saved on cuda:1, resumed where there
             # is one GPU); the methods' load_state_dict and restore put each tensor where its parameter is

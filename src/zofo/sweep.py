@@ -42,7 +42,6 @@ source; Table 1's MeZO runs with the hard prompt, for one, are Table 2's MeZO ru
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
 import shutil
@@ -60,6 +59,7 @@ from tqdm.auto import tqdm
 from .config import PATHS, RunConfig, device_type_ran_on, experiment, flatten, make_config, read_yaml
 from .errors import ConfigError, ZofoError
 from .records import read_json
+from .runs import LOCK, held_by_a_run
 
 SWEEP_KEYS = {"out_dir", "parallel", "base", "variants", "grid", "tuning", "reuse"}
 TUNING_SEED = 0
@@ -155,19 +155,6 @@ def planned_device_type(config: RunConfig) -> str:
     return config.device.split(":")[0]
 
 
-def held_by_a_run(folder: Path) -> bool:
-    """Whether a live run holds the folder (the lock runs.py takes, which the system drops when the run dies)."""
-    if not (folder / ".lock").exists():
-        return False
-    with open(folder / ".lock", "a+") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(lock, fcntl.LOCK_UN)
-    return False
-
-
 class Reuse:
     """The finished runs under a sweep's `reuse` folders (tuning runs included), by the experiment they ran."""
 
@@ -197,7 +184,7 @@ class Reuse:
                 if item.name != "tuned.yaml":
                     shutil.rmtree(item) if item.is_dir() else item.unlink()
         shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-            "metrics.json", "tuned.yaml", "sweep_config.yaml", ".lock", "checkpoint.pt"))
+            "metrics.json", "tuned.yaml", "sweep_config.yaml", LOCK, "checkpoint.pt"))
         (folder / "reused.yaml").write_text(yaml.safe_dump({"reused_from": str(source)}))
         shutil.copy2(source / "metrics.json", folder / "metrics.json")
 
