@@ -20,13 +20,7 @@ for list in /tmp/zofo/*.left-behind; do
     bytes=$(du -sb --exclude=adapter --exclude=model "/tmp/zofo/$run" | cut -f1)
     if [ "$bytes" -le "$room" ]; then echo "$run" >> "$sent"; room=$((room - bytes)); else echo "$run" >> "$kept"; fi
   done < "$list"
-  if [ -s "$sent" ]; then
-    tar czf "$OUT/$name.left.tgz" -C /tmp/zofo --exclude=.lock --exclude='.*.tmp' --exclude=adapter --exclude=model \
-        --no-wildcards --transform "s,^$name,results/$name/runs," -T "$sent"
-    if [ "$(stat -c %s "$OUT/$name.left.tgz")" -gt 15000000 ]; then
-      split -b 15000000 -d "$OUT/$name.left.tgz" "$OUT/$name.left.tgz." && rm "$OUT/$name.left.tgz"
-    fi
-  fi
+  if [ -s "$sent" ]; then bash scripts/gpu_pack.sh "$name" "$sent" "$OUT/$name.left.tgz"; fi
   echo "$name: $(wc -l < "$sent") left-behind run(s) packed$([ -s "$kept" ] && echo ", $(wc -l < "$kept") still behind: call again")"
   mv "$kept" "$list"; rm -f "$sent"
 done

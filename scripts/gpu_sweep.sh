@@ -71,9 +71,4 @@ done > /tmp/zofo/$name.to-return
 [ -f /tmp/zofo/$name/tuning.md ] && echo $name/tuning.md >> /tmp/zofo/$name.to-return
 budget=$(python3 -c "print(max(0, ${RETURN_MB:-60} - $(du -sb $OUT | cut -f1) / 1e6))")
 python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/$name.to-return --budget-mb $budget > /tmp/zofo/$name.left-behind
-# (tar says "file changed as we read it" of a running run's log: the next call brings it again)
-tar czf $OUT/$name.tgz -C /tmp/zofo --exclude=.lock --exclude='.*.tmp' --exclude=adapter --exclude=model \
-    --no-wildcards -X /tmp/zofo/$name.left-behind --transform "s,^$name,results/$name/runs," -T /tmp/zofo/$name.to-return
-if [ $(stat -c %s $OUT/$name.tgz) -gt 15000000 ]; then
-  split -b 15000000 -d $OUT/$name.tgz $OUT/$name.tgz. && rm $OUT/$name.tgz
-fi
+bash scripts/gpu_pack.sh $name /tmp/zofo/$name.to-return $OUT/$name.tgz /tmp/zofo/$name.left-behind
