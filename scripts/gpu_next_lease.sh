@@ -29,10 +29,13 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
 fi
 groups=$(python3 scripts/choose_length_groups.py results/benchmarks/length_groups_h200.jsonl --tasks cb,rte)
 echo "length groups: $groups"
-# on two GPUs: Bilevel spread over both, MeZO-LoRA RTE (the longest run) on the first, the TF32 cell on the second
+# On two GPUs: the first runs the longest work, Bilevel RTE (5,000 steps from the start) and MeZO-LoRA RTE (5,316 steps
+# left), with no neighbours but each other; the second the Bilevel CB runs (1,832 steps left each) and the TF32
+# cell, then FOLLOW_UP (below). On one GPU, all of it side by side.
 if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then first="--gpus 0"; second="--gpus 1"; else first=""; second=""; fi
-TABLE2=${TABLE2:-"--only method=bilevel --only task=cb,rte
---only method=mezo --only task=rte --only seed=2 $first"}
+TABLE2=${TABLE2:-"--only method=bilevel --only task=rte $first
+--only method=mezo --only task=rte --only seed=2 $first
+--only method=bilevel --only task=cb $second"}
 start() { SWEEP_SECONDS=0 STOP_AT_END=0 bash scripts/gpu_sweep.sh "$@" > /dev/null; }
 while read -r selection; do
   start configs/paper/table2-lora.yaml paper-table2-lora --parallel 6 --set length_groups=$groups $selection
@@ -49,7 +52,13 @@ running() {  # any sweep of these NAMEs (default: all) still running on the mach
   done
   return 1
 }
-# Once those sweeps have ended, the GPU takes the next work in issue 11's order, so that no part of the lease idles:
+running_on_second() {  # any sweep on the second GPU still running (on one GPU: any sweep)
+  for pid in /tmp/zofo/*.sweeps/*.pid; do
+    grep -q -e "$second" "${pid%.pid}.args" && kill -0 "$(cat "$pid")" 2>/dev/null && return 0
+  done
+  return 1
+}
+# Once the sweeps on its GPU have ended, that GPU takes the next work in issue 11's order, so that it does not idle:
 # FOLLOW_UP (CONFIG NAME [sweep arguments]; empty: none), by default Table 2's MeZO on the full model (its tuning
 # runs first), in plain fp32 as the TF32 rule asks until its fp32 seeds exist. It checkpoints and comes back like
 # the others.
@@ -59,8 +68,8 @@ deadline=${SWEEP_SECONDS:-540}
 # not in a call's last 2 minutes: loading the model and capturing its graphs take about one
 follow_up_waits() { [ -n "$FOLLOW_UP" ] && [ ! -f /tmp/zofo/$follow_name.started ] && [ $SECONDS -lt $((deadline - 120)) ]; }
 while [ $SECONDS -lt $deadline ] && { running || follow_up_waits; }; do
-  if follow_up_waits && ! running paper-table2-lora tf32-check; then
-    start $follow_config $follow_name $follow_arguments && touch /tmp/zofo/$follow_name.started
+  if follow_up_waits && ! running_on_second; then
+    start $follow_config $follow_name $follow_arguments $second && touch /tmp/zofo/$follow_name.started
     rm -f "$OUT/$follow_name".tgz*  # packed again below
   fi
   sleep 5
