@@ -1,6 +1,7 @@
 import csv
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from zofo.cli import main
 from zofo.config import make_config
 from zofo.experiment import run_training
 from zofo.report import build_table, find_runs, first_order_curves, write_report
+from zofo.runs import held_by_a_run
 from zofo.sweep import expand, load_sweep, run_names
 
 
@@ -126,17 +128,27 @@ def test_bilevel_theta_z_is_plotted_against_fo_peft_by_first_order_steps(tmp_pat
     assert (out / "val_loss_first_order_steps.png").stat().st_size > 1000
 
 
-def test_a_killed_sweep_resumes_its_partial_run_from_the_checkpoint(tmp_path, data_dir, capsys):
+def kill_sweep_mid_run(path, folder, steps):
+    """SIGKILL the sweep once its run has logged `steps` steps; wait until the run, sent SIGTERM by the sweep's
+    death, has checkpointed and let go of its folder."""
     from test_resume import kill_when
 
+    kill_when(["sweep", str(path)], folder / "log.jsonl", steps)
+    for _ in range(600):
+        if not held_by_a_run(folder):
+            break
+        time.sleep(0.05)
+    assert (folder / "checkpoint.pt").exists() and not (folder / "metrics.json").exists()
+
+
+def test_a_killed_sweep_resumes_its_partial_run_from_the_checkpoint(tmp_path, data_dir, capsys):
     path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0]},
                        variants=[{"method": "fo", "peft": "lora"}])
     sweep = yaml.safe_load(path.read_text())
     sweep["base"].update(steps=60, eval_every=10, n_train=32)
     path.write_text(yaml.safe_dump(sweep))
     folder = tmp_path / "runs" / "run"
-    kill_when(["sweep", str(path)], folder / "log.jsonl", 45)  # the sweep, and with it its run
-    assert (folder / "checkpoint.pt").exists() and not (folder / "metrics.json").exists()
+    kill_sweep_mid_run(path, folder, 45)
     capsys.readouterr()
     assert main(["sweep", str(path)]) == 0
     assert "0 finished, 1 to run (1 resume from a checkpoint)" in capsys.readouterr().out
@@ -146,6 +158,32 @@ def test_a_killed_sweep_resumes_its_partial_run_from_the_checkpoint(tmp_path, da
     fields = {**sweep["base"], "method": "fo", "peft": "lora", "seed": 0, "out_dir": str(tmp_path / "whole")}
     whole = run_training(make_config(fields))
     assert (resumed["best_step"], resumed["best_val_loss"], resumed["test"]) == \
+        (whole["best_step"], whole["best_val_loss"], whole["test"])
+
+
+def test_a_partial_run_begun_with_other_values_is_set_aside_and_run_afresh(tmp_path, data_dir, capsys):
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0]},
+                       variants=[{"method": "fo", "peft": "lora", "lr": 1e-4}])
+    sweep = yaml.safe_load(path.read_text())
+    sweep["base"].update(steps=60, eval_every=10, n_train=32)
+    path.write_text(yaml.safe_dump(sweep))
+    folder = tmp_path / "runs" / "run"
+    kill_sweep_mid_run(path, folder, 25)
+    sweep["variants"][0]["lr"] = 1e-3  # the value changed (as when a grown tuning grid chooses another)
+    path.write_text(yaml.safe_dump(sweep))
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 0
+    aside = tmp_path / "runs" / "run.superseded-1"
+    assert f"started again: {folder} had begun with other values (lr: 0.0001 -> 0.001); what it ran is kept in " \
+           f"{aside}" in capsys.readouterr().out
+    assert yaml.safe_load((aside / "config.yaml").read_text())["lr"] == 1e-4 and (aside / "log.jsonl").exists()
+    assert not (aside / "checkpoint.pt").exists()  # never resumed by this sweep
+    assert yaml.safe_load((folder / "config.yaml").read_text())["lr"] == 1e-3
+    assert "resuming" not in (folder / "output.log").read_text()
+    afresh = json.loads((folder / "metrics.json").read_text())
+    whole = run_training(make_config({**sweep["base"], "method": "fo", "peft": "lora", "lr": 1e-3, "seed": 0,
+                                      "out_dir": str(tmp_path / "whole")}))
+    assert (afresh["best_step"], afresh["best_val_loss"], afresh["test"]) == \
         (whole["best_step"], whole["best_val_loss"], whole["test"])
 
 

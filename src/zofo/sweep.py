@@ -13,7 +13,10 @@
 
 Fields are named as in config files: flag names (`bilevel_lambda`), dotted paths (`bilevel.lambda`)
 or nested sections. A run whose folder holds metrics.json is finished and not run again; an unfinished
-one resumes from its last checkpoint; so an interrupted sweep continues by running the same command.
+one resumes from its last checkpoint; so an interrupted sweep continues by running the same command. An
+unfinished run begun with other values than the sweep now gives it (the sweep file was edited, or a tuning grid
+grew and chose another value) cannot resume as this run: its folder is set aside as FOLDER.superseded-N, logs
+kept, checkpoint dropped, and the run starts afresh.
 Each run is a child process that ends when the sweep ends, however the sweep ends.
 
 Hyperparameters chosen on validation: a variant's `tune` lists values to choose from, and `tuning`
@@ -56,10 +59,10 @@ from typing import Callable
 import yaml
 from tqdm.auto import tqdm
 
-from .config import PATHS, RunConfig, device_type_ran_on, experiment, flatten, make_config, read_yaml
+from .config import EXECUTION_FIELDS, PATHS, RunConfig, device_type_ran_on, experiment, flatten, make_config, read_yaml
 from .errors import ConfigError, ZofoError
 from .records import read_json
-from .runs import LOCK, held_by_a_run
+from .runs import LOCK, differences, held_by_a_run
 
 SWEEP_KEYS = {"out_dir", "parallel", "base", "variants", "grid", "tuning", "reuse"}
 TUNING_SEED = 0
@@ -409,6 +412,10 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
                         progress.write(f"copied, the same experiment: {source} -> {job.folder}")
                         progress.update(1)
                         continue
+                    if superseded := set_aside_if_begun_otherwise(job.folder, fields):
+                        changed, aside = superseded
+                        progress.write(f"started again: {job.folder} had begun with other values ({changed}); "
+                                       f"what it ran is kept in {aside}")
                     running.append(start_run(job.folder, fields, gpus, env, [entry[3] for entry in running]))
                 if not running:
                     break  # what is left waits for tuning runs that failed
@@ -430,6 +437,22 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
         waiting = f"; {len(todo)} run(s) wait for the failed tuning runs" if todo else ""
         raise ZofoError(f"{len(failed)} run(s) did not finish{waiting}; rerun the sweep to retry them: "
                         + "; ".join(failed))
+
+
+def set_aside_if_begun_otherwise(folder: Path, fields: dict) -> tuple[str, Path] | None:
+    """An unfinished run in `folder` whose config differs from `fields` (but for EXECUTION_FIELDS) moves to
+    FOLDER.superseded-N without its checkpoint, which this sweep would never resume: (what differs, where it went)."""
+    begun = folder / "config.yaml"
+    if not begun.exists() or (folder / "metrics.json").exists() or held_by_a_run(folder):
+        return None
+    old, new = make_config(read_yaml(begun)).to_dict(), make_config(fields).to_dict()
+    changed = [f"{path}: {a!r} -> {b!r}" for path, a, b in differences(old, new) if path not in EXECUTION_FIELDS]
+    if not changed:
+        return None
+    aside = next(place for n in itertools.count(1) if not (place := folder.with_name(f"{folder.name}.superseded-{n}")).exists())
+    folder.rename(aside)
+    (aside / "checkpoint.pt").unlink(missing_ok=True)
+    return "; ".join(changed), aside
 
 
 def start_run(folder: Path, fields: dict, gpus: list[str], env: dict, busy: list[str | None]):
