@@ -2,9 +2,10 @@
 # On the GPU machine, after the setup calls (here: bash scripts/gpu_prepare.sh prints their `carry`; the last
 # setup call may run this script at once): issue 11's remaining work in its order, as chains of sweeps that keep
 # every GPU busy. Table 2's LoRA rows are complete (session 17); what comes next (results/README.md, "Session 17"):
-#   chain 0: Table 2's MeZO on the full model, SST-2, COPA, CB (6 runs resumed, 1 new), then Table 1, then the
-#            λ ablation, then Table 2's prefix and prompt rows;
-#   chain 1: the same on RTE (3 new runs), then Table 9, then the K ablation.
+#   chain 0: Table 2's MeZO on the full model, SST-2, COPA, CB (its new tuning runs at lr 1e-4 first; 8 runs
+#            resumed, 1 new; about 64,000 steps on short inputs), then Table 1, then the λ ablation, then Table 2's
+#            prefix and prompt rows on SST-2, COPA, CB and RTE, then the rest of table2.yaml (the other tasks);
+#   chain 1: the same on RTE (3 new runs, 30,000 steps on long inputs), then Table 9, then the K ablation.
 # Chain i runs on GPU i (modulo the GPUs there are: on one GPU both chains share it); within a chain a sweep
 # starts once the one before it has ended, so Table 1, which copies Table 2's MeZO-full runs on SST-2 and COPA
 # (`reuse`), starts after them. Each sweep is named paper-<its config's name>: it runs in /tmp/zofo/NAME and
@@ -30,7 +31,7 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
   python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1 || { tail -n 20 "$OUT/cuda_checks.txt"; exit 1; }
   tail -n 1 "$OUT/cuda_checks.txt"
 fi
-CHAINS=${CHAINS:-"configs/paper/table2-mezo-full.yaml --only task=sst2,copa,cb --parallel 7; configs/paper/table1.yaml --parallel 8; configs/paper/ablation-lambda.yaml --parallel 8; configs/paper/table2.yaml --parallel 8
+CHAINS=${CHAINS:-"configs/paper/table2-mezo-full.yaml --only task=sst2,copa,cb --parallel 9; configs/paper/table1.yaml --parallel 8; configs/paper/ablation-lambda.yaml --parallel 8; configs/paper/table2.yaml --only peft=prefix,prompt --only task=sst2,copa,cb,rte --parallel 8; configs/paper/table2.yaml --parallel 8
 configs/paper/table2-mezo-full.yaml --only task=rte --parallel 3; configs/paper/table9.yaml --parallel 8; configs/paper/ablation-k.yaml --parallel 8"}
 gpu_count=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpu_count" -ge 1 ] || gpu_count=1
 name_of() { echo "paper-$(basename "$1" .yaml)"; }
