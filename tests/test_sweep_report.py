@@ -12,7 +12,7 @@ from zofo.config import make_config
 from zofo.experiment import run_training
 from zofo.report import build_table, find_runs, first_order_curves, write_report
 from zofo.runs import held_by_a_run
-from zofo.sweep import expand, load_sweep, run_names
+from zofo.sweep import expand, load_sweep, run_names, set_aside_if_begun_otherwise
 
 
 def write_sweep(path, data_dir, out_dir, **extra):
@@ -185,6 +185,27 @@ def test_a_partial_run_begun_with_other_values_is_set_aside_and_run_afresh(tmp_p
                                       "out_dir": str(tmp_path / "whole")}))
     assert (afresh["best_step"], afresh["best_val_loss"], afresh["test"]) == \
         (whole["best_step"], whole["best_val_loss"], whole["test"])
+
+
+def test_a_run_set_aside_keeps_its_logs_and_leaves_the_new_choice_in_place(tmp_path, data_dir):
+    fields = {"model": "tiny-llama", "task": "copa", "method": "mezo", "peft": "none", "lr": 1e-5,
+              "data_dir": str(data_dir)}
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(yaml.safe_dump(make_config(fields, {"out_dir": str(folder)}).to_dict()))
+    for name in ("log.jsonl", "checkpoint.pt", "output.log"):
+        (folder / name).write_text("begun")
+    assert set_aside_if_begun_otherwise(folder, {**fields, "device": "cpu"}) is None  # how it runs: no matter
+    (folder / "tuned.yaml").write_text(yaml.safe_dump({"chosen": {"lr": 1e-4}}))  # the grid grew; a new choice
+    changed, aside = set_aside_if_begun_otherwise(folder, {**fields, "lr": 1e-4})
+    assert (changed, aside) == ("lr: 1e-05 -> 0.0001", tmp_path / "run.superseded-1")
+    assert sorted(p.name for p in aside.iterdir()) == ["config.yaml", "log.jsonl", "output.log"]
+    assert [p.name for p in folder.iterdir()] == ["tuned.yaml"]
+    (folder / "config.yaml").write_text((aside / "config.yaml").read_text())  # begun again with the old value
+    assert set_aside_if_begun_otherwise(folder, {**fields, "lr": 1e-4})[1] == tmp_path / "run.superseded-2"
+    (folder / "metrics.json").write_text("{}")
+    (folder / "config.yaml").write_text((aside / "config.yaml").read_text())
+    assert set_aside_if_begun_otherwise(folder, {**fields, "lr": 1e-4}) is None  # a finished run stays
 
 
 def test_tuning_runs_choose_each_run_s_value_on_validation_and_never_read_the_test_split(tmp_path, data_dir, capsys):

@@ -441,7 +441,8 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
 
 def set_aside_if_begun_otherwise(folder: Path, fields: dict) -> tuple[str, Path] | None:
     """An unfinished run in `folder` whose config differs from `fields` (but for EXECUTION_FIELDS) moves to
-    FOLDER.superseded-N without its checkpoint, which this sweep would never resume: (what differs, where it went)."""
+    FOLDER.superseded-N without its checkpoint, which this sweep would never resume, leaving the sweep's tuned.yaml
+    (the choice `fields` hold, just written) where it is: (what differs, where the run went)."""
     begun = folder / "config.yaml"
     if not begun.exists() or (folder / "metrics.json").exists() or held_by_a_run(folder):
         return None
@@ -450,7 +451,10 @@ def set_aside_if_begun_otherwise(folder: Path, fields: dict) -> tuple[str, Path]
     if not changed:
         return None
     aside = next(place for n in itertools.count(1) if not (place := folder.with_name(f"{folder.name}.superseded-{n}")).exists())
-    folder.rename(aside)
+    aside.mkdir()
+    for item in folder.iterdir():
+        if item.name != "tuned.yaml":
+            item.rename(aside / item.name)
     (aside / "checkpoint.pt").unlink(missing_ok=True)
     return "; ".join(changed), aside
 
