@@ -41,7 +41,10 @@ for sweep in $(ls "$staging"/results); do
   # the new runs lose their bulk (progress-bar redraws, most training records, steps after the selected one),
   # copied whole to results-full/ first: the repository travels with every GPU call (scripts/slim_runs.py)
   python3 scripts/slim_runs.py "results/$sweep/runs" | tail -1
-  PYTHONPATH=src python3 -m zofo report "results/$sweep/runs" --output "results/$sweep" | tail -1
+  # a report needs a finished run with test metrics: tuning runs alone (runs/tuning/RUN) make none yet
+  if [ -n "$(find "results/$sweep/runs" -mindepth 2 -maxdepth 2 -name metrics.json | head -1)" ]; then
+    PYTHONPATH=src python3 -m zofo report "results/$sweep/runs" --output "results/$sweep" | tail -1
+  fi
 done
 # .gpu/partial is ignored by git and lasts only as long as this checkout: kept in the local branch gpu-partials too
 bash scripts/partials.sh save

@@ -15,8 +15,7 @@
 # Every call is the same command: it starts what is due, waits until SWEEP_SECONDS (default 540) after its start
 # or until every chain has ended, and returns in $OUT what is done (NAME.tgz for each sweep started on this
 # machine, in 15 MB parts where larger) with the sweeps' logs in lease.txt (a call returns at most 8 files).
-# Afterwards, here, for each NAME.tgz (or its parts NAME.tgz.00, ...) that came back:
-#   scripts/collect_runs.sh <files_at>/NAME.tgz
+# Afterwards, here: bash scripts/collect_lease.sh <files_at> (each NAME.tgz, or its parts, by collect_runs.sh).
 # The lease's last call: STOP_AT_END=1 bash scripts/gpu_next_lease.sh (every run checkpoints and stops; its wait
 # is then 420 s, so that the runs' exit, up to 90 s, and the packing end within the call's 600); right after it,
 # while the machine is warm, bash scripts/gpu_return_left.sh brings back the unfinished runs that did not fit.
@@ -83,6 +82,11 @@ for name in $(sort -u /tmp/zofo/started 2>/dev/null); do
   RETURN_ONLY=1 STOP_AT_END=$stop bash scripts/gpu_sweep.sh "configs/paper/${name#paper-}.yaml" "$name"
   stop=0  # the first stops them all
 done
+# a call returns at most 8 files: archives that would take more than 7 (lease.txt is the eighth) go as one bundle
+# in 15 MB parts, lease.tar.00, ... (60 MB of archives: at most 5); scripts/collect_lease.sh reads either form
+if [ "$(find "$OUT" -maxdepth 1 -name '*.tgz*' | wc -l)" -gt 7 ]; then
+  (cd "$OUT" && tar cf - ./*.tgz* | split -b 15000000 -d - lease.tar. && rm -f ./*.tgz*)
+fi
 # one text file for the sweeps' logs (and cuda_checks.txt)
 for text in "$OUT"/*.log "$OUT"/*.txt; do
   if [ -f "$text" ]; then echo "== $(basename "$text")"; cat "$text"; echo; fi

@@ -5,7 +5,7 @@
 # instead of starting again. Session 16's last call left one Bilevel run of 3,168 steps behind this way.
 # $OUT gets NAME.left.tgz for each NAME (in parts .00, .01, ... over 15 MB), up to RETURN_MB (default 60) in
 # all; what does not fit stays listed in NAME.left-behind for one more call of this script.
-# Afterwards, here: scripts/collect_runs.sh <files_at>/NAME.left.tgz for each NAME that came back.
+# Afterwards, here: bash scripts/collect_lease.sh <files_at> (each NAME.left.tgz, by collect_runs.sh).
 # Usage: bash scripts/gpu_return_left.sh
 set -euo pipefail
 OUT=${OUT:-/tmp/zofo/out}; mkdir -p "$OUT"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Here, after a GPU call of scripts/gpu_next_lease.sh or gpu_return_left.sh: collect all that it returned, by
+# scripts/collect_runs.sh one archive at a time: NAME.tgz, its parts NAME.tgz.00, ..., NAME.left.tgz, and the
+# bundle lease.tar.00, ... into which gpu_next_lease.sh puts the archives when they would be more files than a
+# call returns (8).
+# Usage: bash scripts/collect_lease.sh FILES_AT      (the folder the device tool names files_at)
+set -euo pipefail
+from=$(realpath "${1:?usage: scripts/collect_lease.sh FILES_AT}")
+cd "$(dirname "$0")/.."
+bundle=$(mktemp -d); trap 'rm -rf "$bundle"' EXIT
+if compgen -G "$from/lease.tar.[0-9][0-9]" > /dev/null; then
+  cat "$from"/lease.tar.[0-9][0-9] | tar x -C "$bundle"
+fi
+failed=()
+for folder in "$from" "$bundle"; do
+  for archive in "$folder"/*.tgz "$folder"/*.tgz.00; do
+    [ -e "$archive" ] || continue
+    echo "== $(basename "${archive%.00}")"
+    bash scripts/collect_runs.sh "${archive%.00}" || failed+=("$(basename "${archive%.00}")")  # the others still
+  done
+done
+if [ ${#failed[@]} -gt 0 ]; then echo "collect_lease: not collected (see above): ${failed[*]}" >&2; exit 1; fi
