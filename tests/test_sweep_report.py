@@ -187,6 +187,23 @@ def test_a_partial_run_begun_with_other_values_is_set_aside_and_run_afresh(tmp_p
         (whole["best_step"], whole["best_val_loss"], whole["test"])
 
 
+def test_finished_runs_that_ran_with_other_values_than_the_sweep_now_gives_are_named_and_kept(tmp_path, data_dir,
+                                                                                               capsys):
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs")
+    assert main(["sweep", str(path)]) == 0
+    sweep = yaml.safe_load(path.read_text())
+    sweep["base"]["zo_eps"] = 1e-2  # MeZO's runs ran with 1e-3; first-order PEFT does not read it: no matter
+    path.write_text(yaml.safe_dump(sweep))
+    finished = {p: p.stat().st_mtime for p in (tmp_path / "runs").glob("*/metrics.json")}
+    capsys.readouterr()
+    assert main(["sweep", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs in" in out and "4 finished, 0 to run" in out
+    assert re.search(r"2 of the finished ran with other values than the sweep now gives them \(\S+method=mezo\S+: "
+                     r"zo\.eps: 0\.001 -> 0\.01; and others\): they stay as they are; delete a run's folder to run it again", out)
+    assert {p: p.stat().st_mtime for p in (tmp_path / "runs").glob("*/metrics.json")} == finished
+
+
 def test_a_run_set_aside_keeps_its_logs_and_leaves_the_new_choice_in_place(tmp_path, data_dir):
     fields = {"model": "tiny-llama", "task": "copa", "method": "mezo", "peft": "none", "lr": 1e-5,
               "data_dir": str(data_dir)}

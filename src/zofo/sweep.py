@@ -16,7 +16,8 @@ or nested sections. A run whose folder holds metrics.json is finished and not ru
 one resumes from its last checkpoint; so an interrupted sweep continues by running the same command. An
 unfinished run begun with other values than the sweep now gives it (the sweep file was edited, or a tuning grid
 grew and chose another value) cannot resume as this run: its folder is set aside as FOLDER.superseded-N, logs
-kept, checkpoint dropped, and the run starts afresh.
+kept, checkpoint dropped, and the run starts afresh. A finished run stays as it is; the sweep names those that ran
+with values it no longer gives (fields their method does not read aside).
 Each run is a child process that ends when the sweep ends, however the sweep ends.
 
 Hyperparameters chosen on validation: a variant's `tune` lists values to choose from, and `tuning`
@@ -308,6 +309,15 @@ def announce(jobs: list[Job], what: str, listing: bool, reuse: Reuse,
     reused = f", {len(sources)} of them copied from {', '.join(map(str, reuse.folders))}" if reuse.folders else ""
     print(f"{len(jobs)} {what}: {len(jobs) - len(todo)} finished, {len(todo)} to run "
           f"({partial} resume from a checkpoint{reused})", flush=True)
+    # a finished run is never run again, even when the sweep now gives it other values (an edit, a grown grid)
+    stale = [(job.folder, changed) for job in jobs if job.finished() and (job.folder / "config.yaml").exists()
+             and (fields := known_fields(job, copied or {})) is not None
+             and (changed := changed_values(job.folder, fields, read_by_the_method=True))]
+    if stale:
+        folder, changed = stale[0]
+        print(f"  {len(stale)} of the finished ran with other values than the sweep now gives them ({folder}: "
+              f"{'; '.join(changed)}{'; and others' if len(stale) > 1 else ''}): they stay as they are; delete a "
+              "run's folder to run it again", flush=True)
     if listing:
         for job in todo:
             source = sources.get(job.folder)
@@ -439,15 +449,26 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
                         + "; ".join(failed))
 
 
+def changed_values(folder: Path, fields: dict, read_by_the_method: bool = False) -> list[str]:
+    """What differs between the run in `folder` (its config.yaml) and `fields`, but for EXECUTION_FIELDS (and,
+    if `read_by_the_method`, fields its method ignores): ["lr: 1e-05 -> 0.0001", ...]; [] for a folder whose
+    config this zofo cannot read (another version's)."""
+    try:
+        old = make_config(read_yaml(folder / "config.yaml")).to_dict()
+    except (ZofoError, OSError, ValueError):
+        return []
+    new = make_config(fields)
+    return [f"{path}: {a!r} -> {b!r}" for path, a, b in differences(old, new.to_dict())
+            if path not in EXECUTION_FIELDS and (new.uses(path) or not read_by_the_method)]
+
+
 def set_aside_if_begun_otherwise(folder: Path, fields: dict) -> tuple[str, Path] | None:
     """An unfinished run in `folder` whose config differs from `fields` (but for EXECUTION_FIELDS) moves to
     FOLDER.superseded-N without its checkpoint, which this sweep would never resume, leaving the sweep's tuned.yaml
     (the choice `fields` hold, just written) where it is: (what differs, where the run went)."""
-    begun = folder / "config.yaml"
-    if not begun.exists() or (folder / "metrics.json").exists() or held_by_a_run(folder):
+    if not (folder / "config.yaml").exists() or (folder / "metrics.json").exists() or held_by_a_run(folder):
         return None
-    old, new = make_config(read_yaml(begun)).to_dict(), make_config(fields).to_dict()
-    changed = [f"{path}: {a!r} -> {b!r}" for path, a, b in differences(old, new) if path not in EXECUTION_FIELDS]
+    changed = changed_values(folder, fields)
     if not changed:
         return None
     aside = next(place for n in itertools.count(1) if not (place := folder.with_name(f"{folder.name}.superseded-{n}")).exists())
