@@ -43,9 +43,10 @@ reuse_arguments() {  # --reuse /tmp/zofo/paper-X for each runs/X the config's `r
   python3 -c "import sys, yaml; print(' '.join('--reuse /tmp/zofo/paper-' + folder.rstrip('/').split('/')[-1]
               for folder in yaml.safe_load(open(sys.argv[1])).get('reuse') or []))" "$1"
 }
-sweep_pid() {  # the pid file gpu_sweep.sh keeps for this sweep (it knows a sweep by its config and arguments)
-  local config=$1 name=$2; shift 2
-  echo "/tmp/zofo/$name.sweeps/$(echo "$config $*" | md5sum | cut -c1-8).pid"
+sweep_pid() {  # the pid file of the sweep whose NAME.args (gpu_sweep.sh writes "CONFIG ARGUMENTS") is this one's
+  local config=$1 name=$2 args; shift 2
+  args=$(grep -lxF -- "$config $*" /tmp/zofo/$name.sweeps/*.args 2>/dev/null | head -1)
+  if [ -n "$args" ]; then echo "${args%.args}.pid"; fi
 }
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 [ "${STOP_AT_END:-0}" = 1 ] && SWEEP_SECONDS=${SWEEP_SECONDS:-420}
@@ -63,7 +64,7 @@ advance() {
       arguments="$arguments $(reuse_arguments "$config") --gpus $gpu"
       local pid; pid=$(sweep_pid "$config" "$name" $arguments)
       if running "$pid"; then echo "$chain"; break; fi
-      [ -f "$pid" ] && continue  # started on this machine and ended: the chain's next sweep
+      [ -n "$pid" ] && continue  # started on this machine and ended: the chain's next sweep
       if [ $SECONDS -lt $((deadline - 120)) ]; then
         SWEEP_SECONDS=0 STOP_AT_END=0 bash scripts/gpu_sweep.sh "$config" "$name" $arguments > /dev/null
         echo "$name" >> /tmp/zofo/started

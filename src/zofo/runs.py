@@ -150,8 +150,7 @@ class RunFolder:
             state = torch.load(self.checkpoint_path, weights_only=True, map_location="cpu")
         except Exception as error:  # a foreign or damaged file: say which and what to do
             raise RunFolderError(f"{self.checkpoint_path} cannot be read ({error}); --overwrite starts the run again") from None
-        changed = [f"{path}: {old!r} -> {new!r}" for path, old, new in differences(state["config"], config)
-                   if path not in EXECUTION_FIELDS]
+        changed = changed_fields(state["config"], config)
         if changed:
             raise RunFolderError(f"{self.folder} was started with another configuration; resuming it would mix two "
                                  f"runs. Changed: {'; '.join(changed)}. Resume with the run's own settings "
@@ -172,6 +171,13 @@ class RunFolder:
         self.plot_losses()
         self.write_metrics(metrics)
         self.checkpoint_path.unlink(missing_ok=True)
+
+
+def changed_fields(old: dict, new: dict, counts=lambda path: True) -> list[str]:
+    """"path: old -> new" for each field that differs between two configs and changes what a run computes: not
+    EXECUTION_FIELDS, nor those `counts` rejects."""
+    return [f"{path}: {a!r} -> {b!r}" for path, a, b in differences(old, new)
+            if path not in EXECUTION_FIELDS and counts(path)]
 
 
 def differences(old: dict, new: dict, prefix: str = ""):

@@ -60,10 +60,10 @@ from typing import Callable
 import yaml
 from tqdm.auto import tqdm
 
-from .config import EXECUTION_FIELDS, PATHS, RunConfig, device_type_ran_on, experiment, flatten, make_config, read_yaml
+from .config import PATHS, RunConfig, device_type_ran_on, experiment, flatten, make_config, read_yaml
 from .errors import ConfigError, ZofoError
 from .records import read_json
-from .runs import LOCK, differences, held_by_a_run
+from .runs import LOCK, changed_fields, held_by_a_run
 
 SWEEP_KEYS = {"out_dir", "parallel", "base", "variants", "grid", "tuning", "reuse"}
 TUNING_SEED = 0
@@ -159,6 +159,11 @@ def planned_device_type(config: RunConfig) -> str:
     return config.device.split(":")[0]
 
 
+def left_by_an_attempt(folder: Path) -> list[Path]:
+    """What a run's folder holds but the sweep's tuned.yaml (its choice for the run, which the report reads)."""
+    return [item for item in folder.iterdir() if item.name != "tuned.yaml"] if folder.exists() else []
+
+
 class Reuse:
     """The finished runs under a sweep's `reuse` folders (tuning runs included), by the experiment they ran."""
 
@@ -183,10 +188,8 @@ class Reuse:
         """The finished run `source` as `folder`'s run: what an unfinished attempt left there goes, but the sweep's
         own tuned.yaml (its choice, which the report reads). metrics.json, which marks a run finished, comes last,
         so that a copy cut short is a run still to do."""
-        if folder.exists():
-            for item in folder.iterdir():
-                if item.name != "tuned.yaml":
-                    shutil.rmtree(item) if item.is_dir() else item.unlink()
+        for item in left_by_an_attempt(folder):
+            shutil.rmtree(item) if item.is_dir() else item.unlink()
         shutil.copytree(source, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
             "metrics.json", "tuned.yaml", "sweep_config.yaml", LOCK, "checkpoint.pt"))
         (folder / "reused.yaml").write_text(yaml.safe_dump({"reused_from": str(source)}))
@@ -458,8 +461,7 @@ def changed_values(folder: Path, fields: dict, read_by_the_method: bool = False)
     except (ZofoError, OSError, ValueError):
         return []
     new = make_config(fields)
-    return [f"{path}: {a!r} -> {b!r}" for path, a, b in differences(old, new.to_dict())
-            if path not in EXECUTION_FIELDS and (new.uses(path) or not read_by_the_method)]
+    return changed_fields(old, new.to_dict(), new.uses if read_by_the_method else lambda path: True)
 
 
 def set_aside_if_begun_otherwise(folder: Path, fields: dict) -> tuple[str, Path] | None:
@@ -473,9 +475,8 @@ def set_aside_if_begun_otherwise(folder: Path, fields: dict) -> tuple[str, Path]
         return None
     aside = next(place for n in itertools.count(1) if not (place := folder.with_name(f"{folder.name}.superseded-{n}")).exists())
     aside.mkdir()
-    for item in folder.iterdir():
-        if item.name != "tuned.yaml":
-            item.rename(aside / item.name)
+    for item in left_by_an_attempt(folder):
+        item.rename(aside / item.name)
     (aside / "checkpoint.pt").unlink(missing_ok=True)
     return "; ".join(changed), aside
 
