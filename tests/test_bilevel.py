@@ -303,6 +303,25 @@ def test_a_run_selects_and_saves_the_evaluated_adapter_and_tests_the_other_and_t
     assert all(r[other_loss] > 0 and r[other_loss] != r["val_loss"] for r in evaluations)
 
 
+def test_a_collapse_of_the_adapter_not_selected_on_is_logged_and_the_run_goes_on(data_dir, tmp_path, monkeypatch):
+    """θ+z's validation loss is logged for comparison; only θ+φ's (the one that selects) collapsing stops a run."""
+    from zofo.data import TaskSet
+    from zofo.errors import ModelCollapsed
+
+    measure = TaskSet.validation_loss
+
+    def lower_collapsed(tasks, model):
+        if model.active_adapter == LOWER:
+            raise ModelCollapsed("the model collapsed")
+        return measure(tasks, model)
+
+    monkeypatch.setattr(TaskSet, "validation_loss", lower_collapsed)
+    metrics = run_training(small_config(data_dir, tmp_path, steps=6, eval_every=3, zero_shot=False, test=False))
+    evaluations = [r for r in read_records(tmp_path / "run" / "log.jsonl") if "val_loss" in r]
+    assert [r["step"] for r in evaluations] == [3, 6] and all(r["val_loss_theta_z"] is None for r in evaluations)
+    assert metrics["best_val_loss"] == min(r["val_loss"] for r in evaluations)  # θ+φ's, measured with φ active
+
+
 @pytest.mark.parametrize("cycle", ["paper", "authors"])
 def test_evaluating_both_adapters_leaves_training_as_it_is(data_dir, tmp_path, cycle):
     """θ's steps (the trajectory: seeds and scalars, which depend on φ and z through F) are the same whether a run

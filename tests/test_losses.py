@@ -84,6 +84,24 @@ def test_validation_loss_averages_the_training_loss():
     assert mean_loss(model, "candidates", examples, tokenizer.pad_token_id, max_rows=2) == pytest.approx(whole, rel=1e-5)
 
 
+def test_a_model_that_scores_every_candidate_alike_has_collapsed():
+    """Its loss, ln(number of candidates), would beat a working model's: it must never be selected."""
+    from zofo.errors import ModelCollapsed
+
+    model, tokenizer = tiny()
+    examples = tokenize_examples(EXAMPLES, tokenizer, 64)
+    mean_loss(model, "candidates", examples, tokenizer.pad_token_id)  # a working model: no error
+    with torch.no_grad():
+        model.get_output_embeddings().weight.zero_()  # uniform next-token distributions
+        if model.get_output_embeddings().bias is not None:
+            model.get_output_embeddings().bias.zero_()
+    with pytest.raises(ModelCollapsed, match="scores the candidates of all 3 validation examples alike"):
+        mean_loss(model, "candidates", examples, tokenizer.pad_token_id, max_rows=2)
+    mean_loss(model, "lm", examples, tokenizer.pad_token_id)  # no candidates to tell apart: a loss, not a collapse
+    one_candidate = tokenize_examples([Example((("Dull", " great"),), 0)], tokenizer, 64)
+    assert mean_loss(model, "candidates", one_candidate, tokenizer.pad_token_id) == pytest.approx(0.0, abs=1e-6)
+
+
 @pytest.mark.parametrize("peft", ["none", "lora", "prompt", "prefix"])
 def test_scoring_builds_no_key_value_cache_except_prefix_tunings_own(peft):
     """transformers builds a cache in every forward by default: a copy of every layer's keys and values."""

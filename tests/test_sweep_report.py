@@ -282,6 +282,22 @@ def test_a_diverged_tuning_run_finishes_with_its_result_and_a_diverged_run_fails
         run_training(make_config(fields, {"out_dir": str(tmp_path / "run")}))
 
 
+def test_a_tuning_run_whose_model_collapsed_is_diverged_and_never_chosen(tmp_path, data_dir, monkeypatch):
+    """Seen on the H200: MeZO full at lr 1e-4 on RTE blew up, then scored both candidates alike (validation
+    loss ln 2, below the other values' 0.71) with a projected gradient of exactly 0 ever after."""
+    import torch
+    from zofo.errors import ModelCollapsed
+
+    monkeypatch.setattr("zofo.evaluation.candidates_scored_alike",
+                        lambda values, batch: torch.tensor([batch.examples, batch.examples], dtype=torch.float32))
+    fields = {"model": "tiny-llama", "task": "copa", "n_train": 8, "n_val": 4, "n_test": 4, "steps": 4, "eval_every": 2,
+              "batch_size": 2, "device": "cpu", "data_dir": str(data_dir), "method": "mezo", "peft": "none"}
+    metrics = run_training(make_config(fields, {"test": False, "out_dir": str(tmp_path / "tuning")}))
+    assert metrics["diverged"].startswith("at step 2, the model collapsed") and metrics["best_val_loss"] is None
+    with pytest.raises(ModelCollapsed, match="lower the learning rate"):
+        run_training(make_config(fields, {"out_dir": str(tmp_path / "run")}))
+
+
 def test_a_tuning_sweep_checks_the_values_to_choose_from_before_anything_runs(tmp_path, data_dir):
     for tune, problem in (({"lr": 1e-3}, "non-empty list"), ({"lr": [-1.0]}, "lr")):
         path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs",

@@ -22,8 +22,16 @@ class RecordError(ZofoError):
     """A file a run wrote is unreadable: the file and the line."""
 
 
-class NonFiniteLoss(ZofoError):
-    """Training diverged: the step (and the direction's seed)."""
+class Diverged(ZofoError):
+    """Training diverged: a tuning run that did has a result (its values are never chosen); any other run fails."""
+
+
+class NonFiniteLoss(Diverged):
+    """The loss became NaN or infinite: the step (and the direction's seed)."""
+
+
+class ModelCollapsed(Diverged):
+    """The model scores every candidate alike: its loss is finite, and lower than a working model's."""
 
 
 def diverged(what: str, value: float, step: int, dtype: str, seed: int | None = None) -> NonFiniteLoss:

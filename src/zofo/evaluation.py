@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .batches import TokenizedExample, chunks_by_rows, context_batch, option_batch
 from .calls import ModelCalls
+from .errors import ModelCollapsed
 from .metrics import compute_metric
 from .tasks import Task
 
@@ -69,21 +70,40 @@ def evaluate(model, tokenizer, task: Task, examples: list[TokenizedExample], bat
 def mean_loss(model, loss: str, examples: list[TokenizedExample], pad_id: int, max_rows: int = 32,
               calls: ModelCalls | None = None, reduce=None) -> float:
     """The training loss over `examples` (the validation loss that selects checkpoints): per-example
-    values summed on the device, one synchronisation at the end. `reduce` sums the (values, weights)
-    totals of every rank's shard (distributed.sums)."""
+    values summed on the device, one synchronisation at the end. `reduce` sums the totals of every
+    rank's shard (distributed.sums). Raises ModelCollapsed when the model scores the candidates of
+    every example alike: its loss, ln(number of candidates), then beats a working model's, and no step
+    can move it again (MeZO's two perturbed losses are equal, so its projected gradient is 0)."""
     calls = calls or ModelCalls(pad_id=pad_id)
     was_training = model.training
     model.eval()
     try:
-        total, weight = torch.zeros((), device=model.device), torch.zeros((), device=model.device)
+        # loss numerators, weights, examples with candidates to choose between, those scored alike
+        sums = torch.zeros(4, device=model.device)
         gold_only = loss == "lm"
         for chunk in chunks_by_rows(examples, max_rows):
             batch = option_batch([examples[i] for i in chunk], pad_id, gold_only=gold_only)
             values, weights = calls.losses(model, batch, loss)
-            total += values.sum()
-            weight += weights.sum()
+            sums[0] += values.sum()
+            sums[1] += weights.sum()
+            if loss == "candidates":
+                sums[2:] += candidates_scored_alike(values, batch)
         if reduce is not None:
-            total, weight = reduce(torch.stack([total, weight]))
-        return (total / weight).item()
+            sums = reduce(sums)
+        mean, choices, alike = torch.stack([sums[0] / sums[1], sums[2], sums[3]]).tolist()
+        if choices and alike == choices:
+            raise ModelCollapsed(f"the model collapsed: it scores the candidates of all {int(choices)} validation examples "
+                                 f"alike (validation loss {mean:.4f}, ln of the number of candidates), so no step can move "
+                                 "it again: lower the learning rate")
+        return mean
     finally:
         model.train(was_training)
+
+
+def candidates_scored_alike(values: torch.Tensor, batch) -> torch.Tensor:
+    """[examples with two or more candidates, those whose candidates the model scores alike], from the
+    candidates loss's per-example values: cross-entropy over k equal scores is ln k (to rounding)."""
+    options = batch.slot_mask[: batch.examples].sum(-1)
+    choice = options >= 2
+    alike = choice & ((values[: batch.examples] - options.float().log()).abs() < 1e-4)
+    return torch.stack([choice.sum(), alike.sum()]).float()

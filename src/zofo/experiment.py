@@ -16,7 +16,7 @@ from .adapters import base_entries
 from .calls import model_calls
 from .config import META_METHODS, RunConfig
 from .data import TaskSet, metaicl_task_data, prepare_tasks
-from .errors import NonFiniteLoss
+from .errors import Diverged
 from .meta_test import MODES, meta_test
 from .methods import METHODS, Method
 from .tasks import metaicl
@@ -128,7 +128,7 @@ def run_training(config: RunConfig) -> dict:
     reset_peak_memory(device)
     try:
         selection = loop.train(method, run, state, extra_state={"zero_shot": zero_shot})
-    except NonFiniteLoss as error:
+    except Diverged as error:
         return finish_diverged(config, run, metrics, error)
     metrics.update(peak_memory(device))
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
@@ -165,7 +165,7 @@ def finish_tuning_run(run: RunFolder, metrics: dict, calls) -> dict:
     return metrics
 
 
-def finish_diverged(config: RunConfig, run: RunFolder, metrics: dict, error: NonFiniteLoss) -> dict:
+def finish_diverged(config: RunConfig, run: RunFolder, metrics: dict, error: Diverged) -> dict:
     """A tuning run whose loss diverged has a result: its values are never chosen. Any other run fails."""
     if config.test:
         raise error
@@ -221,7 +221,7 @@ def run_meta_training(config: RunConfig) -> dict:
     reset_peak_memory(device)
     try:
         selection = loop.train(method, run, state, extra_state={"pretrained": pretrained})
-    except NonFiniteLoss as error:
+    except Diverged as error:
         return finish_diverged(config, run, metrics, error)
     metrics.update(peak_memory(device))  # meta-training's own peak (the meta-tests tune their own LoRA)
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point

@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .errors import RunStopped, diverged
+from .errors import ModelCollapsed, RunStopped, diverged
 from .methods.base import Method, Selection
 from .runs import RunFolder
 
@@ -123,7 +123,11 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
                 shown = log.flush()
                 progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if k != "step" and isinstance(v, float)})
             if evaluate:
-                val_loss = method.validation_loss()
+                try:
+                    val_loss = method.validation_loss()
+                except ModelCollapsed as error:
+                    raise ModelCollapsed(f"at step {step}, {error}. The log keeps the steps before it, and the run "
+                                         "folder its last checkpoint") from None
                 if not math.isfinite(val_loss):
                     raise diverged("the validation loss", val_loss, step, config.dtype)
                 run.log({"step": step, "val_loss": val_loss, **method.evaluation_log(iteration)})

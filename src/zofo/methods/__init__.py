@@ -1,7 +1,7 @@
 """Training methods. Each is one file with a Method subclass (methods/base.py) that reads like the
 paper's algorithm box; the run loop (loop.py) does the rest. Methods never import each other."""
 
-from ..errors import NonFiniteLoss
+from ..errors import Diverged, ModelCollapsed, NonFiniteLoss
 from .base import Method
 from .bilevel import BilevelZOFO
 from .first_order import FirstOrder
@@ -14,4 +14,4 @@ from .two_stage import TwoStage
 METHODS: dict[str, type[Method]] = {"fo": FirstOrder, "mezo": MeZO, "bilevel": BilevelZOFO, "two-stage": TwoStage,
                                     "meta-bilevel": MetaBilevelZOFO, "meta-mezo": MetaMeZO, "meta-icl": MetaICL}
 
-__all__ = ["METHODS", "Method", "NonFiniteLoss", "BilevelZOFO", "FirstOrder", "MeZO", "TwoStage"]
+__all__ = ["METHODS", "Method", "Diverged", "ModelCollapsed", "NonFiniteLoss", "BilevelZOFO", "FirstOrder", "MeZO", "TwoStage"]

@@ -36,6 +36,7 @@ from torch.profiler import record_function
 
 from ..adapters import activate, adapter_parameters, adapter_state, base_parameters, load_adapter_state, with_adapters
 from ..calls import step_optimizer
+from ..errors import ModelCollapsed
 from ..zo import mix, zo_engine
 from .base import Method
 from .penalty import LOWER, UPPER, UpperObjective, phi_gradient
@@ -177,8 +178,12 @@ class BilevelZOFO(Method):
         first-order steps (`zofo report`'s val_loss_first_order_steps.png)."""
         other, label = self.other_adapter
         activate(self.peft_model, other)
-        loss = self.tasks.validation_loss(self.peft_model)
-        activate(self.peft_model, self.evaluated_adapter)
+        try:
+            loss = self.tasks.validation_loss(self.peft_model)
+        except ModelCollapsed:  # logged, not selected on: only the evaluated adapter's collapse stops a run
+            loss = math.nan
+        finally:
+            activate(self.peft_model, self.evaluated_adapter)
         upper_steps = sum(self.cycle(i)[1] for i in range(iteration + 1))
         return {f"val_loss_{label}": loss if math.isfinite(loss) else None,
                 "lower_steps": self.schedule()[iteration] - upper_steps, "upper_steps": upper_steps}
