@@ -84,22 +84,27 @@ def test_validation_loss_averages_the_training_loss():
     assert mean_loss(model, "candidates", examples, tokenizer.pad_token_id, max_rows=2) == pytest.approx(whole, rel=1e-5)
 
 
-def test_a_model_that_scores_every_candidate_alike_has_collapsed():
+# CUDA, where a GPU machine runs the tests (`python3 -m pytest tests/test_losses.py -k collapsed`), with graphs
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_a_model_that_scores_every_candidate_alike_has_collapsed(device):
     """Its loss, ln(number of candidates), would beat a working model's: it must never be selected."""
+    from zofo.calls import ModelCalls
     from zofo.errors import ModelCollapsed
 
     model, tokenizer = tiny()
+    model.to(device)
+    pad_id = tokenizer.pad_token_id
+    calls = ModelCalls("graphs" if device == "cuda" else "eager", pad_id=pad_id)
     examples = tokenize_examples(EXAMPLES, tokenizer, 64)
-    mean_loss(model, "candidates", examples, tokenizer.pad_token_id)  # a working model: no error
+    working = mean_loss(model, "candidates", examples, pad_id, calls=calls)  # no error
+    assert working == pytest.approx(candidates_loss(model, option_batch(examples, pad_id).to(device)).item(), rel=1e-5)
     with torch.no_grad():
         model.get_output_embeddings().weight.zero_()  # uniform next-token distributions
-        if model.get_output_embeddings().bias is not None:
-            model.get_output_embeddings().bias.zero_()
     with pytest.raises(ModelCollapsed, match="scores the candidates of all 3 validation examples alike"):
-        mean_loss(model, "candidates", examples, tokenizer.pad_token_id, max_rows=2)
-    mean_loss(model, "lm", examples, tokenizer.pad_token_id)  # no candidates to tell apart: a loss, not a collapse
+        mean_loss(model, "candidates", examples, pad_id, max_rows=2, calls=calls)
+    mean_loss(model, "lm", examples, pad_id, calls=calls)  # no candidates to tell apart: a loss, not a collapse
     one_candidate = tokenize_examples([Example((("Dull", " great"),), 0)], tokenizer, 64)
-    assert mean_loss(model, "candidates", one_candidate, tokenizer.pad_token_id) == pytest.approx(0.0, abs=1e-6)
+    assert mean_loss(model, "candidates", one_candidate, pad_id, calls=calls) == pytest.approx(0.0, abs=1e-6)
 
 
 @pytest.mark.parametrize("peft", ["none", "lora", "prompt", "prefix"])

@@ -289,7 +289,7 @@ def test_a_tuning_run_whose_model_collapsed_is_diverged_and_never_chosen(tmp_pat
     from zofo.errors import ModelCollapsed
 
     monkeypatch.setattr("zofo.evaluation.candidates_scored_alike",
-                        lambda values, batch: torch.tensor([batch.examples, batch.examples], dtype=torch.float32))
+                        lambda values, ln_options: torch.tensor([len(values), len(values)], dtype=torch.float32))
     fields = {"model": "tiny-llama", "task": "copa", "n_train": 8, "n_val": 4, "n_test": 4, "steps": 4, "eval_every": 2,
               "batch_size": 2, "device": "cpu", "data_dir": str(data_dir), "method": "mezo", "peft": "none"}
     metrics = run_training(make_config(fields, {"test": False, "out_dir": str(tmp_path / "tuning")}))

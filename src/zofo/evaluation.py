@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from tqdm.auto import tqdm
 
@@ -78,16 +80,21 @@ def mean_loss(model, loss: str, examples: list[TokenizedExample], pad_id: int, m
     was_training = model.training
     model.eval()
     try:
+        chunks = chunks_by_rows(examples, max_rows)
+        # ln(number of candidates) of each example in the chunks' order, on the device before any forward
+        ln_options = torch.tensor([math.log(len(examples[i].options)) for chunk in chunks for i in chunk],
+                                  device=model.device)
         # loss numerators, weights, examples with candidates to choose between, those scored alike
         sums = torch.zeros(4, device=model.device)
-        gold_only = loss == "lm"
-        for chunk in chunks_by_rows(examples, max_rows):
-            batch = option_batch([examples[i] for i in chunk], pad_id, gold_only=gold_only)
+        done = 0
+        for chunk in chunks:
+            batch = option_batch([examples[i] for i in chunk], pad_id, gold_only=loss == "lm")
             values, weights = calls.losses(model, batch, loss)
             sums[0] += values.sum()
             sums[1] += weights.sum()
             if loss == "candidates":
-                sums[2:] += candidates_scored_alike(values, batch)
+                sums[2:] += candidates_scored_alike(values[: len(chunk)], ln_options[done: done + len(chunk)])
+            done += len(chunk)
         if reduce is not None:
             sums = reduce(sums)
         mean, choices, alike = torch.stack([sums[0] / sums[1], sums[2], sums[3]]).tolist()
@@ -100,10 +107,9 @@ def mean_loss(model, loss: str, examples: list[TokenizedExample], pad_id: int, m
         model.train(was_training)
 
 
-def candidates_scored_alike(values: torch.Tensor, batch) -> torch.Tensor:
+def candidates_scored_alike(values: torch.Tensor, ln_options: torch.Tensor) -> torch.Tensor:
     """[examples with two or more candidates, those whose candidates the model scores alike], from the
-    candidates loss's per-example values: cross-entropy over k equal scores is ln k (to rounding)."""
-    options = batch.slot_mask[: batch.examples].sum(-1)
-    choice = options >= 2
-    alike = choice & ((values[: batch.examples] - options.float().log()).abs() < 1e-4)
+    candidates loss's per-example values: cross-entropy over k equal scores is ln k, to rounding."""
+    choice = ln_options > 0
+    alike = choice & ((values - ln_options).abs() < 1e-4)
     return torch.stack([choice.sum(), alike.sum()]).float()
