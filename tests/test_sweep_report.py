@@ -388,6 +388,26 @@ def test_a_run_starts_as_soon_as_its_own_tuning_runs_have_finished(tmp_path, dat
     assert "method=mezo,peft=none: **lr=0.001**" in notes and "method=fo,peft=lora: **lr=0.01**" in notes
 
 
+def test_tuning_notes_say_where_and_how_a_candidate_diverged(tmp_path, data_dir, monkeypatch):
+    from zofo.sweep import plan, tuning_folders
+
+    monkeypatch.setattr("zofo.sweep.subprocess.Popen", TrackedChild)
+    TrackedChild.alive, TrackedChild.launches = [], {}
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0]}, tuning={"steps": 1},
+                       variants=[{"method": "mezo", "peft": "none", "tune": {"lr": [1e-3, 1e-2]}}])
+    sweep = load_sweep(path)
+    working, collapsed = [folder for _, folder in tuning_folders(sweep, plan(sweep), tmp_path / "runs")[0]]  # lr 1e-3, 1e-2
+    for folder, metrics in ((working, {"best_val_loss": 0.7125, "best_step": 1}),
+                            (collapsed, {"best_val_loss": None, "best_step": None, "diverged":
+                                         "at step 1000, the model collapsed: it scores the candidates of all 500 ..."})):
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["sweep", str(path)]) == 0
+    notes = (tmp_path / "runs" / "tuning.md").read_text()
+    assert "**lr=0.001**" in notes and "lr=0.001: val loss 0.7125 at step 1" in notes
+    assert "lr=0.01: diverged (at step 1000, the model collapsed)" in notes
+
+
 def test_a_run_whose_tuning_runs_all_diverged_is_not_run_and_the_others_are(tmp_path, data_dir, monkeypatch, capsys):
     from zofo.sweep import plan, tuning_folders
 

@@ -370,7 +370,8 @@ def write_tuning_notes(out_dir: Path, runs: list[Job]) -> None:
         lines.append(f"- {job.folder.name}: **{', '.join(f'{PATHS[k]}={v}' for k, v in choice['chosen'].items())}**")
         for result in choice["candidates"]:
             values = ", ".join(f"{PATHS[k]}={v}" for k, v in result["values"].items())
-            outcome = "diverged" if result["diverged"] else f"val loss {result['best_val_loss']:.4f} at step {result['best_step']}"
+            outcome = (f"diverged ({result['diverged'].split(':')[0]})" if result["diverged"]  # where, and how
+                       else f"val loss {result['best_val_loss']:.4f} at step {result['best_step']}")
             lines.append(f"    - {values}: {outcome}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tuning.md").write_text("\n".join(lines) + "\n")
