@@ -520,7 +520,10 @@ def test_a_run_another_sweep_has_finished_is_copied_from_it_not_run_again(tmp_pa
     capsys.readouterr()
     other = write_sweep(tmp_path / "c.yaml", data_dir, tmp_path / "third", grid={"seed": [0]}, reuse=[str(first)], **tuned)
     assert main(["sweep", str(other), "--dry-run", "--set", "device=cuda"]) == 0
-    assert "0 of them copied" in capsys.readouterr().out
+    planned = capsys.readouterr().out
+    assert "0 of them copied" in planned  # and the listing says why, and how to plan for the other device:
+    assert "2 more of them have finished on cpu, which draws other ZO directions, so they are not copied to run " \
+           "here; --set device=cpu plans the sweep for cpu" in planned
 
 
 def test_a_folder_a_live_run_holds_is_never_copied_over(tmp_path):

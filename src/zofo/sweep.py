@@ -53,6 +53,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -183,6 +184,14 @@ class Reuse:
         config = make_config(fields)
         return self.runs.get(experiment(config, planned_device_type(config)))
 
+    def other_device_type(self, fields: dict) -> str | None:
+        """cpu or cuda: the device type other than the planned one on which this experiment has finished, if any
+        (planning a GPU sweep on a CPU machine: its GPU runs are copied there, not here)."""
+        config = make_config(fields)
+        planned = planned_device_type(config)
+        return next((other for other in ("cpu", "cuda") if other != planned
+                     and experiment(config, other) in self.runs), None)
+
     @staticmethod
     def take(source: Path, folder: Path) -> None:
         """The finished run `source` as `folder`'s run: what an unfinished attempt left there goes, but the sweep's
@@ -307,11 +316,16 @@ def announce(jobs: list[Job], what: str, listing: bool, reuse: Reuse,
     its tuning runs have yet to choose is not known to be reusable (`copied`: the tuning runs to be copied)."""
     todo = [job for job in jobs if not job.finished()]
     partial = sum((job.folder / "checkpoint.pt").exists() for job in todo)
-    sources = {job.folder: reuse.find(fields) for job in todo if (fields := known_fields(job, copied or {})) is not None}
-    sources = {folder: source for folder, source in sources.items() if source}
+    known = {job.folder: fields for job in todo if (fields := known_fields(job, copied or {})) is not None}
+    sources = {folder: source for folder, fields in known.items() if (source := reuse.find(fields))}
     reused = f", {len(sources)} of them copied from {', '.join(map(str, reuse.folders))}" if reuse.folders else ""
     print(f"{len(jobs)} {what}: {len(jobs) - len(todo)} finished, {len(todo)} to run "
           f"({partial} resume from a checkpoint{reused})", flush=True)
+    elsewhere = Counter(other for folder, fields in known.items()
+                        if folder not in sources and (other := reuse.other_device_type(fields)))
+    for device_type, count in sorted(elsewhere.items()):
+        print(f"  {count} more of them have finished on {device_type}, which draws other ZO directions, so they "
+              f"are not copied to run here; --set device={device_type} plans the sweep for {device_type}", flush=True)
     # a finished run is never run again, even when the sweep now gives it other values (an edit, a grown grid)
     stale = [(job.folder, changed) for job in jobs if job.finished() and (job.folder / "config.yaml").exists()
              and (fields := known_fields(job, copied or {})) is not None
