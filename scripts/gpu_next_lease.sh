@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # On the GPU machine, after the setup calls (here: bash scripts/gpu_prepare.sh prints their `carry`; the last
 # setup call may run this script at once): issue 11's remaining work in its order, as chains of sweeps that keep
-# every GPU busy. Table 2's LoRA rows are complete (session 17); what comes next (results/README.md, "Session 17"):
-#   chain 0: Table 2's MeZO on the full model, SST-2, COPA, CB (its new tuning runs at lr 1e-4 first; 8 runs
-#            resumed, 1 new; about 64,000 steps on short inputs), then Table 1, then the λ ablation, then Table 2's
-#            prefix and prompt rows on SST-2, COPA, CB and RTE, then the rest of table2.yaml (the other tasks);
-#   chain 1: the same on RTE (3 new runs, 30,000 steps on long inputs), then Table 9, then the K ablation.
+# every GPU busy. Table 2's LoRA rows and its MeZO on the full model are complete (session 19); what comes next
+# (results/README.md, "Session 19"):
+#   chain 0: Table 1 (15 runs, 8 part-way; about 36,000 steps), then the λ ablation, then Table 2's prefix rows on
+#            SST-2, COPA, CB and RTE, then Table 2 on the other tasks;
+#   chain 1: Table 9, then the K ablation, then Table 2's prompt rows on SST-2, COPA, CB and RTE (after Table 9,
+#            whose Bilevel prompt runs they share).
+# The two chains hold about the same number of steps (550,000 and 490,000); the prefix and prompt rows are two
+# sweeps of table2.yaml on one folder, their runs apart (as table2-lora's were in session 10).
 # Chain i runs on GPU i (modulo the GPUs there are: on one GPU both chains share it); within a chain a sweep
-# starts once the one before it has ended, so Table 1, which copies Table 2's MeZO-full runs on SST-2 and COPA
-# (`reuse`), starts after them. Each sweep is named paper-<its config's name>: it runs in /tmp/zofo/NAME and
+# starts once the one before it has ended, so a sweep that copies another's runs (`reuse`) comes after it: Table
+# 2's prompt rows after Table 9. Each sweep is named paper-<its config's name>: it runs in /tmp/zofo/NAME and
 # comes back as NAME.tgz (scripts/gpu_sweep.sh); every sweep also reads, through --reuse, the folders on this
 # machine of the sweeps its config's `reuse` names, each filled at the start with what results/NAME/runs holds,
 # so a run finished anywhere is copied rather than run again.
@@ -30,8 +33,8 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
   python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1 || { tail -n 20 "$OUT/cuda_checks.txt"; exit 1; }
   tail -n 1 "$OUT/cuda_checks.txt"
 fi
-CHAINS=${CHAINS:-"configs/paper/table2-mezo-full.yaml --only task=sst2,copa,cb --parallel 9; configs/paper/table1.yaml --parallel 8; configs/paper/ablation-lambda.yaml --parallel 8; configs/paper/table2.yaml --only peft=prefix,prompt --only task=sst2,copa,cb,rte --parallel 8; configs/paper/table2.yaml --parallel 8
-configs/paper/table2-mezo-full.yaml --only task=rte --parallel 3; configs/paper/table9.yaml --parallel 8; configs/paper/ablation-k.yaml --parallel 8"}
+CHAINS=${CHAINS:-"configs/paper/table1.yaml --parallel 8; configs/paper/ablation-lambda.yaml --parallel 8; configs/paper/table2.yaml --only peft=prefix --only task=sst2,copa,cb,rte --parallel 8; configs/paper/table2.yaml --only task=boolq,record,wic,winogrande,wsc,multirc --parallel 8
+configs/paper/table9.yaml --parallel 8; configs/paper/ablation-k.yaml --parallel 8; configs/paper/table2.yaml --only peft=prompt --only task=sst2,copa,cb,rte --parallel 8"}
 gpu_count=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpu_count" -ge 1 ] || gpu_count=1
 name_of() { echo "paper-$(basename "$1" .yaml)"; }
 # every sweep's folder on this machine, holding what was collected here, so that --reuse can name it from the start
