@@ -54,8 +54,9 @@ sweep_pid() {  # the pid file of the sweep whose NAME.args (gpu_sweep.sh writes 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 [ "${STOP_AT_END:-0}" = 1 ] && SWEEP_SECONDS=${SWEEP_SECONDS:-420}
 deadline=${SWEEP_SECONDS:-540}
-# Advance each chain: its first sweep not yet ended is started if it has not been (not in a call's last 2
-# minutes: loading the model and capturing its graphs take about one). Prints the chains still under way.
+# Advance each chain: its first sweep not yet ended is started if it has not been (in the lease's last call, not
+# in its last 2 minutes: loading the model and capturing its graphs take about one, and STOP_AT_END stops it; in
+# an earlier call at any time, since a sweep goes on between calls). Prints the chains still under way.
 advance() {
   local chain=0 line
   while read -r line; do
@@ -68,7 +69,7 @@ advance() {
       local pid; pid=$(sweep_pid "$config" "$name" $arguments)
       if running "$pid"; then echo "$chain"; break; fi
       [ -n "$pid" ] && continue  # started on this machine and ended: the chain's next sweep
-      if [ $SECONDS -lt $((deadline - 120)) ]; then
+      if [ "${STOP_AT_END:-0}" != 1 ] || [ $SECONDS -lt $((deadline - 120)) ]; then
         SWEEP_SECONDS=0 STOP_AT_END=0 bash scripts/gpu_sweep.sh "$config" "$name" $arguments > /dev/null
         echo "$name" >> /tmp/zofo/started
       fi
