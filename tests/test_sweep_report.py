@@ -58,9 +58,10 @@ def test_sweep_runs_side_by_side_and_resumes_without_rerunning_finished_runs(tmp
     assert finished[0].exists()
 
 
-def fake_run(folder, task, method, seed, test, zero_shot, lam=None, log=None, **other_tests):
+def fake_run(folder, task, method, seed, test, zero_shot, lam=None, log=None, hard_prompt=True, **other_tests):
     folder.mkdir(parents=True)
-    config = {"task": task, "method": method, "peft": "lora", "seed": seed, "bilevel_lambda": lam or 10.0}
+    config = {"task": task, "method": method, "peft": "lora", "seed": seed, "bilevel_lambda": lam or 10.0,
+              "hard_prompt": hard_prompt}
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     metric = "macro_f1" if task == "cb" else "accuracy"
     (folder / "metrics.json").write_text(json.dumps({"test": {metric: test}, "zero_shot": {metric: zero_shot},
@@ -91,6 +92,22 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
     assert (out / "val_loss_curves.png").stat().st_size > 1000
     assert (out / "metric_vs_bilevel_lambda.png").stat().st_size > 1000
     assert not (out / "val_loss_first_order_steps.png").exists()  # no Bilevel run logged θ+z's validation loss
+
+
+def test_runs_with_and_without_the_hard_prompt_are_also_reported_as_the_papers_table_1(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, (with_prompt, without) in enumerate([(0.80, 0.50), (0.90, 0.54)]):
+        fake_run(runs / f"sst2-{seed}", "sst2", "mezo", seed, with_prompt, 0.5)
+        fake_run(runs / f"sst2-no-prompt-{seed}", "sst2", "mezo", seed, without, 0.5, hard_prompt=False)
+    fake_run(runs / "copa-0", "copa", "mezo", 0, 0.60, 0.5)  # not yet run without the prompt
+    table = (write_report([runs], tmp_path / "report") / "table.md").read_text()
+    sensitivity = table[table.index("Prompt sensitivity"):]
+    assert "| method | peft | task | with the hard prompt | without | difference (without − with) |" in sensitivity
+    assert "| mezo | lora | sst2 | 85.0 ± 7.1 (2) | 52.0 ± 2.8 (2) | -33.0 ± 7.6 |" in sensitivity  # √(7.07² + 2.83²)
+    assert "| mezo | lora | copa | 60.0 ± 0.0 (1) |  |  |" in sensitivity
+    only_with = tmp_path / "only-with"
+    fake_run(only_with / "sst2-0", "sst2", "mezo", 0, 0.80, 0.5)
+    assert "Prompt sensitivity" not in (write_report([only_with], tmp_path / "r2") / "table.md").read_text()
 
 
 def test_a_report_of_a_folder_that_does_not_exist_fails_before_writing_anything(tmp_path, capsys):

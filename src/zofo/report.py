@@ -6,6 +6,8 @@ rows. Each cell is the test metric of the task (accuracy; macro-F1 for CB; F1 fo
 validation-selected step, as mean ± standard deviation over seeds, with the number of seeds.
 Plots: validation-loss curves per task; Bilevel's θ+z against FO-PEFT by first-order steps taken, where
 Bilevel runs logged θ+z's validation loss; and the metric against λ and against K where those vary.
+Where runs with and without the hard prompt are both reported, table.md also gives the paper's Table 1 view:
+each row's metric with the prompt, without it, and the difference.
 A Bilevel run is in three rows, by the model tested at its selected step (`evaluated`): θ with φ (what
 ALGORITHM.md selects and tests), θ with z (the authors' code), and θ alone (no adapter): where the gain
 comes from.
@@ -165,6 +167,32 @@ def zero_shot_rows(runs: list[dict], fields: list[str], tasks: list[str]) -> lis
         if any(row[len(fields):]):
             rows.append(row + ([""] if len(tasks) > 1 else []))
     return rows
+
+
+def prompt_sensitivity(records: list[dict], fields: list[str]) -> str:
+    """The paper's Table 1 where runs with and without the hard prompt are reported: for each row and task, the
+    metric with the prompt, without it, and the difference (without − with, in points) ± the two settings'
+    standard deviations combined, √(s_with² + s_without²). Empty where the prompt does not vary."""
+    prompt = name("data.hard_prompt")
+    if prompt not in [name(f) for f in fields]:
+        return ""
+    labels = [name(f) for f in fields if f != "data.hard_prompt"] + ["task"]
+    settings: dict[tuple, dict[bool, dict]] = {}
+    for record in records:
+        if record.get(prompt) is not None:
+            settings.setdefault(tuple(record.get(label) for label in labels), {})[record[prompt]] = record
+    rows = []
+    for key, by_prompt in settings.items():
+        with_prompt, without = by_prompt.get(True), by_prompt.get(False)
+        shown_cells = [f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} ({r['seeds']})" if r else ""
+                       for r in (with_prompt, without)]
+        difference = (f"{100 * (without['mean'] - with_prompt['mean']):+.1f} ± "
+                      f"{100 * (with_prompt['std'] ** 2 + without['std'] ** 2) ** 0.5:.1f}"
+                      if with_prompt and without else "")
+        rows.append(["" if value is None else str(value) for value in key] + shown_cells + [difference])
+    header = labels + ["with the hard prompt", "without", "difference (without − with)"]
+    return ("\nPrompt sensitivity (the paper's Table 1): the test metric (%) with and without the hard prompt; the "
+            "difference of the means ± the two standard deviations combined.\n\n" + markdown(header, rows))
 
 
 META_MODES = ("zero_shot", "icl", "tuned")
@@ -335,15 +363,15 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
     else:
         header, rows, records = build_table(runs)
         note = "Test metric (%) at the validation-selected step: mean ± std over seeds (number of seeds)."
+    fields = [] if meta else varying_fields(runs)
     primary = [run for run in runs if run["primary"]]
-    table = markdown(header, rows) + tuned_values(primary)
+    table = markdown(header, rows) + prompt_sensitivity(records, fields) + tuned_values(primary)
     (output / "table.md").write_text(f"{note} {len(primary)} runs from {', '.join(map(str, paths))}.\n\n{table}")
     with open(output / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))
         writer.writeheader()
         writer.writerows(records)
     if not meta:
-        fields = varying_fields(runs)
         plot_val_curves(runs, fields, output / "val_loss_curves.png")
         plot_first_order_curves(runs, fields, output / "val_loss_first_order_steps.png")
         for field in ("bilevel.lambda", "bilevel.k"):
