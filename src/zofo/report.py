@@ -118,10 +118,12 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def cell(values: list[float]) -> str:
-    if not values:
-        return ""
-    mean, std = mean_std(values)
-    return f"{100 * mean:.1f} ± {100 * std:.1f} ({len(values)})"
+    return summary(*mean_std(values), len(values)) if values else ""
+
+
+def summary(mean: float, std: float, over: int | str) -> str:
+    """A table cell: mean ± std in percent, and what the std is over (the number of seeds, "5 demo seeds")."""
+    return f"{100 * mean:.1f} ± {100 * std:.1f} ({over})"
 
 
 def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
@@ -173,9 +175,9 @@ def prompt_sensitivity(records: list[dict], fields: list[str]) -> str:
     """The paper's Table 1 where runs with and without the hard prompt are reported: for each row and task, the
     metric with the prompt, without it, and the difference (without − with, in points) ± the two settings'
     standard deviations combined, √(s_with² + s_without²). Empty where the prompt does not vary."""
-    prompt = name("data.hard_prompt")
-    if prompt not in [name(f) for f in fields]:
+    if "data.hard_prompt" not in fields:
         return ""
+    prompt = name("data.hard_prompt")
     labels = [name(f) for f in fields if f != "data.hard_prompt"] + ["task"]
     settings: dict[tuple, dict[bool, dict]] = {}
     for record in records:
@@ -184,8 +186,7 @@ def prompt_sensitivity(records: list[dict], fields: list[str]) -> str:
     rows = []
     for key, by_prompt in settings.items():
         with_prompt, without = by_prompt.get(True), by_prompt.get(False)
-        shown_cells = [f"{100 * r['mean']:.1f} ± {100 * r['std']:.1f} ({r['seeds']})" if r else ""
-                       for r in (with_prompt, without)]
+        shown_cells = [summary(r["mean"], r["std"], r["seeds"]) if r else "" for r in (with_prompt, without)]
         difference = (f"{100 * (without['mean'] - with_prompt['mean']):+.1f} ± "
                       f"{100 * (with_prompt['std'] ** 2 + without['std'] ** 2) ** 0.5:.1f}"
                       if with_prompt and without else "")
@@ -230,7 +231,7 @@ def build_meta_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list
                 std, spread = found[0][1], "5 demo seeds"
             else:
                 spread = f"{len(found)} run{'s' if len(found) > 1 else ''}"
-            line.append(f"{100 * mean:.1f} ± {100 * std:.1f} ({spread})")
+            line.append(summary(mean, std, spread))
             means.append(mean)
             records.append({**dict(zip(header, row)), "setting": setting, "mean": mean, "std": std, "spread": spread})
         if len(settings) > 1:
