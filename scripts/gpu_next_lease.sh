@@ -79,13 +79,25 @@ advance() {
   done <<< "$CHAINS"
 }
 while [ $SECONDS -lt $deadline ] && [ -n "$(advance)" ]; do sleep 5; done
-# pack (STOP_AT_END=1 first stops every sweep on the machine), each sweep started on this machine in the room the
-# ones before it leave (RETURN_MB, gpu_sweep.sh); gpu_sweep.sh's packing starts nothing with RETURN_ONLY=1
+# pack each sweep started on this machine (gpu_sweep.sh with RETURN_ONLY=1 starts nothing): first the list of what
+# each would return (STOP_AT_END=1: the first stops every sweep on the machine), then one plan for them all within
+# RETURN_MB (scripts/return_plan.py), so that the unfinished runs that save the most steps per byte come back,
+# whichever sweep they belong to (packed one sweep after another, session 20's last call left Table 9's four
+# prompt-tuning runs, 0.9 MB, behind once the λ ablation's 15 MB checkpoints had taken the room), then the archives
 rm -f "$OUT"/*.tgz*  # what the sweeps' starts packed
+started=$(sort -u /tmp/zofo/started 2>/dev/null)
 stop=${STOP_AT_END:-0}
-for name in $(sort -u /tmp/zofo/started 2>/dev/null); do
-  RETURN_ONLY=1 STOP_AT_END=$stop bash scripts/gpu_sweep.sh "configs/paper/${name#paper-}.yaml" "$name"
+for name in $started; do
+  RETURN_ONLY=1 PLAN_ONLY=1 STOP_AT_END=$stop bash scripts/gpu_sweep.sh "configs/paper/${name#paper-}.yaml" "$name"
   stop=0  # the first stops them all
+done
+if [ -n "$started" ]; then
+  for name in $started; do cat "/tmp/zofo/$name.to-return"; done > /tmp/zofo/to-return.all
+  budget=$(python3 -c "print(max(0, ${RETURN_MB:-60} - $(du -sb "$OUT" | cut -f1) / 1e6))")
+  python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/to-return.all --budget-mb "$budget" > /tmp/zofo/left-behind.all
+fi
+for name in $started; do  # its log was printed above
+  RETURN_ONLY=1 LEFT_BEHIND=/tmp/zofo/left-behind.all bash scripts/gpu_sweep.sh "configs/paper/${name#paper-}.yaml" "$name" > /dev/null
 done
 # a call returns at most 8 files: archives that would take more than 7 (lease.txt is the eighth) go as one bundle
 # in 15 MB parts, lease.tar.00, ... (60 MB of archives: at most 5); scripts/collect_lease.sh reads either form

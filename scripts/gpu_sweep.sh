@@ -19,7 +19,9 @@
 # What a call returns: at most 64 MiB and 8 files in all. RETURN_MB (default 60) is what $OUT may hold once this
 # NAME's archive is in it (a second NAME in the same call gets what the first left): the finished runs, then the
 # unfinished runs, with their checkpoints, that save the most steps per byte (scripts/return_plan.py); an
-# unfinished run left behind starts again on the next machine.
+# unfinished run left behind starts again on the next machine, unless gpu_return_left.sh brings it. Several NAMEs
+# share that room better by one plan (gpu_next_lease.sh): PLAN_ONLY=1 writes /tmp/zofo/NAME.to-return and packs
+# nothing, LEFT_BEHIND=FILE then packs leaving out the lines of FILE under NAME/.
 # The machine goes back 30 s after a call ends: have the next call's command ready before this one returns.
 # Usage: SWEEP_SECONDS=540 bash scripts/gpu_sweep.sh CONFIG NAME [zofo sweep arguments, e.g. --parallel 10]
 # On a machine of several GPUs the sweep spreads its runs over them.
@@ -65,10 +67,19 @@ sed "s/^/$name: /" $OUT/$name.log
 nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
 # the runs not yet collected here (finished ones, and unfinished ones with the checkpoints that fit RETURN_MB),
 # and tuning.md. An archive over 15 MB (a call returns at most 16 MiB a file) comes back in parts NAME.tgz.00, ...
-(cd /tmp/zofo/$name && find . -name output.log -printf '%h\n') | while read -r run; do
-  [ -f "results/$name/runs/$run/metrics.json" ] || echo "$name/${run#./}"
-done > /tmp/zofo/$name.to-return
-[ -f /tmp/zofo/$name/tuning.md ] && echo $name/tuning.md >> /tmp/zofo/$name.to-return
-budget=$(python3 -c "print(max(0, ${RETURN_MB:-60} - $(du -sb $OUT | cut -f1) / 1e6))")
-python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/$name.to-return --budget-mb $budget > /tmp/zofo/$name.left-behind
+# PLAN_ONLY=1 stops once that list is written, LEFT_BEHIND=FILE packs by a plan made for several sweeps at once
+# (gpu_next_lease.sh: FILE lists what stays behind of each, NAME/RUN a line), not by this sweep's own.
+if [ -z "${LEFT_BEHIND:-}" ]; then
+  (cd /tmp/zofo/$name && find . -name output.log -printf '%h\n') | while read -r run; do
+    [ -f "results/$name/runs/$run/metrics.json" ] || echo "$name/${run#./}"
+  done > /tmp/zofo/$name.to-return
+  [ -f /tmp/zofo/$name/tuning.md ] && echo $name/tuning.md >> /tmp/zofo/$name.to-return
+fi
+[ "${PLAN_ONLY:-0}" = 1 ] && exit 0
+if [ -n "${LEFT_BEHIND:-}" ]; then
+  awk -v sweep="$name/" 'index($0, sweep) == 1' "$LEFT_BEHIND" > /tmp/zofo/$name.left-behind
+else
+  budget=$(python3 -c "print(max(0, ${RETURN_MB:-60} - $(du -sb $OUT | cut -f1) / 1e6))")
+  python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/$name.to-return --budget-mb $budget > /tmp/zofo/$name.left-behind
+fi
 bash scripts/gpu_pack.sh $name /tmp/zofo/$name.to-return $OUT/$name.tgz /tmp/zofo/$name.left-behind

@@ -10,8 +10,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 from return_plan import main, plan  # noqa: E402
 
 
-def run(root, name, steps, checkpoint_bytes, log_bytes=0, finished=False):
-    folder = root / "sweep" / name
+def run(root, name, steps, checkpoint_bytes, log_bytes=0, finished=False, sweep="sweep"):
+    folder = root / sweep / name
     folder.mkdir(parents=True)
     records = "".join(json.dumps({"step": s, "train_loss": 0.5}) + "\n" for s in range(1, steps + 1))
     (folder / "log.jsonl").write_text(records + " " * log_bytes)
@@ -23,7 +23,7 @@ def run(root, name, steps, checkpoint_bytes, log_bytes=0, finished=False):
         (folder / "checkpoint.pt").write_bytes(b"c" * checkpoint_bytes)
     if finished:
         (folder / "metrics.json").write_text("{}")
-    return f"sweep/{name}"
+    return f"{sweep}/{name}"
 
 
 def test_the_unfinished_runs_that_save_most_steps_per_byte_come_back_within_the_budget(tmp_path, capsys):
@@ -46,3 +46,13 @@ def test_the_unfinished_runs_that_save_most_steps_per_byte_come_back_within_the_
     # the finished runs' bytes count first: without them bilevel-near would fit in 37 MB
     assert [r.name for r in plan(tmp_path, returned, budget=37_000_000)[1]] == ["no-checkpoint", "bilevel-near"]
     assert [r.name for r in plan(tmp_path, returned[:4], budget=37_000_000)[1]] == ["no-checkpoint"]
+
+
+def test_one_plan_for_several_sweeps_ranks_their_runs_together(tmp_path):
+    # gpu_next_lease.sh plans all its sweeps' runs at once: a sweep packed later no longer gets only what the
+    # earlier ones left (session 20: Table 9's small prompt-tuning checkpoints stayed behind the λ ablation's)
+    returned = [run(tmp_path, f"lambda-{i}", 1200, 15_000_000, sweep="paper-ablation-lambda") for i in range(4)]
+    returned += [run(tmp_path, f"prompt-{i}", 1000, 220_000, sweep="paper-table9") for i in range(4)]
+    kept, left = plan(tmp_path, returned, budget=47_000_000)
+    assert sorted(r.name for r in kept) == ["lambda-0", "lambda-1", "lambda-2"] + [f"prompt-{i}" for i in range(4)]
+    assert [r.name for r in left] == ["lambda-3"]
