@@ -9,8 +9,10 @@ collects it:
 - trajectory.jsonl(.gz): the zeroth-order steps up to the validation-selected step (metrics.json's best_step),
   the model the test scored and the one `zofo replay` rebuilds by default;
 - sweep_config.yaml, where it is config.yaml byte for byte;
-- a tuning run (config.yaml's test: false) also drops its trajectory and loss_curves.png: it is there for its
-  validation loss, which chose the setting, not to be replayed.
+- loss_curves.png: drawn again from log.jsonl's records by zofo.runs.plot_loss_curves (the per-run plots were 12.7
+  of the repository's 34 MB in session 20); the sweeps' reports keep theirs;
+- a tuning run (config.yaml's test: false) also drops its trajectory: it is there for its validation loss, which
+  chose the setting, not to be replayed.
 The run's slimmed.json says what was done, and of which run (its metrics.json's sha256): a slimmed run is left as
 it is, a run redone in its folder is slimmed anew. Slimming reads the copies, so a pass cut short is simply run
 again.
@@ -29,7 +31,9 @@ from pathlib import Path
 
 TRAINING_RECORDS = 1000
 TUNING_TRAINING_RECORDS = 200
-TUNING_DROPS = ("trajectory.jsonl", "trajectory.jsonl.gz", "loss_curves.png")
+TUNING_DROPS = ("trajectory.jsonl", "trajectory.jsonl.gz")
+PLOT = "loss_curves.png"
+PLOT_DROPPED = "dropped: drawn from log.jsonl's records (zofo.runs.plot_loss_curves); the original in the full copies"
 
 
 PROGRESS_BAR = re.compile(r"^\s*([^:\n]{1,40}): +\d+%\|[^\n]*\]\s*$")  # tqdm's "desc:  42%|...]", nothing after
@@ -93,9 +97,11 @@ def slim(run: Path, full_copies: Path, root: Path) -> dict | None:
         return None
     metrics = (run / "metrics.json").read_bytes()
     fingerprint = hashlib.sha256(metrics).hexdigest()
-    if (run / "slimmed.json").exists() and json.loads((run / "slimmed.json").read_text()).get("metrics") == fingerprint:
-        return None  # this run is slimmed (a run redone in its folder has other metrics, and is slimmed anew)
     copy_to = full_copies / run.resolve().relative_to(root.resolve())
+    if (run / "slimmed.json").exists() and json.loads((run / "slimmed.json").read_text()).get("metrics") == fingerprint:
+        # this run is slimmed (a run redone in its folder has other metrics, and is slimmed anew); one slimmed
+        # before its plot was dropped loses it now
+        return drop_plot_of_slimmed(run, copy_to)
     # The copies are this run's originals once their marker holds its metrics.json: then slimming (again,
     # after an interruption) reads them, never its own half-slimmed output; else (none yet, or another run's
     # at the same path) they are made now.
@@ -134,6 +140,9 @@ def slim(run: Path, full_copies: Path, root: Path) -> dict | None:
     if "sweep_config.yaml" in original and original["sweep_config.yaml"].read_bytes() == (run / "config.yaml").read_bytes():
         (run / "sweep_config.yaml").unlink(missing_ok=True)
         done["sweep_config.yaml"] = "dropped: config.yaml byte for byte"
+    if PLOT in original:
+        (run / PLOT).unlink(missing_ok=True)
+        done[PLOT] = PLOT_DROPPED
     if tuning:
         dropped = [name for name in TUNING_DROPS if name in original]
         for name in dropped:
@@ -143,6 +152,19 @@ def slim(run: Path, full_copies: Path, root: Path) -> dict | None:
     if done:
         done["full copies"] = f"{copy_to}, on the machine that collected the run (not in git)"
     done["metrics"] = fingerprint  # the sha256 of the metrics.json of the run slimmed
+    write_atomic(run / "slimmed.json", (json.dumps(done, indent=1) + "\n").encode())
+    return done
+
+
+def drop_plot_of_slimmed(run: Path, copy_to: Path) -> dict | None:
+    if not (run / PLOT).exists():
+        return None
+    copy_to.mkdir(parents=True, exist_ok=True)
+    if not (copy_to / PLOT).exists():
+        shutil.copy2(run / PLOT, copy_to / PLOT)
+    (run / PLOT).unlink()
+    done = json.loads((run / "slimmed.json").read_text())
+    done = {**{k: v for k, v in done.items() if k != "metrics"}, PLOT: PLOT_DROPPED, "metrics": done["metrics"]}
     write_atomic(run / "slimmed.json", (json.dumps(done, indent=1) + "\n").encode())
     return done
 

@@ -68,8 +68,10 @@ def test_a_slimmed_mezo_run_replays_its_tested_model_and_reports_the_same(tmp_pa
     # progress bars, redrawn after \r or on following lines, keep their last state; other text stays
     assert (run / "output.log").read_text() == \
         f"start\n{bar.format(100)}\n{bar.format(40)}RuntimeError: kept\n{bar.format(100)}\ndone\n"
-    # a tuning run keeps what chose its setting, not its trajectory or plot
+    # a tuning run keeps what chose its setting, not its trajectory; no run keeps its plot (drawn from its log)
     assert not (tuning / "trajectory.jsonl.gz").exists() and not (tuning / "loss_curves.png").exists()
+    assert not (run / "loss_curves.png").exists() and (tmp_path / "results-full" / run.relative_to(tmp_path) /
+                                                       "loss_curves.png").stat().st_size > 1000
     assert not (run / "sweep_config.yaml").exists()  # the same bytes as config.yaml
     # the tables and validation curves read the same numbers
     assert build_table(find_runs([results])) == table_before
@@ -79,7 +81,7 @@ def test_a_slimmed_mezo_run_replays_its_tested_model_and_reports_the_same(tmp_pa
     assert {name: (copies / name).read_bytes() for name in before} == before
     said = json.loads((run / "slimmed.json").read_text())
     assert set(said) == {"full copies", "output.log", "log.jsonl.gz", "trajectory.jsonl.gz", "sweep_config.yaml",
-                         "metrics"}
+                         "loss_curves.png", "metrics"}
 
     # a second pass leaves a slimmed run as it is; a pass cut short (no slimmed.json yet) slims from the copies
     # again, so what it writes is the same, not thinned twice
@@ -89,6 +91,17 @@ def test_a_slimmed_mezo_run_replays_its_tested_model_and_reports_the_same(tmp_pa
     (run / "slimmed.json").unlink()  # its 6 kept training records, read again, would be thinned to 4
     assert slim_runs.main(["results"]) == 0
     assert {path: path.read_bytes() for path in run.iterdir() if path.is_file()} == after
+
+    # a run slimmed before plots were dropped (its slimmed.json does not say so) loses its plot, nothing else
+    old_said = {k: v for k, v in said.items() if k != "loss_curves.png"}
+    (run / "slimmed.json").write_text(json.dumps(old_said))
+    shutil.copy(copies / "loss_curves.png", run / "loss_curves.png")
+    (copies / "loss_curves.png").unlink()
+    assert slim_runs.main(["results"]) == 0
+    assert not (run / "loss_curves.png").exists() and (copies / "loss_curves.png").stat().st_size > 1000
+    assert json.loads((run / "slimmed.json").read_text()) == said
+    assert {path: path.read_bytes() for path in run.iterdir() if path.is_file() and path.name != "slimmed.json"} == \
+        {path: data for path, data in after.items() if path.name != "slimmed.json"}
 
     # a run redone in its folder (zofo train --overwrite: other metrics) is slimmed anew, from its own files
     (run / "log.jsonl.gz").write_bytes(before["log.jsonl.gz"])
