@@ -286,6 +286,20 @@ def test_a_tuning_value_that_diverged_is_never_chosen(tmp_path):
         choose([({"lr": 1.0}, tmp_path / "a")])
 
 
+def test_candidates_tied_on_validation_are_said_to_be_tied(tmp_path):
+    from zofo.sweep import choice_line, choose
+
+    for name, loss in {"a": 0.6322, "b": 0.6322, "c": 0.6322, "d": 0.7}.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"best_val_loss": loss, "best_step": 750}))
+    choice = choose([({"lr": 1e-7}, tmp_path / "a"), ({"lr": 1e-6}, tmp_path / "b"), ({"lr": 1e-5}, tmp_path / "c")])
+    assert choice["chosen"] == {"lr": 1e-7} and choice["tied"] == [{"lr": 1e-6}, {"lr": 1e-5}]
+    assert choice_line(choice) == ("**lr=1e-07** (tied with lr=1e-06; lr=1e-05: the same validation loss, which "
+                                   "cannot tell them apart; the first listed is taken)")
+    untied = choose([({"lr": 1e-7}, tmp_path / "d"), ({"lr": 1e-6}, tmp_path / "a")])
+    assert untied["tied"] == [] and choice_line(untied) == "**lr=1e-06**"
+
+
 def test_a_diverged_tuning_run_finishes_with_its_result_and_a_diverged_run_fails(tmp_path, data_dir, monkeypatch):
     from zofo.errors import NonFiniteLoss
 

@@ -356,7 +356,7 @@ def tuning_folders(sweep: dict, planned: list[tuple[dict, dict]], out_dir: Path)
 def choose(runs: list[tuple[dict, Path]]) -> dict:
     """The candidate whose tuning run reached the lowest validation loss (a diverged one never is chosen)."""
     if not runs:
-        return {"chosen": {}, "candidates": []}
+        return {"chosen": {}, "tied": [], "candidates": []}
     results = []
     for candidate, folder in runs:
         metrics = read_json(folder / "metrics.json")
@@ -366,7 +366,24 @@ def choose(runs: list[tuple[dict, Path]]) -> dict:
     if not finite:
         raise ZofoError(f"every tuning run diverged ({', '.join(r['folder'] for r in results)}): add smaller values "
                         "to the variant's tune list")
-    return {"chosen": min(finite, key=lambda r: r["best_val_loss"])["values"], "candidates": results}
+    best = min(finite, key=lambda r: r["best_val_loss"])
+    # candidates whose runs reached the very same loss (e.g. every one's best step came before its value acted):
+    # validation cannot tell them apart, and the first listed is taken; tuning.md says so
+    tied = [r["values"] for r in finite if r is not best and r["best_val_loss"] == best["best_val_loss"]]
+    return {"chosen": best["values"], "tied": tied, "candidates": results}
+
+
+def listed(values: dict) -> str:
+    return ", ".join(f"{PATHS[k]}={v}" for k, v in values.items())
+
+
+def choice_line(choice: dict) -> str:
+    """The chosen values, and the candidates tied with them, if any."""
+    line = f"**{listed(choice['chosen'])}**"
+    if choice["tied"]:
+        line += (f" (tied with {'; '.join(map(listed, choice['tied']))}: the same validation loss, which cannot "
+                 "tell them apart; the first listed is taken)")
+    return line
 
 
 def write_tuning_notes(out_dir: Path, runs: list[Job]) -> None:
@@ -381,9 +398,9 @@ def write_tuning_notes(out_dir: Path, runs: list[Job]) -> None:
         except ZofoError as error:
             lines.append(f"- {job.folder.name}: none chosen ({error})")
             continue
-        lines.append(f"- {job.folder.name}: **{', '.join(f'{PATHS[k]}={v}' for k, v in choice['chosen'].items())}**")
+        lines.append(f"- {job.folder.name}: {choice_line(choice)}")
         for result in choice["candidates"]:
-            values = ", ".join(f"{PATHS[k]}={v}" for k, v in result["values"].items())
+            values = listed(result["values"])
             outcome = (f"diverged ({result['diverged'].split(':')[0]})" if result["diverged"]  # where, and how
                        else f"val loss {result['best_val_loss']:.4f} at step {result['best_step']}")
             lines.append(f"    - {values}: {outcome}")
