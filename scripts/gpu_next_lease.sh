@@ -93,8 +93,8 @@ for name in $started; do
 done
 if [ -n "$started" ]; then
   for name in $started; do cat "/tmp/zofo/$name.to-return"; done > /tmp/zofo/to-return.all
-  budget=$(python3 -c "print(max(0, ${RETURN_MB:-60} - $(du -sb "$OUT" | cut -f1) / 1e6))")
-  python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/to-return.all --budget-mb "$budget" > /tmp/zofo/left-behind.all
+  python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/to-return.all --budget-mb "${RETURN_MB:-60}" \
+    --less-what-is-in "$OUT" > /tmp/zofo/left-behind.all
 fi
 for name in $started; do  # its log was printed above
   RETURN_ONLY=1 LEFT_BEHIND=/tmp/zofo/left-behind.all bash scripts/gpu_sweep.sh "configs/paper/${name#paper-}.yaml" "$name" > /dev/null

@@ -10,7 +10,6 @@
 # Usage: bash scripts/gpu_return_left.sh
 set -euo pipefail
 OUT=${OUT:-/tmp/zofo/out}; mkdir -p "$OUT"
-room=$(python3 -c "print(max(0, ${RETURN_MB:-60} - $(du -sb "$OUT" | cut -f1) / 1e6))")
 # the runs left behind that have a checkpoint (a list also names files of runs without one: nothing to resume),
 # every sweep's together, and one plan for them (scripts/return_plan.py): the most steps saved per byte first
 waiting=$(mktemp); staying=$(mktemp)
@@ -18,7 +17,7 @@ for list in /tmp/zofo/*.left-behind; do
   [ -s "$list" ] || continue
   while read -r run; do if [ -f "/tmp/zofo/$run/checkpoint.pt" ]; then echo "$run"; fi; done < "$list"
 done > "$waiting"
-python3 scripts/return_plan.py /tmp/zofo "$waiting" --budget-mb "$room" > "$staying"
+python3 scripts/return_plan.py /tmp/zofo "$waiting" --budget-mb "${RETURN_MB:-60}" --less-what-is-in "$OUT" > "$staying"
 for list in /tmp/zofo/*.left-behind; do
   [ -s "$list" ] || continue
   name=$(basename "$list" .left-behind)

@@ -79,7 +79,7 @@ fi
 if [ -n "${LEFT_BEHIND:-}" ]; then
   awk -v sweep="$name/" 'index($0, sweep) == 1' "$LEFT_BEHIND" > /tmp/zofo/$name.left-behind
 else
-  budget=$(python3 -c "print(max(0, ${RETURN_MB:-60} - $(du -sb $OUT | cut -f1) / 1e6))")
-  python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/$name.to-return --budget-mb $budget > /tmp/zofo/$name.left-behind
+  python3 scripts/return_plan.py /tmp/zofo /tmp/zofo/$name.to-return --budget-mb ${RETURN_MB:-60} --less-what-is-in $OUT \
+    > /tmp/zofo/$name.left-behind
 fi
 bash scripts/gpu_pack.sh $name /tmp/zofo/$name.to-return $OUT/$name.tgz /tmp/zofo/$name.left-behind

@@ -5,7 +5,7 @@ back, the checkpoint with it, only if it fits: it then resumes on the next machi
 so it is not sent at all. The unfinished runs that save the most steps per byte come first (MeZO's, which hold
 no weights, before Bilevel's 17 MB).
 Prints what stays behind, one path a line relative to ROOT (for tar -X), and says on stderr what that costs.
-Usage: python3 scripts/return_plan.py ROOT LIST --budget-mb MB
+Usage: python3 scripts/return_plan.py ROOT LIST --budget-mb MB [--less-what-is-in OUT]
   ROOT: the folder the archive is made in (/tmp/zofo); LIST: a file naming the run folders returned, relative to
   ROOT, one a line (other lines, e.g. NAME/tuning.md, count as files)
 """
@@ -74,9 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", type=Path)
     parser.add_argument("list", type=Path)
     parser.add_argument("--budget-mb", type=float, required=True, help="bytes this archive may take, in MB (1e6)")
+    parser.add_argument("--less-what-is-in", type=Path, metavar="OUT",
+                        help="the folder the call returns: what it holds already comes off the budget")
     args = parser.parse_args(argv)
     returned = [line.strip() for line in args.list.read_text().splitlines() if line.strip()]
-    kept, left = plan(args.root, returned, int(args.budget_mb * 1e6))
+    budget = int(args.budget_mb * 1e6) - (size(args.less_what_is_in) if args.less_what_is_in else 0)
+    kept, left = plan(args.root, returned, max(0, budget))
     for run in left:  # a run without a checkpoint: all but its output.log
         for path in [run] if (run / "checkpoint.pt").exists() else sorted(p for p in run.iterdir() if p.name != "output.log"):
             print(path.relative_to(args.root))

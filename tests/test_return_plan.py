@@ -56,3 +56,15 @@ def test_one_plan_for_several_sweeps_ranks_their_runs_together(tmp_path):
     kept, left = plan(tmp_path, returned, budget=47_000_000)
     assert sorted(r.name for r in kept) == ["lambda-0", "lambda-1", "lambda-2"] + [f"prompt-{i}" for i in range(4)]
     assert [r.name for r in left] == ["lambda-3"]
+
+
+def test_what_the_call_already_returns_comes_off_the_budget(tmp_path, capsys):
+    returned = [run(tmp_path, "bilevel", 2000, 17_000_000)]
+    (tmp_path / "list").write_text(returned[0] + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "other-sweep.tgz").write_bytes(b"a" * 15_000_000)  # packed before: 15 MB left of 30
+    assert main([str(tmp_path), str(tmp_path / "list"), "--budget-mb", "30", "--less-what-is-in", str(out)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["sweep/bilevel"]
+    assert main([str(tmp_path), str(tmp_path / "list"), "--budget-mb", "30"]) == 0
+    assert capsys.readouterr().out == ""
