@@ -313,6 +313,48 @@ def test_a_diverged_tuning_run_finishes_with_its_result_and_a_diverged_run_fails
         run_training(make_config(fields, {"out_dir": str(tmp_path / "run")}))
 
 
+def test_on_divergence_test_best_ends_the_run_and_tests_the_step_selected_before_it(tmp_path, data_dir, monkeypatch):
+    """The λ ablation at a fixed learning rate: SST-2 at λ 1e3 and 1e4 became NaN after 600 to 1,400 steps, and a
+    failing run was resumed (and failed again) by every sweep after. With test-best it ends, tested at its
+    validation-selected step, which is θ after the same steps as a run that stopped there."""
+    import torch
+    from safetensors.torch import load_file
+    from zofo.config import experiment
+    from zofo.experiment import load_base_model
+
+    losses = iter([1.0, float("nan")])
+    monkeypatch.setattr("zofo.data.TaskSet.validation_loss", lambda self, model: next(losses, 1.0))
+    fields = {"model": "tiny-llama", "task": "copa", "n_train": 8, "n_val": 4, "n_test": 4, "steps": 6, "eval_every": 2,
+              "batch_size": 2, "device": "cpu", "data_dir": str(data_dir), "method": "mezo", "peft": "none",
+              "lr": 1e-3, "zero_shot": False}
+    diverged = make_config(fields, {"on_divergence": "test-best", "out_dir": str(tmp_path / "diverged")})
+    metrics = run_training(diverged)
+    assert metrics["diverged"].startswith("the validation loss became nan at step 4")
+    assert metrics["best_step"] == 2 and metrics["best_val_loss"] == 1.0 and "test" in metrics
+    stopped_there = run_training(make_config(fields, {"steps": 2, "out_dir": str(tmp_path / "two-steps")}))
+    assert "diverged" not in stopped_there
+    weights = [load_file(tmp_path / name / "model" / "model.safetensors") for name in ("diverged", "two-steps")]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    initial = load_base_model(make_config(fields), torch.device("cpu")).state_dict()
+    assert any(not torch.equal(weights[0][k], initial[k]) for k in weights[0] if k in initial)  # it did train
+    # how a run that diverges ends, not what it computes: the same experiment, resumed or copied either way
+    assert experiment(diverged, "cpu") == experiment(make_config(fields, {"out_dir": str(tmp_path / "diverged")}), "cpu")
+
+    write_report([tmp_path / "diverged"], tmp_path / "report")
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert "†1" in table and "- diverged: tested at step 2; the validation loss became nan at step 4" in table
+
+    # diverged before its first validation: finished (no sweep runs it again), with no step and no test metric
+    monkeypatch.setattr("zofo.data.TaskSet.validation_loss", lambda self, model: float("nan"))
+    early = run_training(make_config(fields, {"on_divergence": "test-best", "out_dir": str(tmp_path / "early")}))
+    assert early["test"] is None and early["best_step"] is None and early["diverged"].startswith("the validation loss")
+    assert json.loads((tmp_path / "early" / "metrics.json").read_text())["test"] is None
+    write_report([tmp_path / "early"], tmp_path / "report-early")
+    table = (tmp_path / "report-early" / "table.md").read_text()
+    assert "| diverged †1 |" in table and "- early: not tested (no validation before it)" in table
+
+
 def test_a_tuning_run_whose_model_collapsed_is_diverged_and_never_chosen(tmp_path, data_dir, monkeypatch):
     """Seen on the H200: MeZO full at lr 1e-4 on RTE blew up, then scored both candidates alike (validation
     loss ln 2, below the other values' 0.71) with a projected gradient of exactly 0 ever after."""

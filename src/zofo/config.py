@@ -116,7 +116,8 @@ USED_BY_METHOD = {
 # How a run executes, not what it computes (graphs and compile change losses only at float round-off): a
 # run resumes with other values of these, and reports do not split rows on them.
 EXECUTION_FIELDS = {"resume", "overwrite", "out_dir", "device", "graphs", "compile", "eval_batch_size", "length_groups",
-                    "data.data_dir", "weight_check_every", "collective_timeout", "shard_weights"}
+                    "data.data_dir", "weight_check_every", "collective_timeout", "shard_weights",
+                    "on_divergence"}  # what a run that diverges does: a run that did not is the same experiment
 META_METHODS = ("meta-bilevel", "meta-mezo", "meta-icl")  # trained on a MetaICL setting, then meta-tested
 ADAPTER_METHODS = ("fo", "bilevel", "two-stage", "meta-bilevel")  # train an adapter: need --peft
 PEFT_FIELDS = {"adapter.lora_r": "lora", "adapter.lora_alpha": "lora", "adapter.prefix_tokens": "prefix",
@@ -144,6 +145,7 @@ class RunConfig(BaseModel):
     length_groups: int = Field(1, ge=1, le=16, description="split each training minibatch into at most this many groups of examples of similar length, each padded on its own (the cut with the fewest padded tokens); the loss and gradient stay the minibatch's, to float round-off. On inputs of uneven length (CB, RTE: a minibatch padded to its longest input is about half padding) it saves compute where a step is compute-bound; each group is a model call of its own")
     eval_batch_size: int = Field(32, ge=1, description="rows per forward when scoring candidates")
     max_new_tokens: int = Field(50, ge=1, description="generation length for SQuAD/DROP")
+    on_divergence: Literal["fail", "test-best"] = Field("fail", description="a run whose loss becomes NaN or infinite, or whose model collapses: fail = stop with an error (the log and the last checkpoint kept); test-best = end the run there and test its validation-selected step before the divergence, metrics.json and `zofo report` saying it diverged (for grids at a fixed learning rate, the λ and K ablations, where a cell may diverge). Tuning runs are never chosen when they diverge, either way")
     zero_shot: bool = Field(True, description="also evaluate the model before training")
     test: bool = Field(True, description="evaluate the selected step on the test split (meta-training: the meta-test), and the model before training where zero_shot; false for tuning runs, which choose hyperparameters on validation and read no test split")
     out_dir: str | None = Field(None, description="run folder (else runs/<task>-<method>-<peft>-seed<seed>)")

@@ -130,6 +130,8 @@ def run_training(config: RunConfig) -> dict:
         selection = loop.train(method, run, state, extra_state={"zero_shot": zero_shot})
     except Diverged as error:
         return finish_diverged(config, run, metrics, error)
+    if selection.step is None:
+        return finish_untested(run, metrics, selection)
     metrics.update(peak_memory(device))
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
         del method  # one model in memory at a time
@@ -171,6 +173,15 @@ def finish_diverged(config: RunConfig, run: RunFolder, metrics: dict, error: Div
         raise error
     distributed.print_main(f"diverged: {error}")
     metrics.update(diverged=str(error), best_step=None, best_val_loss=None)
+    run.finish(metrics)
+    return metrics
+
+
+def finish_untested(run: RunFolder, metrics: dict, selection) -> dict:
+    """A run that diverged before its first validation (on_divergence: test-best) has no step to test: it ends
+    with no test metric, and metrics.json says where it diverged."""
+    metrics.update(selection.summary(), best_val_loss=None, test=None)
+    distributed.print_main("diverged before its first validation: no step to test")
     run.finish(metrics)
     return metrics
 
@@ -223,6 +234,8 @@ def run_meta_training(config: RunConfig) -> dict:
         selection = loop.train(method, run, state, extra_state={"pretrained": pretrained})
     except Diverged as error:
         return finish_diverged(config, run, metrics, error)
+    if selection.step is None:
+        return finish_untested(run, metrics, selection)
     metrics.update(peak_memory(device))  # meta-training's own peak (the meta-tests tune their own LoRA)
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
         del method

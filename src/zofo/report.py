@@ -3,7 +3,8 @@
 Runs are grouped by every config field that varies among them except the seed and the run folder;
 the task goes in the columns, the other varying fields (method, peft, hard_prompt, λ, K, ...) in the
 rows. Each cell is the test metric of the task (accuracy; macro-F1 for CB; F1 for SQuAD/DROP) at the
-validation-selected step, as mean ± standard deviation over seeds, with the number of seeds.
+validation-selected step, as mean ± standard deviation over seeds, with the number of seeds; †N where N of
+those runs diverged and were tested at their step selected before the divergence (on_divergence: test-best).
 Plots: validation-loss curves per task; Bilevel's θ+z against FO-PEFT by first-order steps taken, where
 Bilevel runs logged θ+z's validation loss; and the metric against λ and against K where those vary.
 Where runs with and without the hard prompt are both reported, table.md also gives the paper's Table 1 view:
@@ -91,7 +92,7 @@ def find_runs(paths: list[str | Path]) -> list[dict]:
             runs.append({**run, "meta": True})
             continue
         metric = get_task(config.data.task).metric
-        run = {**run, "metric": metric, "test": metrics["test"][metric],
+        run = {**run, "metric": metric, "test": metrics["test"][metric] if metrics["test"] else None,  # None: diverged
                "zero_shot": metrics.get("zero_shot", {}).get(metric)}
         runs.extend(bilevel_views(run, metrics, metric) if config.method == "bilevel" else [run])
     if not runs:
@@ -141,14 +142,16 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict
         row, means = ["" if v is None else str(v) for v in key], []
         for task in tasks:
             members = groups[key].get(task, [])
-            values = [m["test"] for m in members]
-            row.append(cell(values))
+            values = [m["test"] for m in members if m["test"] is not None]  # None: diverged, no step to test
+            diverged = sum(1 for m in members if m["metrics"].get("diverged"))
+            row.append(" ".join(filter(None, [cell(values) or ("diverged" if diverged else ""),
+                                              f"†{diverged}" if diverged else ""])))
             if values:
                 mean, std = mean_std(values)
                 means.append(mean)
                 zero = [m["zero_shot"] for m in members if m["zero_shot"] is not None]
                 records.append({**{name(f): v for f, v in zip(fields, key)}, "task": task, "metric": members[0]["metric"],
-                                "mean": mean, "std": std, "seeds": len(values),
+                                "mean": mean, "std": std, "seeds": len(values), "diverged": diverged,
                                 "zero_shot_mean": statistics.fmean(zero) if zero else None,
                                 "seed_values": ";".join(f"{v:.4f}" for v in values)})
         if len(tasks) > 1:
@@ -209,7 +212,7 @@ def build_meta_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list
         setting, seed, metrics = run["config"].meta.setting, run["config"].seed, run["metrics"]
         key = tuple(shown(run, f) for f in fields)
         for label, results in ((("pretrained",) + ("",) * (len(fields) - 1), metrics.get("pretrained", {})),
-                               (key, metrics["test"])):
+                               (key, metrics["test"] or {})):  # None: diverged before any validation
             for mode in META_MODES:
                 if mode in results:
                     row = tuple("" if v is None else str(v) for v in label) + (mode.replace("_", "-"),)
@@ -238,6 +241,20 @@ def build_meta_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list
             line.append(f"{100 * statistics.fmean(means):.1f}" if len(means) == len(settings) else "")
         rows.append(line)
     return header, rows, records
+
+
+def diverged_runs(runs: list[dict]) -> str:
+    """The runs that diverged and were tested at their step selected before it (on_divergence: test-best),
+    which a cell marks †N (N of its seeds): where and how each diverged."""
+    def tested(metrics: dict) -> str:
+        step = metrics["best_step"]
+        return f"tested at step {step}" if step is not None else "not tested (no validation before it)"
+
+    lines = [f"- {run['folder'].name}: {tested(run['metrics'])}; {run['metrics']['diverged']}"
+             for run in sorted(runs, key=lambda r: r["folder"].name) if run["metrics"].get("diverged")]
+    return ("\n† N of the cell's seeds diverged: each run ended there and was tested at its step selected on "
+            "validation before it (a run that diverged before its first validation has no test metric; a cell "
+            "none of whose seeds has one reads 'diverged'):\n" + "\n".join(lines) + "\n") if lines else ""
 
 
 def tuned_values(runs: list[dict]) -> str:
@@ -285,7 +302,8 @@ def plot_curves(runs: list[dict], fields: list[str], path: Path, curves, xlabel:
         ax.set_title(task)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation loss")
-        ax.legend(fontsize=6)
+        if labels_seen:  # none where every run diverged before its first validation
+            ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -323,20 +341,27 @@ def plot_first_order_curves(runs: list[dict], fields: list[str], path: Path) -> 
 
 
 def plot_against(records: list[dict], field: str, path: Path) -> Path:
-    """The test metric (mean ± std over seeds) against a numeric config field, one line per task."""
+    """The test metric (mean ± std over seeds) against a numeric config field, one line per task; a cross marks
+    a point where some seed diverged (tested at its step selected before the divergence)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    diverged_shown = False
     for task, tested in sorted({(r["task"], r.get(EVALUATED) or "") for r in records}):
-        points = sorted((float(r[field]), r["mean"], r["std"]) for r in records
+        points = sorted((float(r[field]), r["mean"], r["std"], r.get("diverged", 0)) for r in records
                         if r["task"] == task and (r.get(EVALUATED) or "") == tested and r.get(field) is not None)
         if points:
-            xs, means, stds = zip(*points)
+            xs, means, stds, diverged = zip(*points)
             ax.errorbar(xs, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o", capsize=3,
                         label=f"{task} ({tested})" if tested else task)
+            crosses = [(x, 100 * m) for x, m, d in zip(xs, means, diverged) if d]
+            if crosses:
+                ax.scatter(*zip(*crosses), marker="x", s=60, color="black", zorder=3,
+                           label=None if diverged_shown else "some seeds diverged")
+                diverged_shown = True
     if field == "bilevel_lambda":
         ax.set_xscale("log")
     ax.set_xlabel({"bilevel_lambda": "λ", "bilevel_k": "K (lower steps per upper step)"}.get(field, field))
@@ -366,7 +391,7 @@ def write_report(paths: list[str | Path], output: str | Path) -> Path:
         note = "Test metric (%) at the validation-selected step: mean ± std over seeds (number of seeds)."
     fields = [] if meta else varying_fields(runs)
     primary = [run for run in runs if run["primary"]]
-    table = markdown(header, rows) + prompt_sensitivity(records, fields) + tuned_values(primary)
+    table = markdown(header, rows) + prompt_sensitivity(records, fields) + diverged_runs(primary) + tuned_values(primary)
     (output / "table.md").write_text(f"{note} {len(primary)} runs from {', '.join(map(str, paths))}.\n\n{table}")
     with open(output / "table.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)))

@@ -170,6 +170,7 @@ class Selection:
         self.val_loss = float("inf")
         self.snapshot: dict[str, Any] = {}
         self.train_seconds = 0.0
+        self.diverged: str | None = None  # how the run diverged, where it ended there (on_divergence: test-best)
 
     def update(self, step: int, val_loss: float, method: Method) -> bool:
         if val_loss < self.val_loss:
@@ -181,7 +182,8 @@ class Selection:
         return {"step": self.step, "val_loss": self.val_loss, "snapshot": self.snapshot}
 
     def summary(self) -> dict:
-        return {"best_step": self.step, "best_val_loss": self.val_loss, "train_seconds": round(self.train_seconds, 2)}
+        summary = {"best_step": self.step, "best_val_loss": self.val_loss, "train_seconds": round(self.train_seconds, 2)}
+        return summary | ({"diverged": self.diverged} if self.diverged else {})
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.val_loss, self.snapshot = state["step"], state["val_loss"], state["snapshot"]
