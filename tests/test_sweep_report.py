@@ -558,6 +558,32 @@ def test_a_sweep_run_redraws_its_progress_bars_in_its_log_every_30_seconds_unles
     assert started["env"]["TQDM_MININTERVAL"] == (user_setting or "30")  # a 10,000-step run wrote 0.8 MB of bars
 
 
+def test_a_sweep_resumes_its_runs_with_a_checkpoint_before_it_starts_others(tmp_path, monkeypatch):
+    from zofo import sweep
+
+    jobs = [sweep.Job(tmp_path / name, {"name": name}) for name in ("a", "b", "c", "d")]
+    for job in jobs[2:]:  # c and d began on an earlier machine
+        job.folder.mkdir()
+        (job.folder / "checkpoint.pt").write_bytes(b"")
+    started = []
+
+    class Finished:
+        returncode = 0
+
+        def poll(self):
+            return 0
+
+    def start_run(folder, fields, gpus, env, busy):
+        started.append(fields["name"])
+        (folder / "metrics.json").parent.mkdir(exist_ok=True)
+        return Finished(), folder, 1, None
+
+    monkeypatch.setattr(sweep, "start_run", start_run)
+    monkeypatch.setattr(sweep.time, "sleep", lambda seconds: None)
+    sweep.run_jobs(jobs, parallel=1, gpus=[])
+    assert started == ["c", "d", "a", "b"]
+
+
 def test_a_run_another_sweep_has_finished_is_copied_from_it_not_run_again(tmp_path, data_dir, capsys):
     tuned = {"tuning": {"steps": 1}, "variants": [{"method": "mezo", "peft": "none", "tune": {"lr": [1e-6, 1e-3]}}]}
     first = tmp_path / "first"
