@@ -28,11 +28,15 @@ done
 # Unfinished runs brought back from an earlier machine (collect_runs.sh keeps them as .gpu/partial/NAME/RUN):
 # carried before the first sweep call (a few runs a call where their checkpoints are large: carry takes the
 # run folders' paths), each goes to /tmp/zofo/NAME/RUN, where scripts/gpu_sweep.sh resumes it, unless this
-# machine already has that run.
+# machine already has that run. A mark /tmp/zofo/.carried/NAME/RUN, made after the copy, lets gpu_sweep.sh leave
+# out of what a call returns a carried run this machine never started (its output.log no newer than the mark): it
+# is the same here already, and a Bilevel-LoRA run's checkpoint takes 15 MB of the 60 a call returns.
 for run in .gpu/partial/*/* .gpu/partial/*/tuning/*; do
   [ -f "$run/checkpoint.pt" ] || continue
   destination=/tmp/zofo/${run#.gpu/partial/}
-  [ -e "$destination" ] || { mkdir -p "$(dirname "$destination")" && cp -r "$run" "$destination"; }
+  mark=/tmp/zofo/.carried/${run#.gpu/partial/}
+  [ -e "$destination" ] || { mkdir -p "$(dirname "$destination")" "$(dirname "$mark")" && cp -r "$run" "$destination" &&
+                             touch "$mark"; }
 done
 if [ -d /tmp/zofo/data ]; then data=/tmp/zofo/data; else data=$PWD/.gpu/data; fi
 export PYTHONPATH=/tmp/site:$PWD/src ZOFO_DATA_DIR=${ZOFO_DATA_DIR:-$data} ZOFO_CACHE=/tmp/zofo-cache

@@ -70,8 +70,12 @@ nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv
 # PLAN_ONLY=1 stops once that list is written, LEFT_BEHIND=FILE packs by a plan made for several sweeps at once
 # (gpu_next_lease.sh: FILE lists what stays behind of each, NAME/RUN a line), not by this sweep's own.
 if [ -z "${LEFT_BEHIND:-}" ]; then
-  (cd /tmp/zofo/$name && find . -name output.log -printf '%h\n') | while read -r run; do
-    [ -f "results/$name/runs/$run/metrics.json" ] || echo "$name/${run#./}"
+  (cd /tmp/zofo/$name && find . -name output.log -printf '%P\n') | while read -r log; do
+    run=${log%/output.log}
+    [ -f "results/$name/runs/$run/metrics.json" ] && continue  # collected here already
+    mark=/tmp/zofo/.carried/$name/$run  # carried from here (gpu_setup.sh) and never started since: here already
+    [ -f "$mark" ] && ! [ "/tmp/zofo/$name/$log" -nt "$mark" ] && continue
+    echo "$name/$run"
   done > /tmp/zofo/$name.to-return
   [ -f /tmp/zofo/$name/tuning.md ] && echo $name/tuning.md >> /tmp/zofo/$name.to-return
 fi
