@@ -313,40 +313,49 @@ def test_a_diverged_tuning_run_finishes_with_its_result_and_a_diverged_run_fails
         run_training(make_config(fields, {"out_dir": str(tmp_path / "run")}))
 
 
-def test_on_divergence_test_best_ends_the_run_and_tests_the_step_selected_before_it(tmp_path, data_dir, monkeypatch):
+@pytest.mark.parametrize("method, selected", [({"method": "mezo", "peft": "none"}, 2),
+                                              ({"method": "bilevel", "peft": "lora", "bilevel_k": 2}, 3)])
+def test_on_divergence_test_best_ends_the_run_and_tests_the_step_selected_before_it(tmp_path, data_dir, monkeypatch,
+                                                                                     method, selected):
     """The λ ablation at a fixed learning rate: SST-2 at λ 1e3 and 1e4 became NaN after 600 to 1,400 steps, and a
     failing run was resumed (and failed again) by every sweep after. With test-best it ends, tested at its
-    validation-selected step, which is θ after the same steps as a run that stopped there."""
+    validation-selected step: θ (and Bilevel's φ) after the same steps as a run that stopped there."""
     import torch
     from safetensors.torch import load_file
     from zofo.config import experiment
     from zofo.experiment import load_base_model
+    from zofo.methods.base import Method
 
-    losses = iter([1.0, float("nan")])
-    monkeypatch.setattr("zofo.data.TaskSet.validation_loss", lambda self, model: next(losses, 1.0))
+    losses = iter([1.0])  # the selecting validation loss: 1.0 at the first evaluation, NaN at the second
+    monkeypatch.setattr(Method, "validation_loss", lambda self: next(losses, float("nan")))
     fields = {"model": "tiny-llama", "task": "copa", "n_train": 8, "n_val": 4, "n_test": 4, "steps": 6, "eval_every": 2,
-              "batch_size": 2, "device": "cpu", "data_dir": str(data_dir), "method": "mezo", "peft": "none",
-              "lr": 1e-3, "zero_shot": False}
+              "batch_size": 2, "device": "cpu", "data_dir": str(data_dir), "lr": 1e-3, "zero_shot": False, **method}
     diverged = make_config(fields, {"on_divergence": "test-best", "out_dir": str(tmp_path / "diverged")})
     metrics = run_training(diverged)
-    assert metrics["diverged"].startswith("the validation loss became nan at step 4")
-    assert metrics["best_step"] == 2 and metrics["best_val_loss"] == 1.0 and "test" in metrics
-    stopped_there = run_training(make_config(fields, {"steps": 2, "out_dir": str(tmp_path / "two-steps")}))
-    assert "diverged" not in stopped_there
-    weights = [load_file(tmp_path / name / "model" / "model.safetensors") for name in ("diverged", "two-steps")]
-    assert weights[0].keys() == weights[1].keys()
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert metrics["diverged"].startswith(f"the validation loss became nan at step {2 * selected}")
+    assert metrics["best_step"] == selected and metrics["best_val_loss"] == 1.0 and "test" in metrics
+    losses = iter([1.0] * 9)
+    stopped_there = run_training(make_config(fields, {"steps": selected, "out_dir": str(tmp_path / "stopped")}))
+    assert "diverged" not in stopped_there and stopped_there["best_step"] == selected
+    saved = sorted(p.relative_to(tmp_path / "stopped") for p in (tmp_path / "stopped").rglob("*.safetensors"))
+    assert saved == sorted(p.relative_to(tmp_path / "diverged") for p in (tmp_path / "diverged").rglob("*.safetensors"))
+    for file in saved:  # θ, and Bilevel's φ, as a run that stopped at the selected step left them
+        weights = [load_file(tmp_path / name / file) for name in ("diverged", "stopped")]
+        assert weights[0].keys() == weights[1].keys()
+        assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    theta = load_file(tmp_path / "diverged" / "model" / "model.safetensors")
     initial = load_base_model(make_config(fields), torch.device("cpu")).state_dict()
-    assert any(not torch.equal(weights[0][k], initial[k]) for k in weights[0] if k in initial)  # it did train
+    assert any(not torch.equal(theta[k], initial[k]) for k in theta if k in initial)  # it did train
     # how a run that diverges ends, not what it computes: the same experiment, resumed or copied either way
     assert experiment(diverged, "cpu") == experiment(make_config(fields, {"out_dir": str(tmp_path / "diverged")}), "cpu")
 
     write_report([tmp_path / "diverged"], tmp_path / "report")
     table = (tmp_path / "report" / "table.md").read_text()
-    assert "†1" in table and "- diverged: tested at step 2; the validation loss became nan at step 4" in table
+    assert "†1" in table
+    assert f"- diverged: tested at step {selected}; the validation loss became nan at step {2 * selected}" in table
 
     # diverged before its first validation: finished (no sweep runs it again), with no step and no test metric
-    monkeypatch.setattr("zofo.data.TaskSet.validation_loss", lambda self, model: float("nan"))
+    losses = iter([])
     early = run_training(make_config(fields, {"on_divergence": "test-best", "out_dir": str(tmp_path / "early")}))
     assert early["test"] is None and early["best_step"] is None and early["diverged"].startswith("the validation loss")
     assert json.loads((tmp_path / "early" / "metrics.json").read_text())["test"] is None
