@@ -69,8 +69,9 @@ def main() -> None:
     repository = repository_bytes()
     room = CALL_BYTES - repository - MARGIN
     calls = plan(wanted(sys.argv[1:]), room)
+    # session 21: its first two calls, sent one at a time, each found a cold machine (about 150 s of held time lost)
     print(f"repository {repository / 1e6:.1f} MB; {len(calls)} setup calls in a row (the machine goes back 30 s "
-          f"after a call), each `source scripts/gpu_setup.sh`:")
+          f"after a call: send them as one batch, with the first gpu_next_lease.sh), each `source scripts/gpu_setup.sh`:")
     for number, members in enumerate(calls, 1):
         print(f"call {number} ({sum(map(size, members)) / 1e6:.1f} MB): {json.dumps([str(p) for p in members])}")
 
