@@ -130,8 +130,6 @@ def run_training(config: RunConfig) -> dict:
         selection = loop.train(method, run, state, extra_state={"zero_shot": zero_shot})
     except Diverged as error:
         return finish_diverged(config, run, metrics, error)
-    if selection.step is None:
-        return finish_untested(run, metrics, selection)
     metrics.update(peak_memory(device))
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
         del method  # one model in memory at a time
@@ -168,20 +166,13 @@ def finish_tuning_run(run: RunFolder, metrics: dict, calls) -> dict:
 
 
 def finish_diverged(config: RunConfig, run: RunFolder, metrics: dict, error: Diverged) -> dict:
-    """A tuning run whose loss diverged has a result: its values are never chosen. Any other run fails."""
-    if config.test:
+    """A tuning run whose loss diverged has a result: its values are never chosen. So has a run with
+    on_divergence test-best that diverged before its first validation: no step to test, no test metric (one that
+    diverged later is tested at its selected step: loop.train returns). Any other run fails."""
+    if config.test and config.on_divergence != "test-best":
         raise error
-    distributed.print_main(f"diverged: {error}")
-    metrics.update(diverged=str(error), best_step=None, best_val_loss=None)
-    run.finish(metrics)
-    return metrics
-
-
-def finish_untested(run: RunFolder, metrics: dict, selection) -> dict:
-    """A run that diverged before its first validation (on_divergence: test-best) has no step to test: it ends
-    with no test metric, and metrics.json says where it diverged."""
-    metrics.update(selection.summary(), best_val_loss=None, test=None)
-    distributed.print_main("diverged before its first validation: no step to test")
+    distributed.print_main(f"diverged: {error}" + ("; no validation before it, so no step to test" if config.test else ""))
+    metrics.update(diverged=str(error), best_step=None, best_val_loss=None, **({"test": None} if config.test else {}))
     run.finish(metrics)
     return metrics
 
@@ -234,8 +225,6 @@ def run_meta_training(config: RunConfig) -> dict:
         selection = loop.train(method, run, state, extra_state={"pretrained": pretrained})
     except Diverged as error:
         return finish_diverged(config, run, metrics, error)
-    if selection.step is None:
-        return finish_untested(run, metrics, selection)
     metrics.update(peak_memory(device))  # meta-training's own peak (the meta-tests tune their own LoRA)
     if selection.step != method.schedule()[-1]:  # back to the selected step, from the start point
         del method

@@ -8,8 +8,8 @@
             checkpoint: the method's state, the selection, the iteration (atomic; the log and the
                         trajectory are cut back to it on resume)
         if SIGTERM came (a sweep or a GPU lease ending): checkpoint this iteration, stop (RunStopped)
-    if the loss became NaN or the model collapsed: fail, or (on_divergence: test-best) end the loop there,
-        the step selected so far tested as the run's (none, if it diverged before its first validation)
+    if the loss became NaN or the model collapsed: fail, or (on_divergence: test-best, a step selected so far)
+        end the loop there, that step tested as the run's
     back to the selected step (the caller): a method rebuilt at its start point, restored to that step
 
 Resuming loads the checkpoint into a method at its start point (θ replayed from the trajectory), so a
@@ -146,9 +146,9 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
                 raise RunStopped(f"stopped by SIGTERM after step {step}, checkpointed there: the same command "
                                  "with --resume continues the run")
     except Diverged as error:
-        if not (config.on_divergence == "test-best" and config.test):
-            raise
-        # the run ends here; the caller tests its step selected before the divergence (if it had a validation)
+        if not (config.on_divergence == "test-best" and config.test and selection.step is not None):
+            raise  # the caller's to report (experiment.finish_diverged)
+        # the run ends here; the caller tests its step selected before the divergence
         selection.diverged = str(error)
         selection.train_seconds = seconds_before + time.perf_counter() - started
         distributed.print_main(f"diverged: {error}; the run ends here, its selected step: {selection.step}")

@@ -144,8 +144,8 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict
             members = groups[key].get(task, [])
             values = [m["test"] for m in members if m["test"] is not None]  # None: diverged, no step to test
             diverged = sum(1 for m in members if m["metrics"].get("diverged"))
-            row.append(" ".join(filter(None, [cell(values) or ("diverged" if diverged else ""),
-                                              f"†{diverged}" if diverged else ""])))
+            shown_value = cell(values) or ("diverged" if diverged else "")
+            row.append(f"{shown_value} †{diverged}" if diverged else shown_value)
             if values:
                 mean, std = mean_std(values)
                 means.append(mean)
