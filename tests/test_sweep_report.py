@@ -362,6 +362,9 @@ def test_on_divergence_test_best_ends_the_run_and_tests_the_step_selected_before
     write_report([tmp_path / "early"], tmp_path / "report-early")
     table = (tmp_path / "report-early" / "table.md").read_text()
     assert "| diverged †1 |" in table and "- early: not tested (no validation before it)" in table
+    # a Bilevel run's three rows (θ+φ, θ+z, θ alone) count its seeds alike: the λ ablation's θ+z row read †2
+    # where θ+φ read †3, the seed that diverged before validation missing from it
+    assert table.count("| diverged †1 |") == (3 if method["method"] == "bilevel" else 1)
 
 
 def test_a_tuning_run_whose_model_collapsed_is_diverged_and_never_chosen(tmp_path, data_dir, monkeypatch):

@@ -50,13 +50,15 @@ def name(path: str) -> str:
 
 def bilevel_views(run: dict, metrics: dict, metric: str) -> list[dict]:
     """A Bilevel run as its rows: the model it selected and tested (θ with φ, or with z under
-    bilevel.eval_adapter lower), then the other adapter with θ and θ alone, tested at the same step."""
+    bilevel.eval_adapter lower), then the other adapter with θ and θ alone, tested at the same step (a run that
+    diverged before its first validation in every row, untested)."""
     tested = "θ+z" if metrics.get("evaluated_adapter") == "lower" else "θ+φ"
     views = [{**run, "fields": {**run["fields"], EVALUATED: tested}}]
     for key, label in BILEVEL_TESTS:
-        if key in metrics:
-            views.append({**run, "fields": {**run["fields"], EVALUATED: label}, "test": metrics[key][metric],
-                          "zero_shot": None, "primary": False})
+        if key in metrics or (metrics["test"] is None and label != tested):  # None: diverged before any step to
+            # test, which each row counts (†N), as it counts the seeds that diverged later and were tested
+            views.append({**run, "fields": {**run["fields"], EVALUATED: label},
+                          "test": metrics[key][metric] if key in metrics else None, "zero_shot": None, "primary": False})
     return views
 
 
