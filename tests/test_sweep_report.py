@@ -94,6 +94,32 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
     assert not (out / "val_loss_first_order_steps.png").exists()  # no Bilevel run logged θ+z's validation loss
 
 
+def test_a_value_at_which_every_seed_diverged_before_validation_is_a_record_without_mean_and_marked_on_the_plot(
+        tmp_path, monkeypatch):
+    """The λ ablation's SST-2 λ 1e5 and 1e6: no seed had a step to test, so the cell has no mean; the plot against
+    λ left those values out without a sign until it marked them on its axis."""
+    from matplotlib.axes import Axes
+
+    runs = tmp_path / "runs"
+    fake_run(runs / "lam-1", "sst2", "bilevel", 0, 0.8, 0.5, lam=1.0)
+    fake_run(runs / "lam-1e6", "sst2", "bilevel", 0, 0.5, 0.5, lam=1e6)
+    metrics = runs / "lam-1e6" / "metrics.json"
+    metrics.write_text(json.dumps({"test": None, "zero_shot": {"accuracy": 0.5}, "best_step": None,
+                                   "diverged": "the training loss became nan at step 33"}))
+    _, _, records = build_table(find_runs([runs]))
+    untested = [r for r in records if r["mean"] is None]
+    assert {r["evaluated"] for r in untested} == {"θ+φ", "θ+z", "θ alone"}
+    assert all(r["bilevel_lambda"] == 1e6 and r["seeds"] == 0 and r["diverged"] == 1 for r in untested)
+    scattered = []
+    original = Axes.scatter
+    monkeypatch.setattr(Axes, "scatter", lambda self, x, y, **kw: scattered.append((kw.get("marker"), list(x))) or
+                        original(self, x, y, **kw))
+    write_report([runs], tmp_path / "report")
+    assert scattered and all(call == ("v", [1e6]) for call in scattered)  # one triangle a row, at λ 1e6
+    with open(tmp_path / "report" / "table.csv") as f:
+        assert sum(1 for row in csv.DictReader(f) if row["mean"] == "" and row["diverged"] == "1") == 3
+
+
 def test_runs_with_and_without_the_hard_prompt_are_also_reported_as_the_papers_table_1(tmp_path):
     runs = tmp_path / "runs"
     for seed, (with_prompt, without) in enumerate([(0.80, 0.50), (0.90, 0.54)]):

@@ -148,9 +148,10 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict
             diverged = sum(1 for m in members if m["metrics"].get("diverged"))
             shown_value = cell(values) or ("diverged" if diverged else "")
             row.append(f"{shown_value} †{diverged}" if diverged else shown_value)
-            if values:
-                mean, std = mean_std(values)
-                means.append(mean)
+            if values or diverged:  # a cell none of whose seeds was tested: a record with no mean (the plots mark it)
+                mean, std = mean_std(values) if values else (None, None)
+                if values:
+                    means.append(mean)
                 zero = [m["zero_shot"] for m in members if m["zero_shot"] is not None]
                 records.append({**{name(f): v for f, v in zip(fields, key)}, "task": task, "metric": members[0]["metric"],
                                 "mean": mean, "std": std, "seeds": len(values), "diverged": diverged,
@@ -186,7 +187,7 @@ def prompt_sensitivity(records: list[dict], fields: list[str]) -> str:
     labels = [name(f) for f in fields if f != "data.hard_prompt"] + ["task"]
     settings: dict[tuple, dict[bool, dict]] = {}
     for record in records:
-        if record.get(prompt) is not None:
+        if record.get(prompt) is not None and record["seeds"]:
             settings.setdefault(tuple(record.get(label) for label in labels), {})[record[prompt]] = record
     rows = []
     for key, by_prompt in settings.items():
@@ -344,17 +345,18 @@ def plot_first_order_curves(runs: list[dict], fields: list[str], path: Path) -> 
 
 def plot_against(records: list[dict], field: str, path: Path) -> Path:
     """The test metric (mean ± std over seeds) against a numeric config field, one line per task; a cross marks
-    a point where some seed diverged (tested at its step selected before the divergence)."""
+    a point where some seed diverged (tested at its step selected before the divergence), a triangle on the axis
+    a value at which every seed diverged before its first validation (no test metric)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    diverged_shown = False
+    diverged_shown = untested_shown = False
     for task, tested in sorted({(r["task"], r.get(EVALUATED) or "") for r in records}):
-        points = sorted((float(r[field]), r["mean"], r["std"], r.get("diverged", 0)) for r in records
-                        if r["task"] == task and (r.get(EVALUATED) or "") == tested and r.get(field) is not None)
+        line = [r for r in records if r["task"] == task and (r.get(EVALUATED) or "") == tested and r.get(field) is not None]
+        points = sorted((float(r[field]), r["mean"], r["std"], r["diverged"]) for r in line if r["mean"] is not None)
         if points:
             xs, means, stds, diverged = zip(*points)
             ax.errorbar(xs, [100 * m for m in means], yerr=[100 * s for s in stds], marker="o", capsize=3,
@@ -364,13 +366,18 @@ def plot_against(records: list[dict], field: str, path: Path) -> Path:
                 ax.scatter(*zip(*crosses), marker="x", s=60, color="black", zorder=3,
                            label=None if diverged_shown else "some seeds diverged")
                 diverged_shown = True
+        untested = sorted(float(r[field]) for r in line if r["mean"] is None)
+        if untested:  # on the x axis: no value to draw
+            ax.scatter(untested, [0.03] * len(untested), marker="v", s=60, color="black", zorder=3,
+                       transform=ax.get_xaxis_transform(),
+                       label=None if untested_shown else "every seed diverged before validation")
+            untested_shown = True
     if field == "bilevel_lambda":
         ax.set_xscale("log")
     ax.set_xlabel({"bilevel_lambda": "λ", "bilevel_k": "K (lower steps per upper step)"}.get(field, field))
     ax.set_ylabel("test metric (%)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")  # beside the lines, not over them
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path
 
