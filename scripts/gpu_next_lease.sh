@@ -3,9 +3,9 @@
 # setup call may run this script at once): issue 11's remaining work in its order, as chains of sweeps that keep
 # every GPU busy. Table 2's LoRA rows and its MeZO on the full model (session 19), Table 1 (session 20), Table 9
 # (session 21) and the λ ablation (session 22) are complete; what comes next (results/README.md, "Session 22"):
-#   chain 0: Table 2's prefix rows on SST-2, COPA, CB and RTE (11 tuning runs part-way), then Table 2 on the issue's
+#   chain 0: Table 2's prefix rows on SST-2, COPA, CB and RTE (8 MeZO-prefix tuning runs part-way), then Table 2 on the issue's
 #            other five tasks (not ReCoRD: 32 examples offline);
-#   chain 1: the K ablation (22 runs, 8 part-way; about 80,000 steps), then Table 2's prompt rows on SST-2, COPA, CB
+#   chain 1: the K ablation (22 runs, 8 part-way; about 82,000 steps), then Table 2's prompt rows on SST-2, COPA, CB
 #            and RTE (which copy Table 9's Bilevel prompt runs, collected here).
 # The prefix and prompt rows are two sweeps of table2.yaml on one folder, their runs apart (as table2-lora's were in
 # session 10).

@@ -51,7 +51,7 @@ def name(path: str) -> str:
 def bilevel_views(run: dict, metrics: dict, metric: str) -> list[dict]:
     """A Bilevel run as its rows: the model it selected and tested (θ with φ, or with z under
     bilevel.eval_adapter lower), then the other adapter with θ and θ alone, tested at the same step (a run that
-    diverged before its first validation in every row, untested)."""
+    diverged before its first validation: all three rows, untested)."""
     tested = "θ+z" if metrics.get("evaluated_adapter") == "lower" else "θ+φ"
     views = [{**run, "fields": {**run["fields"], EVALUATED: tested}}]
     for key, label in BILEVEL_TESTS:
