@@ -53,12 +53,12 @@ def bilevel_views(run: dict, metrics: dict, metric: str) -> list[dict]:
     bilevel.eval_adapter lower), then the other adapter with θ and θ alone, tested at the same step (a run that
     diverged before its first validation: all three rows, untested)."""
     tested = "θ+z" if metrics.get("evaluated_adapter") == "lower" else "θ+φ"
+    untested = metrics["test"] is None  # diverged before its first validation: each row still counts it (†N)
     views = [{**run, "fields": {**run["fields"], EVALUATED: tested}}]
     for key, label in BILEVEL_TESTS:
-        if key in metrics or (metrics["test"] is None and label != tested):  # None: diverged before any step to
-            # test, which each row counts (†N), as it counts the seeds that diverged later and were tested
+        if label != tested and (untested or key in metrics):
             views.append({**run, "fields": {**run["fields"], EVALUATED: label},
-                          "test": metrics[key][metric] if key in metrics else None, "zero_shot": None, "primary": False})
+                          "test": None if untested else metrics[key][metric], "zero_shot": None, "primary": False})
     return views
 
 
