@@ -584,6 +584,27 @@ def test_only_runs_the_selected_runs_with_their_own_tuning_runs_and_notes_every_
     assert "2 runs in" in capsys.readouterr().out
 
 
+def test_tuning_only_runs_the_tuning_runs_and_notes_their_choices_and_the_runs_wait(tmp_path, data_dir, monkeypatch,
+                                                                                       capsys):
+    monkeypatch.setattr("zofo.sweep.subprocess.Popen", TrackedChild)
+    TrackedChild.alive, TrackedChild.launches = [], {}
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0, 1]}, tuning={"steps": 1},
+                       variants=[{"method": "mezo", "peft": "none", "tune": {"lr": [1e-3]}},
+                                 {"method": "fo", "peft": "lora", "tune": {"lr": [1e-2, 1e-3]}}])
+    assert main(["sweep", str(path), "--tuning-only"]) == 0
+    runs = tmp_path / "runs"
+    assert {folder.relative_to(runs).parent.as_posix() for folder in TrackedChild.launches} == {"tuning"}
+    assert len(TrackedChild.launches) == 3
+    assert "method=fo,peft=lora,seed=1: **lr=0.01**" in (runs / "tuning.md").read_text()  # chosen, not yet run
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--dry-run"]) == 0  # the runs are still to do, with their values known
+    assert "3 tuning runs in" in (out := capsys.readouterr().out) and "3 finished, 0 to run" in out
+    assert "4 runs in" in out and "0 finished, 4 to run" in out
+    path = write_sweep(tmp_path / "t.yaml", data_dir, tmp_path / "other")  # no `tune`: nothing to run alone
+    assert main(["sweep", str(path), "--tuning-only"]) != 0
+    assert "--tuning-only: no run of" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("user_setting", [None, "2"])
 def test_a_sweep_run_redraws_its_progress_bars_in_its_log_every_30_seconds_unless_told_otherwise(
         tmp_path, monkeypatch, user_setting):

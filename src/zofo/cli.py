@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--only", action="append", default=[], metavar="FIELD=VALUES",
                        help="run only the runs whose FIELD has one of these values (repeatable; each must hold), "
                             "with the tuning runs they need, e.g. --only task=sst2,copa --only method=fo")
+    sweep.add_argument("--tuning-only", action="store_true",
+                       help="run only the tuning runs (each run's values are then chosen; the runs wait for a sweep "
+                            "without this flag), e.g. where device time is too short for a whole run")
     sweep.add_argument("--out-dir", help="folder of the runs (default: the file's out_dir)")
     sweep.add_argument("--gpus", type=gpu_list, metavar="IDS",
                        help="GPUs to spread the runs over, e.g. 0,1 (default: every visible GPU); each run sees one")
@@ -213,7 +216,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
     run_sweep(args.config, parallel=args.parallel, dry_run=args.dry_run, overrides=parse_assignments(args.set),
-              out_dir=args.out_dir, gpus=args.gpus, only=parse_selection(args.only), reuse=args.reuse)
+              out_dir=args.out_dir, gpus=args.gpus, only=parse_selection(args.only), reuse=args.reuse,
+              tuning_only=args.tuning_only)
     return 0
 
 

@@ -230,9 +230,11 @@ class Job:
 def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = False,
               overrides: dict | None = None, out_dir: str | Path | None = None,
               gpus: list[str] | None = None, only: dict[str, list] | None = None,
-              reuse: list[str] | None = None) -> list[Path]:
+              reuse: list[str] | None = None, tuning_only: bool = False) -> list[Path]:
     """Run the sweep's unfinished runs (those `only` selects, with the tuning runs they need), copying those that
-    the `reuse` folders (the file's and these) have finished; returns the selected runs' folders."""
+    the `reuse` folders (the file's and these) have finished; returns the selected runs' folders. `tuning_only`
+    runs the tuning runs alone (the choices are made; the runs wait for a later sweep): a share of device time
+    too short for a full run can still finish runs."""
     sweep = load_sweep(path)
     out_dir = Path(out_dir or sweep.get("out_dir") or Path("runs") / Path(path).stem)
     planned = plan(sweep, overrides)
@@ -251,12 +253,16 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
     chosen_runs = [job for job, keep in zip(runs, selected) if keep]
     tuning_jobs = list({folder: Job(folder, tuning_fields(job.fields, candidate, sweep))
                         for job in chosen_runs for candidate, folder in job.tuning}.values())
+    if tuning_only and not tuning_jobs:
+        raise ConfigError(f"--tuning-only: no run of {path} that is selected has tuning runs (a variant's `tune`)")
     copied = announce(tuning_jobs, f"tuning runs in {out_dir / 'tuning'}", dry_run, reuse) if tuning_jobs else {}
     tuned = all(job.ready() for job in chosen_runs)
     announce(chosen_runs, f"runs in {out_dir}" + (f" (of {len(runs)}, selected by --only)" if only else ""),
              dry_run and tuned, reuse, copied)
+    if tuning_only:
+        print(f"--tuning-only: the runs in {out_dir} wait for a sweep without it")
     if dry_run:
-        if not tuned:
+        if not tuned and not tuning_only:
             print(f"then the {len(chosen_runs)} runs in {out_dir}, with the values their tuning runs choose "
                   "(each as soon as its own tuning runs have finished)")
         return [job.folder for job in chosen_runs]
@@ -271,7 +277,7 @@ def run_sweep(path: str | Path, parallel: int | None = None, dry_run: bool = Fal
         return {**job.fields, **choice["chosen"]}
 
     try:
-        run_jobs(tuning_jobs + chosen_runs, parallel, gpus, with_tuned_values, reuse)
+        run_jobs(tuning_jobs + ([] if tuning_only else chosen_runs), parallel, gpus, with_tuned_values, reuse)
     finally:
         if tuning_jobs:
             write_tuning_notes(out_dir, runs)  # every run's choice made so far, selected or not
