@@ -94,6 +94,16 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
     assert not (out / "val_loss_first_order_steps.png").exists()  # no Bilevel run logged θ+z's validation loss
 
 
+def test_rows_follow_a_numeric_field_by_size_not_as_text(tmp_path):
+    """The K ablation's table read K 1, 10, 20, 30, 5 while its rows were ordered as text."""
+    runs = tmp_path / "runs"
+    for lam in (30.0, 5.0, 10.0, 100.0):
+        fake_run(runs / f"lam-{lam}", "sst2", "bilevel", 0, 0.8, 0.5, lam=lam, test_theta_z=0.8, test_theta_alone=0.5)
+    _, rows, _ = build_table(find_runs([runs]))
+    views = [(row[1], row[3]) for row in rows if row[0] == "bilevel"]
+    assert views == [(view, lam) for view in ("θ+φ", "θ+z", "θ alone") for lam in ("5.0", "10.0", "30.0", "100.0")]
+
+
 def test_a_value_at_which_every_seed_diverged_before_validation_is_a_record_without_mean_and_marked_on_the_plot(
         tmp_path, monkeypatch):
     """The λ ablation's SST-2 λ 1e5 and 1e6: no seed had a step to test, so the cell has no mean; the plot against

@@ -129,6 +129,19 @@ def summary(mean: float, std: float, over: int | str) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f} ({over})"
 
 
+BILEVEL_ORDER = {label: i for i, (_, label) in enumerate(BILEVEL_TESTS)}  # θ+φ, θ+z, θ alone
+
+
+def row_order(value) -> tuple:
+    """A row's place by one field's value: numbers by size (K 5 before K 10, lr 1e-6 before 1e-5), the Bilevel
+    views in their order, other text alphabetically, a field the method does not read first."""
+    if value is None:
+        return (0, 0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, value, "")
+    return (2, BILEVEL_ORDER.get(value, len(BILEVEL_ORDER)), str(value))
+
+
 def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict]]:
     """Header, markdown rows, and flat records (one per row × task) for the CSV."""
     fields = varying_fields(runs)
@@ -139,8 +152,7 @@ def build_table(runs: list[dict]) -> tuple[list[str], list[list[str]], list[dict
         groups.setdefault(key, {}).setdefault(run["config"].data.task, []).append(run)
     header = [name(f) for f in fields] + tasks + (["average"] if len(tasks) > 1 else [])
     rows, records = [], []
-    order = {label: str(i) for i, (_, label) in enumerate(BILEVEL_TESTS)}  # θ+φ, θ+z, θ alone
-    for key in sorted(groups, key=lambda k: tuple(order.get(v, str(v)) for v in k)):
+    for key in sorted(groups, key=lambda k: tuple(map(row_order, k))):
         row, means = ["" if v is None else str(v) for v in key], []
         for task in tasks:
             members = groups[key].get(task, [])
