@@ -31,8 +31,8 @@ For each run of such a variant, every combination of the `tune` values first run
 `tuning` fields and no test split read (`test: false`), under out_dir/tuning/; the combination of lowest
 best validation loss is the one the run uses. Tuning runs go first; a run starts as soon as its own tuning
 runs have finished (so a GPU freed at the end of the tuning takes a run whose choice is made, rather than
-idling until the last tuning run ends). out_dir/tuning.md records every candidate and each choice made, and
-each run's folder its own (tuned.yaml).
+idling until the last tuning run ends); `--tuning-only` runs the tuning runs alone and leaves the runs for a later
+sweep. out_dir/tuning.md records every candidate and each choice made, and each run's folder its own (tuned.yaml).
 
 Runs shared with other sweeps: `reuse` names folders of other sweeps' runs (relative to where zofo sweep runs,
 as out_dir is; a folder that does not exist yet is skipped, but one given with --reuse must exist). A run or
