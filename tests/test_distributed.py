@@ -111,14 +111,16 @@ def test_two_processes_train_as_one_process_with_the_same_global_batch(name, dat
 
 
 def assert_same_logs(expected, got):
-    """The same records with the same keys, at the same steps, values within the tolerance."""
+    """The same records with the same keys, at the same steps, values within the tolerance, relative above 1 (as
+    the trajectory's scalars): the batch summed in other splits differs in fp32 by an amount that grows with the
+    value, and meta-bilevel's upper objective (about 11 on a tiny model) differed by 1.3e-4 at step 9 on one CPU."""
     logged = [read_records(folder / "log.jsonl") for folder in (expected, got)]
     assert [sorted(r) for r in logged[0]] == [sorted(r) for r in logged[1]]
     assert [r["step"] for r in logged[0]] == [r["step"] for r in logged[1]]
     for a, b in zip(*logged):
         for key in a:
             tolerance = GRADIENT_TOLERANCE if key == "projected_grad" else LOSS_TOLERANCE
-            assert abs(a[key] - b[key]) <= tolerance, (a["step"], key, a[key], b[key])
+            assert abs(a[key] - b[key]) <= tolerance * max(1.0, abs(a[key])), (a["step"], key, a[key], b[key])
 
 
 META = ["--meta-train-tasks", "3", "--meta-tasks-per-step", "2", "--meta-val-per-task", "4", "--max-length", "96",
