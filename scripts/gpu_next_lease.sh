@@ -37,8 +37,8 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
   python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1 || { tail -n 20 "$OUT/cuda_checks.txt"; exit 1; }
   tail -n 1 "$OUT/cuda_checks.txt"
 fi
-CHAINS=${CHAINS:-"configs/paper/ablation-k.yaml --only task=copa --only bilevel_k=1 --parallel 3; configs/paper/table2.yaml --only peft=prefix --only task=sst2,copa,cb,rte --tuning-only --parallel 10
-configs/paper/ablation-k.yaml --only task=copa --only bilevel_k=5 --parallel 3; configs/paper/table2.yaml --only peft=prompt --only task=sst2,copa,cb,rte --tuning-only --parallel 12"}
+CHAINS=${CHAINS:-"configs/paper/ablation-k.yaml --only task=copa --only bilevel_k=1,5 --parallel 6; configs/paper/table2.yaml --only peft=prompt --only task=sst2,copa,cb,rte --tuning-only --parallel 8
+configs/paper/table2.yaml --only peft=prefix --only task=sst2,copa,cb,rte --tuning-only --parallel 8"}
 gpu_count=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpu_count" -ge 1 ] || gpu_count=1
 name_of() { echo "paper-$(basename "$1" .yaml)"; }
 # every sweep's folder on this machine, holding what was collected here, so that --reuse can name it from the start
