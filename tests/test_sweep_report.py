@@ -715,3 +715,33 @@ def test_reuse_must_list_folders_and_a_folder_named_with_the_flag_must_exist(tmp
     assert main(["sweep", str(path), "--dry-run"]) == 0  # the file's folder may come later
     assert main(["sweep", str(path), "--dry-run", "--reuse", str(tmp_path / "typo")]) == 2
     assert f"--reuse: no such folder: {tmp_path / 'typo'}" in capsys.readouterr().err
+
+
+def test_a_sweep_stopped_by_sigterm_notes_the_choices_made_and_its_run_checkpoints(tmp_path, data_dir, capsys):
+    """A GPU lease ends a sweep with SIGTERM: the choices of the tuning runs that have finished reach tuning.md
+    then, not only when the sweep ends by itself, and the run under way checkpoints its step."""
+    import signal
+    from test_resume import kill_when
+
+    path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0]}, parallel=1,
+                       tuning={"steps": 400},
+                       variants=[{"method": "mezo", "peft": "none", "tune": {"lr": [1e-3]}},
+                                 {"method": "fo", "peft": "lora", "tune": {"lr": [1e-3]}}])
+    sweep = yaml.safe_load(path.read_text())
+    sweep["base"].update(eval_every=20, n_train=32)  # its log is written at each evaluation
+    path.write_text(yaml.safe_dump(sweep))
+    runs = tmp_path / "runs"
+    mezo, fo = runs / "tuning" / "method=mezo,peft=none", runs / "tuning" / "method=fo,peft=lora"
+    # the mezo tuning run runs first (parallel 1), then fo's, stopped a few steps in
+    assert kill_when(["sweep", str(path), "--tuning-only"], fo / "log.jsonl", 5, sig=signal.SIGTERM) == 143
+    assert (mezo / "metrics.json").exists() and not (fo / "metrics.json").exists()
+    assert "method=mezo,peft=none: **lr=0.001**" in (notes := (runs / "tuning.md").read_text())
+    assert "method=fo,peft=lora:" not in notes  # its tuning run has not finished
+    for _ in range(600):  # the run, sent SIGTERM by the sweep, checkpoints and lets go of its folder
+        if not held_by_a_run(fo):
+            break
+        time.sleep(0.05)
+    assert (fo / "checkpoint.pt").exists()
+    capsys.readouterr()
+    assert main(["sweep", str(path), "--tuning-only", "--dry-run"]) == 0
+    assert "1 finished, 1 to run (1 resume from a checkpoint)" in capsys.readouterr().out

@@ -1,6 +1,9 @@
 """The errors a person can act on. The command line prints their message alone (exit code 2), so each
 message names the file, field or value at fault and what to do about it."""
 
+import signal
+import threading
+
 
 class ZofoError(ValueError):
     pass
@@ -51,5 +54,25 @@ class RanksDiverged(ZofoError):
 
 
 class RunStopped(Exception):
-    """A training run stopped at SIGTERM, checkpointed at its last completed iteration (not an error: the
-    command line exits 143 with the message, and --resume continues the run)."""
+    """A training run stopped at SIGTERM, checkpointed at its last completed iteration, or a sweep whose runs
+    did so (not an error: the command line exits 143 with the message; --resume, or the same sweep, continues)."""
+
+
+class StopOnSigterm:
+    """SIGTERM (a sweep or a GPU lease ending) sets `requested`, which the caller checks at a safe point: a
+    training loop stops after the iteration under way with a checkpoint there, rather than losing every step
+    since the last evaluation; a sweep stops its runs and notes the choices its tuning runs have made. Not in a
+    data-parallel run (its ranks could stop at different iterations) nor off the main thread: there SIGTERM
+    keeps its default. The handler is ours from construction until `restore()`."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.requested = False
+        self.previous = signal.signal(signal.SIGTERM, self.request) if self.enabled else None
+
+    def request(self, signum, frame) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGTERM, self.previous)

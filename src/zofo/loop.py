@@ -23,8 +23,6 @@ steps the ranks compare their weights.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
 from typing import Any
 
@@ -32,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
-from .errors import Diverged, ModelCollapsed, RunStopped, diverged
+from .errors import Diverged, ModelCollapsed, RunStopped, StopOnSigterm, diverged
 from .methods.base import Method, Selection
 from .runs import RunFolder
 
@@ -69,25 +67,6 @@ class PendingLog:
 
 def plain(value):
     return value.item() if isinstance(value, torch.Tensor) else value
-
-
-class StopOnSigterm:
-    """While training, SIGTERM asks the loop to stop after the iteration under way, with a checkpoint there,
-    rather than losing every step since the last evaluation. Single-process runs only (the ranks of a
-    data-parallel run could stop at different iterations); elsewhere SIGTERM keeps its default. The handler
-    is ours from construction until `restore()`."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested = False
-        self.previous = signal.signal(signal.SIGTERM, self.request) if self.enabled else None
-
-    def request(self, signum, frame) -> None:
-        self.requested = True
-
-    def restore(self) -> None:
-        if self.enabled:
-            signal.signal(signal.SIGTERM, self.previous)
 
 
 def train(method: Method, run: RunFolder, resume_state: dict | None = None, extra_state: dict | None = None) -> Selection:

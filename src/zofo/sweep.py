@@ -62,7 +62,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from .config import PATHS, RunConfig, device_type_ran_on, experiment, flatten, make_config, read_yaml
-from .errors import ConfigError, ZofoError
+from .errors import ConfigError, RunStopped, StopOnSigterm, ZofoError
 from .records import read_json
 from .runs import LOCK, changed_fields, held_by_a_run
 
@@ -450,9 +450,13 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
         print(f"spread over GPUs {', '.join(gpus)}", flush=True)
     running: list[tuple[subprocess.Popen, Path, int, str | None]] = []
     failed = []
+    stop = StopOnSigterm(enabled=True)
     try:
         with tqdm(total=len(todo), desc="sweep", unit="run") as progress:
             while todo or running:
+                if stop.requested:  # its runs checkpoint (below); the caller notes the tuning choices made
+                    raise RunStopped(f"stopped at SIGTERM with {len(running)} run(s) under way, each checkpointing "
+                                     "its step; the same command resumes them")
                 while len(running) < parallel and (job := next((job for job in todo if job.ready()), None)):
                     todo.remove(job)
                     try:
@@ -485,6 +489,7 @@ def run_jobs(jobs: list[Job], parallel: int, gpus: list[str] | None = None,
                 progress.set_postfix_str("  ".join(f"{folder.name}: {last_step(folder)}/{steps}"
                                                    for _, folder, steps, _ in running)[:200])
     finally:
+        stop.restore()
         for process, *_ in running:  # interrupted: the children stop with the sweep
             process.send_signal(signal.SIGTERM)
     if failed:
