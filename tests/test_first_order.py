@@ -60,3 +60,33 @@ def test_run_folder_keeps_the_validation_selected_adapter(tmp_path, data_dir):
     model = PeftModel.from_pretrained(model, folder / "adapter").eval()
     reloaded = prepare_tasks(config, tokenizer).validation_loss(model)
     assert reloaded == pytest.approx(best_loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["tiny-gpt2", "tiny-opt", "tiny-llama"])
+def test_a_prefix_starts_as_the_keys_and_values_the_model_computes_for_random_tokens(model_name, monkeypatch):
+    """MeZO's prefix start (--prefix_init_by_real_act): each adapter's prefix, as peft hands it to the layers, is
+    the model's own cache for random vocabulary tokens, drawn from the run's seed; `random` keeps peft's N(0, 1)."""
+    from zofo import adapters
+    from zofo.config import AdapterConfig
+
+    drawn, randint = [], torch.randint
+    monkeypatch.setattr(adapters.torch, "randint", lambda *a, **k: drawn.append(randint(*a, **k)) or drawn[-1])
+    model = adapters.with_adapters(load_model(model_name, device="cpu")[0], AdapterConfig(peft="prefix"),
+                                   ["phi", "z"], seed=3)
+    assert len(drawn) == 2 and not torch.equal(*drawn)  # φ and z start apart unless asked to start alike
+    for name, tokens in zip(["phi", "z"], drawn):
+        model.set_adapter(name)
+        outputs = model.get_base_model()(input_ids=tokens, use_cache=True)
+        real = outputs["cache"] if "cache" in outputs else outputs["past_key_values"]
+        prefix = model.get_prompt(batch_size=1)
+        assert len(prefix.layers) == len(real.layers) == 2
+        for ours, theirs in zip(prefix.layers, real.layers):
+            torch.testing.assert_close(ours.keys, theirs.keys)
+            torch.testing.assert_close(ours.values, theirs.values)
+    same = adapters.with_adapters(load_model(model_name, device="cpu")[0], AdapterConfig(peft="prefix"),
+                                  ["phi", "z"], seed=3, same_start=True)
+    assert torch.equal(same.prompt_encoder["phi"].embedding.weight, model.prompt_encoder["phi"].embedding.weight)
+    assert torch.equal(same.prompt_encoder["z"].embedding.weight, same.prompt_encoder["phi"].embedding.weight)
+    peft_start = adapters.with_adapters(load_model(model_name, device="cpu")[0],
+                                        AdapterConfig(peft="prefix", prefix_init="random"), ["phi"], seed=3)
+    assert peft_start.prompt_encoder["phi"].embedding.weight.std().item() == pytest.approx(1.0, abs=0.1)

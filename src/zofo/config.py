@@ -57,6 +57,9 @@ class AdapterConfig(Section):
     lora_r: int = Field(8, ge=1, description="LoRA rank")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha")
     prefix_tokens: int = Field(5, ge=1, description="prefix-tuning virtual tokens")
+    prefix_init: Literal["real-activations", "random"] = Field(
+        "real-activations", description="prefix-tuning start: the keys and values the model computes for random "
+        "vocabulary tokens (MeZO's protocol), or peft's N(0, 1)")
     prompt_tokens: int = Field(10, ge=1, description="prompt-tuning virtual tokens")
 
 
@@ -121,7 +124,7 @@ EXECUTION_FIELDS = {"resume", "overwrite", "out_dir", "device", "graphs", "compi
 META_METHODS = ("meta-bilevel", "meta-mezo", "meta-icl")  # trained on a MetaICL setting, then meta-tested
 ADAPTER_METHODS = ("fo", "bilevel", "two-stage", "meta-bilevel")  # train an adapter: need --peft
 PEFT_FIELDS = {"adapter.lora_r": "lora", "adapter.lora_alpha": "lora", "adapter.prefix_tokens": "prefix",
-               "adapter.prompt_tokens": "prompt"}
+               "adapter.prefix_init": "prefix", "adapter.prompt_tokens": "prompt"}
 
 
 class RunConfig(BaseModel):
