@@ -2,15 +2,15 @@
 # On the GPU machine, after the setup calls (here: bash scripts/gpu_prepare.sh prints their `carry`; the last
 # setup call may run this script at once): issue 11's remaining work in its order, as chains of sweeps that keep
 # every GPU busy. Table 2's LoRA rows and its MeZO on the full model (session 19), Table 1 (session 20), Table 9
-# (session 21) and the λ ablation (session 22) are complete, and the K ablation's SST-2 half (session 23); what comes
-# next (results/README.md, "Session 23"):
-#   chain 0: the K ablation's COPA K = 1 (3 runs), then the tuning runs of Table 2's prefix rows on SST-2, COPA, CB and RTE;
-#   chain 1: the K ablation's COPA K = 5 (3 runs), then the tuning runs of Table 2's prompt rows on those tasks.
-# A run must finish within the lease that starts it: a part-way run's checkpoint lasts only as long as this checkout
-# (session 22's 16 part-way runs were lost with it, and session 23's 16 will be). So the K runs go three a GPU, alone
-# (COPA K = 1 made 1.8 steps/s with 12 runs on its GPU in session 23, too slow for 5,000 steps in a lease), and the
-# tuning runs (1,000 steps) fill the rest (--tuning-only: the 5,000- and 10,000-step runs they choose for wait for a
-# lease planned to finish them). On a machine of one GPU, set CHAINS to the first chain's line alone.
+# (session 21), the λ ablation (session 22) and the K ablation but COPA K = 1 (sessions 23 and 24) are complete;
+# what comes next (results/README.md, "Session 24"), one chain:
+#   the K ablation's COPA K = 1 (3 runs, alone on the GPU so that they finish: at 14-16 runs a GPU they made 0.8-1.5
+#   steps/s in session 24); then the tuning runs of Table 2's prefix rows on SST-2, COPA, CB and RTE, again
+#   (session 24's had started prefixes from peft's N(0, 1): results/prefix-random-init); then the prompt rows'.
+# A run must finish within the lease that starts it unless the checkout outlives the session: a part-way run's
+# checkpoint lasts as long as this checkout (session 22's 16 part-way runs were lost with it; session 23's lasted
+# into session 24). The tuning runs (1,000 steps, --tuning-only: the 5,000- and 10,000-step runs they choose for
+# wait for a lease planned to finish them) go 16 at a time.
 # The prefix and prompt rows are two sweeps of table2.yaml on one folder, their runs apart (as table2-lora's were in
 # session 10).
 # Chain i runs on GPU i (modulo the GPUs there are: on one GPU both chains share it); within a chain a sweep
@@ -37,8 +37,7 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
   python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1 || { tail -n 20 "$OUT/cuda_checks.txt"; exit 1; }
   tail -n 1 "$OUT/cuda_checks.txt"
 fi
-CHAINS=${CHAINS:-"configs/paper/ablation-k.yaml --only task=copa --only bilevel_k=1,5 --parallel 6; configs/paper/table2.yaml --only peft=prompt --only task=sst2,copa,cb,rte --tuning-only --parallel 8
-configs/paper/table2.yaml --only peft=prefix --only task=sst2,copa,cb,rte --tuning-only --parallel 8"}
+CHAINS=${CHAINS:-"configs/paper/ablation-k.yaml --only task=copa --only bilevel_k=1 --parallel 3; configs/paper/table2.yaml --only peft=prefix --only task=sst2,copa,cb,rte --tuning-only --parallel 16; configs/paper/table2.yaml --only peft=prompt --only task=sst2,copa,cb,rte --tuning-only --parallel 16"}
 gpu_count=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpu_count" -ge 1 ] || gpu_count=1
 name_of() { echo "paper-$(basename "$1" .yaml)"; }
 # every sweep's folder on this machine, holding what was collected here, so that --reuse can name it from the start

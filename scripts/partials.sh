@@ -5,8 +5,9 @@
 # commit, replaced at each save: main's history never holds checkpoints); `restore` brings it back into
 # .gpu/partial when that folder is missing (gpu_prepare.sh does), from gpu-partials or, in a clone of this
 # repository, origin/gpu-partials, leaving out the runs that have since finished in results/.
-# The branch lasts as long as this machine's repository, not beyond: a later session's checkout held main alone
-# (session 22's branch, 16 part-way runs, was gone in session 23), so plan a lease to finish the runs it starts.
+# The branch lasts as long as this machine's repository, not beyond: a later session's checkout may hold main alone
+# (session 22's branch, 16 part-way runs, was gone in session 23; session 23's was still there in session 24), so
+# plan a lease to finish the runs it starts.
 # Usage: bash scripts/partials.sh save|restore
 set -euo pipefail
 cd "$(dirname "$0")/.."
