@@ -54,11 +54,12 @@ def with_adapters(model, adapter: AdapterConfig, names: list[str], seed: int, sa
     model = get_peft_model(model, config, adapter_name=names[0])
     for name in names[1:]:
         model.add_adapter(name, config)
-    for name in names[:1] if same_start else names:
-        if adapter.peft == "prefix" and adapter.prefix_init == "real-activations":
+    if adapter.peft == "prefix" and adapter.prefix_init == "real-activations":
+        for name in names[:1] if same_start else names:  # with same_start the others copy the first, below
             start_prefix_from_real_activations(model, name)
-    for name in names[1:] if same_start else []:
-        load_adapter_state(model, names[0], adapter_state(model, names[0]), into=name)
+    if same_start:
+        for name in names[1:]:
+            load_adapter_state(model, names[0], adapter_state(model, names[0]), into=name)
     for name in names:
         for p in adapter_parameters(model, name):
             p.requires_grad_(True)
