@@ -192,6 +192,19 @@ def test_resume_refuses_another_configuration(capsys, tmp_path, data_dir):
     assert "steps: 60 -> 10" in err  # a checkpoint at step 40 or 50 cannot finish a 10-step run
 
 
+def test_resume_ignores_fields_the_method_does_not_read(tmp_path, data_dir):
+    import torch
+
+    out = tmp_path / "run"
+    killed_mid_run(data_dir, out)  # first-order LoRA
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=True)
+    del checkpoint["config"]["adapter"]["prefix_init"]  # as a zofo from before that field wrote it
+    torch.save(checkpoint, out / "checkpoint.pt")
+    assert main(tiny_args(data_dir, out, "--steps", "60", "--eval-every", "10", "--prefix-tokens", "7",
+                          "--resume")) == 0
+    assert (out / "metrics.json").exists()
+
+
 def start(command):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     return subprocess.Popen([sys.executable, "-m", "zofo", *command], env=env, stdout=subprocess.DEVNULL,

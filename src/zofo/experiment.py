@@ -89,7 +89,9 @@ def open_run(config: RunConfig):
     check_model(config.model)
     device = distributed.setup(device, config.collective_timeout, always=config.shard_weights)
     run = RunFolder(config.run_dir(), writes=distributed.is_main())
-    state = distributed.from_main(lambda: run.open(config.to_dict(), config.resume, config.overwrite))
+    # a field the run's method does not read may differ, or be missing from an older zofo's checkpoint (a LoRA run
+    # begun before adapter.prefix_init existed)
+    state = distributed.from_main(lambda: run.open(config.to_dict(), config.resume, config.overwrite, config.uses))
     tokenizer = load_tokenizer(config.model)
     return device, run, state, tokenizer, model_calls(config, device, tokenizer.pad_token_id)
 

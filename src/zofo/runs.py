@@ -77,12 +77,13 @@ class RunFolder:
             raise RunFolderError(f"{self.folder} already holds {state}: --resume continues an unfinished run, "
                                  "--overwrite replaces it, or choose another --out-dir")
 
-    def open(self, config: dict, resume: bool, overwrite: bool) -> dict | None:
-        """Lock the folder and prepare it; returns the checkpoint to resume from, if any."""
+    def open(self, config: dict, resume: bool, overwrite: bool, counts=lambda path: True) -> dict | None:
+        """Lock the folder and prepare it; returns the checkpoint to resume from, if any. `counts(path)` says
+        whether a field changes what this run computes (RunConfig.uses): one that does not may differ."""
         self.check(resume, overwrite)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._take_lock()
-        state = self.load_checkpoint(config) if resume and self.checkpoint_path.exists() else None
+        state = self.load_checkpoint(config, counts) if resume and self.checkpoint_path.exists() else None
         if state is None:
             if resume:
                 print(f"{self.folder} has no checkpoint yet: starting the run from its first step", flush=True)
@@ -141,7 +142,7 @@ class RunFolder:
         torch.save({**state, "config": yaml.safe_load((self.folder / "config.yaml").read_text())}, staging)
         os.replace(staging, self.checkpoint_path)
 
-    def load_checkpoint(self, config: dict) -> dict:
+    def load_checkpoint(self, config: dict, counts=lambda path: True) -> dict:
         import torch
 
         try:
@@ -150,7 +151,7 @@ class RunFolder:
             state = torch.load(self.checkpoint_path, weights_only=True, map_location="cpu")
         except Exception as error:  # a foreign or damaged file: say which and what to do
             raise RunFolderError(f"{self.checkpoint_path} cannot be read ({error}); --overwrite starts the run again") from None
-        changed = changed_fields(state["config"], config)
+        changed = changed_fields(state["config"], config, counts)
         if changed:
             raise RunFolderError(f"{self.folder} was started with another configuration; resuming it would mix two "
                                  f"runs. Changed: {'; '.join(changed)}. Resume with the run's own settings "
