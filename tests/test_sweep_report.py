@@ -419,6 +419,46 @@ def test_a_tuning_run_whose_model_collapsed_is_diverged_and_never_chosen(tmp_pat
         run_training(make_config(fields, {"out_dir": str(tmp_path / "run")}))
 
 
+def test_a_tuning_run_far_off_a_uniform_guess_ends_there_its_best_step_standing(tmp_path, data_dir, monkeypatch):
+    """Bilevel-prefix on CB at λ 1e4 (session 25): validation loss 134 at step 253, 114-135 after it, for all of its
+    1,000 steps. A tuning run past 10 times a uniform guess's validation loss (ln 2 on COPA) ends there; one that was
+    never under it diverged; a run that is tested does not end early."""
+    import math
+    from zofo.methods.base import Method
+    from zofo.records import read_records
+
+    def killed_before_it_finished(*args):
+        raise SystemExit("killed")
+
+    def validation_losses(*values):
+        losses = iter(values)
+        monkeypatch.setattr(Method, "validation_loss", lambda self: next(losses, 0.1))
+
+    fields = {"model": "tiny-llama", "task": "copa", "n_train": 8, "n_val": 4, "n_test": 4, "steps": 8, "eval_every": 2,
+              "batch_size": 2, "device": "cpu", "data_dir": str(data_dir), "method": "mezo", "peft": "none",
+              "zero_shot": False}
+    tuning = make_config(fields, {"test": False, "out_dir": str(tmp_path / "tuning")})
+    validation_losses(0.5, 100.0)
+    monkeypatch.setattr("zofo.experiment.finish_tuning_run", killed_before_it_finished)
+    with pytest.raises(SystemExit):
+        run_training(tuning)
+    monkeypatch.undo()
+    validation_losses()  # the resumed run takes no step: it had ended
+    metrics = run_training(tuning.replace(resume=True))
+    assert metrics["best_step"] == 2 and metrics["best_val_loss"] == 0.5 and "diverged" not in metrics
+    assert metrics["ended_early"] == {"step": 4, "val_loss": 100.0, "uniform_guess_loss": pytest.approx(math.log(2))}
+    assert max(record["step"] for record in read_records(tmp_path / "tuning" / "log.jsonl")) == 4
+
+    validation_losses(100.0)
+    far_off = run_training(make_config(fields, {"test": False, "out_dir": str(tmp_path / "far")}))
+    assert far_off["best_val_loss"] is None and far_off["diverged"].startswith(
+        "the validation loss 100 at step 2 is over 10 times a uniform guess's (0.6931), and no evaluation before")
+
+    validation_losses(0.5, 100.0)
+    tested = run_training(make_config(fields, {"out_dir": str(tmp_path / "tested")}))
+    assert tested["best_step"] == 6 and tested["best_val_loss"] == 0.1 and "ended_early" not in tested
+
+
 def test_a_tuning_sweep_checks_the_values_to_choose_from_before_anything_runs(tmp_path, data_dir):
     for tune, problem in (({"lr": 1e-3}, "non-empty list"), ({"lr": [-1.0]}, "lr")):
         path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs",
@@ -509,24 +549,28 @@ def test_a_run_starts_as_soon_as_its_own_tuning_runs_have_finished(tmp_path, dat
     assert "method=mezo,peft=none: **lr=0.001**" in notes and "method=fo,peft=lora: **lr=0.01**" in notes
 
 
-def test_tuning_notes_say_where_and_how_a_candidate_diverged(tmp_path, data_dir, monkeypatch):
+def test_tuning_notes_say_where_and_how_a_candidate_diverged_or_ended_early(tmp_path, data_dir, monkeypatch):
     from zofo.sweep import plan, tuning_folders
 
     monkeypatch.setattr("zofo.sweep.subprocess.Popen", TrackedChild)
     TrackedChild.alive, TrackedChild.launches = [], {}
     path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs", grid={"seed": [0]}, tuning={"steps": 1},
-                       variants=[{"method": "mezo", "peft": "none", "tune": {"lr": [1e-3, 1e-2]}}])
+                       variants=[{"method": "mezo", "peft": "none", "tune": {"lr": [1e-3, 1e-2, 1e-1]}}])
     sweep = load_sweep(path)
-    working, collapsed = [folder for _, folder in tuning_folders(sweep, plan(sweep), tmp_path / "runs")[0]]  # lr 1e-3, 1e-2
+    working, collapsed, far_off = [folder for _, folder in tuning_folders(sweep, plan(sweep), tmp_path / "runs")[0]]
     for folder, metrics in ((working, {"best_val_loss": 0.7125, "best_step": 1}),
                             (collapsed, {"best_val_loss": None, "best_step": None, "diverged":
-                                         "at step 1000, the model collapsed: it scores the candidates of all 500 ..."})):
+                                         "at step 1000, the model collapsed: it scores the candidates of all 500 ..."}),
+                            (far_off, {"best_val_loss": 0.7301, "best_step": 250, "ended_early":
+                                       {"step": 500, "val_loss": 134.28, "uniform_guess_loss": 0.6931}})):
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text(json.dumps(metrics))
     assert main(["sweep", str(path)]) == 0
     notes = (tmp_path / "runs" / "tuning.md").read_text()
     assert "**lr=0.001**" in notes and "lr=0.001: val loss 0.7125 at step 1" in notes
     assert "lr=0.01: diverged (at step 1000, the model collapsed)" in notes
+    assert ("lr=0.1: val loss 0.7301 at step 250; ended at step 500, its validation loss 134.3 far over a uniform "
+            "guess's 0.6931") in notes
 
 
 def test_a_run_whose_tuning_runs_all_diverged_is_not_run_and_the_others_are(tmp_path, data_dir, monkeypatch, capsys):

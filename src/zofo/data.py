@@ -6,6 +6,7 @@ Data flows one way: files -> records (tasks/) -> examples -> tokenized examples 
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -107,6 +108,14 @@ class TaskData:
         cut = len(order) * first // parts
         return [self.train[i] for i in order[:cut]], [self.train[i] for i in order[cut:]]
 
+    @property
+    def uniform_guess_loss(self) -> float | None:
+        """The validation loss of a model that scores every candidate alike (mean of ln of their number); None for
+        the lm loss, which has no such guess."""
+        if self.loss_name == "lm":
+            return None
+        return sum(math.log(len(example.options)) for example in self.validation) / len(self.validation)
+
     def validation_loss(self, model) -> float:
         """On several processes each rank scores its shard of the examples; the sums are all-reduced."""
         return mean_loss(model, self.loss_name, distributed.evaluation_shard(self.validation), self.pad_id,
@@ -144,6 +153,12 @@ class TaskSet:
     def validation_loss(self, model) -> float:
         """The mean of the tasks' validation losses (what selects the checkpoint)."""
         return sum(data.validation_loss(model) for data in self) / len(self)
+
+    @property
+    def uniform_guess_loss(self) -> float | None:
+        """validation_loss's value for a model that scores every candidate alike."""
+        guesses = [data.uniform_guess_loss for data in self]
+        return None if None in guesses else sum(guesses) / len(guesses)
 
     def test_metrics(self, model, tokenizer) -> dict:
         """A single task's metrics, or {task: metrics} for several."""

@@ -37,6 +37,10 @@ class ModelCollapsed(Diverged):
     """The model scores every candidate alike: its loss is finite, and lower than a working model's."""
 
 
+class FarOff(Diverged):
+    """A tuning run's validation loss was never within loop.EXPLODED times a uniform guess's."""
+
+
 def diverged(what: str, value: float, step: int, dtype: str, seed: int | None = None) -> NonFiniteLoss:
     """The error for a loss that became NaN or infinite: where, and what to try."""
     where = f"step {step}" + (f" (direction seed {seed})" if seed is not None else "")

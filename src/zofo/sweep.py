@@ -367,7 +367,8 @@ def choose(runs: list[tuple[dict, Path]]) -> dict:
     for candidate, folder in runs:
         metrics = read_json(folder / "metrics.json")
         results.append({"values": candidate, "best_val_loss": metrics.get("best_val_loss"),
-                        "best_step": metrics.get("best_step"), "diverged": metrics.get("diverged"), "folder": str(folder)})
+                        "best_step": metrics.get("best_step"), "diverged": metrics.get("diverged"),
+                        "ended_early": metrics.get("ended_early"), "folder": str(folder)})
     finite = [r for r in results if r["best_val_loss"] is not None]
     if not finite:
         raise ZofoError(f"every tuning run diverged ({', '.join(r['folder'] for r in results)}): add smaller values "
@@ -409,6 +410,10 @@ def write_tuning_notes(out_dir: Path, runs: list[Job]) -> None:
             values = listed(result["values"])
             outcome = (f"diverged ({result['diverged'].split(':')[0]})" if result["diverged"]  # where, and how
                        else f"val loss {result['best_val_loss']:.4f} at step {result['best_step']}")
+            if result["ended_early"]:  # far off (loop.EXPLODED)
+                end = result["ended_early"]
+                outcome += (f"; ended at step {end['step']}, its validation loss {end['val_loss']:.4g} far over a "
+                            f"uniform guess's {end['uniform_guess_loss']:.4f}")
             lines.append(f"    - {values}: {outcome}")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tuning.md").write_text("\n".join(lines) + "\n")

@@ -171,6 +171,7 @@ class Selection:
         self.snapshot: dict[str, Any] = {}
         self.train_seconds = 0.0
         self.diverged: str | None = None  # how the run diverged, where it ended there (on_divergence: test-best)
+        self.ended_early: dict | None = None  # where a tuning run ended, far off (loop.EXPLODED)
 
     def update(self, step: int, val_loss: float, method: Method) -> bool:
         if val_loss < self.val_loss:
@@ -179,11 +180,13 @@ class Selection:
         return False
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "val_loss": self.val_loss, "snapshot": self.snapshot}
+        return {"step": self.step, "val_loss": self.val_loss, "snapshot": self.snapshot, "ended_early": self.ended_early}
 
     def summary(self) -> dict:
         summary = {"best_step": self.step, "best_val_loss": self.val_loss, "train_seconds": round(self.train_seconds, 2)}
-        return summary | ({"diverged": self.diverged} if self.diverged else {})
+        return (summary | ({"diverged": self.diverged} if self.diverged else {})
+                | ({"ended_early": self.ended_early} if self.ended_early else {}))
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.val_loss, self.snapshot = state["step"], state["val_loss"], state["snapshot"]
+        self.ended_early = state.get("ended_early")  # absent from an older zofo's checkpoints
