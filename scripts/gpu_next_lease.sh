@@ -3,10 +3,10 @@
 # setup call may run this script at once): issue 11's remaining work in its order, as chains of sweeps that keep
 # every GPU busy. Table 2's LoRA rows and its MeZO on the full model (session 19), Table 1 (session 20), Table 9
 # (session 21), the λ ablation (session 22) and the K ablation but COPA K = 1 (sessions 23 and 24) are complete;
-# what comes next (results/README.md, "Session 24"), one chain:
+# what comes next (results/README.md, "Session 25"), one chain:
 #   the K ablation's COPA K = 1 (3 runs, alone on the GPU so that they finish: at 14-16 runs a GPU they made 0.8-1.5
-#   steps/s in session 24); then the tuning runs of Table 2's prefix rows on SST-2, COPA, CB and RTE, again
-#   (session 24's had started prefixes from peft's N(0, 1): results/prefix-random-init); then the prompt rows'.
+#   steps/s in session 24; in session 25 they refused to resume, a bug since fixed); then the tuning runs of Table
+#   2's prefix rows on SST-2, COPA, CB and RTE (32 of 100 finished in session 25); then the prompt rows'.
 # A run must finish within the lease that starts it unless the checkout outlives the session: a part-way run's
 # checkpoint lasts as long as this checkout (session 22's 16 part-way runs were lost with it; session 23's lasted
 # into session 24). The tuning runs (1,000 steps, --tuning-only: the 5,000- and 10,000-step runs they choose for
