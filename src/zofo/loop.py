@@ -112,6 +112,7 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
 
     stop = StopOnSigterm(enabled=not distributed.active())
     last = first if selection.ended_early else len(schedule)  # resumed once it had ended early: no step left
+    uniform_guess_loss = None if config.test else method.tasks.uniform_guess_loss  # tested runs never end early
     try:
         for iteration in range(first, last):
             step = schedule[iteration]
@@ -137,8 +138,7 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
                 selection.update(step, val_loss, method)
                 method.evaluated(iteration, val_loss, selection)
                 progress.set_postfix(val=f"{val_loss:.3f}", best=selection.step)
-                if not config.test:
-                    end_if_far_off(selection, step, val_loss, method.tasks.uniform_guess_loss)
+                end_if_far_off(selection, step, val_loss, uniform_guess_loss)
             if evaluate or stop.requested:
                 selection.train_seconds = seconds_before + time.perf_counter() - started
                 run.save_checkpoint({"iteration": iteration + 1, "step": step, "train_seconds": selection.train_seconds,
