@@ -2,15 +2,14 @@
 # On the GPU machine, after the setup calls (here: bash scripts/gpu_prepare.sh prints their `carry`; the last
 # setup call may run this script at once): issue 11's remaining work in its order, as chains of sweeps that keep
 # every GPU busy. Table 2's LoRA rows and its MeZO on the full model (session 19), Table 1 (session 20), Table 9
-# (session 21), the λ ablation (session 22) and the K ablation but COPA K = 1 (sessions 23 and 24) are complete;
-# what comes next (results/README.md, "Session 25"), one chain:
-#   the K ablation's COPA K = 1 (3 runs, alone on the GPU so that they finish: at 14-16 runs a GPU they made 0.8-1.5
-#   steps/s in session 24; in session 25 they refused to resume, a bug since fixed); then the tuning runs of Table
-#   2's prefix rows on SST-2, COPA, CB and RTE (32 of 100 finished in session 25); then the prompt rows'.
+# (session 21), the λ ablation (session 22) and the K ablation (session 26) are complete; what comes next
+# (results/README.md, "Session 26"), one chain: the tuning runs of Table 2's prefix rows on SST-2, COPA, CB and RTE
+# (82 of 104 finished in session 26, 14 part-way), then the prompt rows' (60 to run, 36 copied from Table 9); then the
+# prefix rows' 3-seed runs at the paper's budget, then the prompt rows'.
 # A run must finish within the lease that starts it unless the checkout outlives the session: a part-way run's
-# checkpoint lasts as long as this checkout (session 22's 16 part-way runs were lost with it; session 23's lasted
-# into session 24). The tuning runs (1,000 steps, --tuning-only: the 5,000- and 10,000-step runs they choose for
-# wait for a lease planned to finish them) go 16 at a time.
+# checkpoint lasts as long as this checkout (session 22's 16 part-way runs were lost with it; those of sessions 23
+# to 25 lasted into the next). Runs go 16 at a time: the tuning runs (1,000 steps, --tuning-only), then the 3-seed
+# runs they choose for (5,000 and 10,000 steps: each spans several leases, resumed from its checkpoint).
 # The prefix and prompt rows are two sweeps of table2.yaml on one folder, their runs apart (as table2-lora's were in
 # session 10).
 # Chain i runs on GPU i (modulo the GPUs there are: on one GPU both chains share it); within a chain a sweep
@@ -37,7 +36,7 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
   python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1 || { tail -n 20 "$OUT/cuda_checks.txt"; exit 1; }
   tail -n 1 "$OUT/cuda_checks.txt"
 fi
-CHAINS=${CHAINS:-"configs/paper/ablation-k.yaml --only task=copa --only bilevel_k=1 --parallel 3; configs/paper/table2.yaml --only peft=prefix --only task=sst2,copa,cb,rte --tuning-only --parallel 16; configs/paper/table2.yaml --only peft=prompt --only task=sst2,copa,cb,rte --tuning-only --parallel 16"}
+CHAINS=${CHAINS:-"configs/paper/table2.yaml --only peft=prefix --only task=sst2,copa,cb,rte --tuning-only --parallel 16; configs/paper/table2.yaml --only peft=prompt --only task=sst2,copa,cb,rte --tuning-only --parallel 16; configs/paper/table2.yaml --only peft=prefix --only task=sst2,copa,cb,rte --parallel 16; configs/paper/table2.yaml --only peft=prompt --only task=sst2,copa,cb,rte --parallel 16"}
 gpu_count=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpu_count" -ge 1 ] || gpu_count=1
 name_of() { echo "paper-$(basename "$1" .yaml)"; }
 # every sweep's folder on this machine, holding what was collected here, so that --reuse can name it from the start
