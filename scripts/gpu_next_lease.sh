@@ -36,7 +36,8 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
   python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1 || { tail -n 20 "$OUT/cuda_checks.txt"; exit 1; }
   tail -n 1 "$OUT/cuda_checks.txt"
 fi
-CHAINS=${CHAINS:-"configs/paper/table2.yaml --only peft=prefix --only task=sst2,copa,cb,rte --tuning-only --parallel 16; configs/paper/table2.yaml --only peft=prompt --only task=sst2,copa,cb,rte --tuning-only --parallel 16; configs/paper/table2.yaml --only peft=prefix --only task=sst2,copa,cb,rte --parallel 16; configs/paper/table2.yaml --only peft=prompt --only task=sst2,copa,cb,rte --parallel 16"}
+table2="configs/paper/table2.yaml --only task=sst2,copa,cb,rte --parallel 16"
+CHAINS=${CHAINS:-"$table2 --only peft=prefix --tuning-only; $table2 --only peft=prompt --tuning-only; $table2 --only peft=prefix; $table2 --only peft=prompt"}
 gpu_count=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpu_count" -ge 1 ] || gpu_count=1
 name_of() { echo "paper-$(basename "$1" .yaml)"; }
 # every sweep's folder on this machine, holding what was collected here, so that --reuse can name it from the start

@@ -68,9 +68,10 @@ def test_every_shipped_config_loads_and_runs_one_step(path, all_data, tmp_path):
         variants: dict[str, list[dict]] = {}
         for run in runs:
             variants.setdefault(repr({k: v for k, v in run.items() if k not in ("data.task", "seed")}), []).append(run)
+        runs_by_variant = list(variants.values())
         tasks = list(dict.fromkeys(run.get("data.task") for run in runs))
-        for i in range(max(len(variants), len(tasks))):
-            runs_of_variant = list(variants.values())[i % len(variants)]
+        for i in range(max(len(runs_by_variant), len(tasks))):
+            runs_of_variant = runs_by_variant[i % len(runs_by_variant)]
             fields = next((run for run in runs_of_variant if run.get("data.task") == tasks[i % len(tasks)]),
                           runs_of_variant[0])
             metrics = one_step(fields, all_data, tmp_path / str(i))
