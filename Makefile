@@ -27,7 +27,7 @@ demo: $(READY)
 	$(VENV)/bin/zofo train
 
 test: $(READY)
-	$(PY) -m pytest -q --durations=25  # the slowest tests listed: CI aims at 20 minutes
+	$(PY) -m pytest -q -n auto --durations=25  # a process per core; the slowest tests listed: CI aims at 20 minutes
 
 clean:
 	rm -rf $(VENV) runs

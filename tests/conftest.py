@@ -1,8 +1,14 @@
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# `make test` runs the tests in one process per core (pytest-xdist): each gets its share of the cores as torch
+# threads, and so do the runs a test starts in a subprocess (the resume tests compare such a run with one in the
+# test's own process, bit for bit, and a sum split over another number of threads rounds otherwise).
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+
+import pytest  # noqa: E402  (torch reads OMP_NUM_THREADS when it is imported)
+import torch  # noqa: E402
 
 if not torch.cuda.is_available():  # the fused Triton kernels then run in Triton's CPU interpreter
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -20,8 +26,8 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _few_threads():
-    torch.set_num_threads(2)
+def _threads():
+    torch.set_num_threads(THREADS)  # again: a test may have changed it
 
 
 def tiny(name: str = "tiny-llama", seed: int = 0, dtype: str = "fp32"):
