@@ -2,16 +2,17 @@
 # On the GPU machine, after the setup calls (here: bash scripts/gpu_prepare.sh prints their `carry`; the last
 # setup call may run this script at once): issue 11's remaining work in its order, as chains of sweeps that keep
 # every GPU busy. Table 2's LoRA rows and its MeZO on the full model (session 19), Table 1 (session 20), Table 9
-# (session 21), the λ ablation (session 22), the K ablation (session 26) and the tuning runs of Table 2's prefix rows
-# (session 27) are complete; what comes next (results/README.md, "Session 27"), one chain: the tuning runs of the
-# prompt rows on SST-2, COPA, CB and RTE (65 to run, 15 of them part-way, 18 copied from Table 9); then the prefix
-# rows' 3-seed runs at the paper's budget, then the prompt rows'.
+# (session 21), the λ ablation (session 22), the K ablation (session 26), the tuning runs of Table 2's prefix rows
+# (session 27) and 209 of its prompt rows' 216 (session 28) are complete; what comes next (results/README.md,
+# "Session 28") is one sweep: the prompt rows' last 7 tuning runs (part-way), then the 3-seed runs of the prefix and
+# prompt rows at the paper's budget. One sweep rather than a chain of two, so that runs whose values are chosen (all
+# the prefix rows') fill the slots the last tuning runs leave (a chain's next sweep waits until the one before has
+# ended: in session 28's last call the tuning sweep had started all of its runs, and fewer than 16 ran).
 # A run must finish within the lease that starts it unless the checkout outlives the session: a part-way run's
 # checkpoint lasts as long as this checkout (session 22's 16 part-way runs were lost with it; those of sessions 23
 # to 25 lasted into the next). Runs go 16 at a time: the tuning runs (1,000 steps, --tuning-only), then the 3-seed
 # runs they choose for (5,000 and 10,000 steps: each spans several leases, resumed from its checkpoint).
-# The prefix and prompt rows are two sweeps of table2.yaml on one folder, their runs apart (as table2-lora's were in
-# session 10).
+# The prefix and prompt rows share one folder, paper-table2 (session 27's chain swept them apart).
 # Chain i runs on GPU i (modulo the GPUs there are: on one GPU both chains share it); within a chain a sweep
 # starts once the one before it has ended, so a sweep that copies another's runs (`reuse`) comes after it where both
 # are still to run. Each sweep is named paper-<its config's name>: it runs in /tmp/zofo/NAME and
@@ -37,7 +38,7 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
   tail -n 1 "$OUT/cuda_checks.txt"
 fi
 table2="configs/paper/table2.yaml --only task=sst2,copa,cb,rte --parallel 16"
-CHAINS=${CHAINS:-"$table2 --only peft=prompt --tuning-only; $table2 --only peft=prefix; $table2 --only peft=prompt"}
+CHAINS=${CHAINS:-"$table2 --only peft=prefix,prompt"}
 gpu_count=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpu_count" -ge 1 ] || gpu_count=1
 name_of() { echo "paper-$(basename "$1" .yaml)"; }
 # every sweep's folder on this machine, holding what was collected here, so that --reuse can name it from the start
