@@ -5,12 +5,12 @@
 # (session 21), the λ ablation (session 22), the K ablation (session 26), the tuning runs of Table 2's prefix rows
 # (session 27) and 209 of its prompt rows' 216 (session 28) are complete; what comes next (results/README.md,
 # "Session 28") is one sweep: the prompt rows' last 7 tuning runs (part-way), then the 3-seed runs of the prefix and
-# prompt rows at the paper's budget. One sweep rather than a chain of two, so that runs whose values are chosen (all
+# prompt rows at the paper's budget. One sweep rather than a chain of sweeps, so that runs whose values are chosen (all
 # the prefix rows') fill the slots the last tuning runs leave (a chain's next sweep waits until the one before has
 # ended: in session 28's last call the tuning sweep had started all of its runs, and fewer than 16 ran).
 # A run must finish within the lease that starts it unless the checkout outlives the session: a part-way run's
 # checkpoint lasts as long as this checkout (session 22's 16 part-way runs were lost with it; those of sessions 23
-# to 25 lasted into the next). Runs go 16 at a time: the tuning runs (1,000 steps, --tuning-only), then the 3-seed
+# to 25 lasted into the next). Runs go 16 at a time: the tuning runs (1,000 steps), then the 3-seed
 # runs they choose for (5,000 and 10,000 steps: each spans several leases, resumed from its checkpoint).
 # The prefix and prompt rows share one folder, paper-table2 (session 27's chain swept them apart).
 # Chain i runs on GPU i (modulo the GPUs there are: on one GPU both chains share it); within a chain a sweep
