@@ -8,6 +8,7 @@ set -euo pipefail
 from=$(realpath "${1:?usage: scripts/collect_lease.sh FILES_AT}")
 cd "$(dirname "$0")/.."
 bundle=$(mktemp -d); trap 'rm -rf "$bundle"' EXIT
+collected=$bundle/collected.txt && : > "$collected"
 if compgen -G "$from/lease.tar.[0-9][0-9]" > /dev/null; then
   cat "$from"/lease.tar.[0-9][0-9] | tar x -C "$bundle"
 fi
@@ -16,7 +17,18 @@ for folder in "$from" "$bundle"; do
   for archive in "$folder"/*.tgz "$folder"/*.tgz.00; do
     [ -e "$archive" ] || continue
     echo "== $(basename "${archive%.00}")"
-    bash scripts/collect_runs.sh "${archive%.00}" || failed+=("$(basename "${archive%.00}")")  # the others still
+    bash scripts/collect_runs.sh "${archive%.00}" | tee -a "$collected" ||
+      failed+=("$(basename "${archive%.00}")")  # the others still
   done
 done
+# the steps this call ran, from the runs' own records (collect_runs.sh's `steps: RUN FROM TO STATE` lines), summed
+# by sweep, tuning run or not, state, method, PEFT and task
+awk '$1 == "steps:" && $4 > $3 {
+  n = split($2, path, "/"); key = path[2] ($2 ~ /\/runs\/tuning\// ? " tuning" : "") " " $5
+  for (i = 1; i <= split(path[n], fields, ","); i++) if (fields[i] ~ /^(method|peft|task)=/) key = key " " fields[i]
+  runs[key]++; steps[key] += $4 - $3; all += $4 - $3
+} END {
+  for (key in runs) printf "steps: %s: %d in %d run(s)\n", key, steps[key], runs[key] | "sort"
+  close("sort"); printf "steps: %d in all\n", all
+}' "$collected"
 if [ ${#failed[@]} -gt 0 ]; then echo "collect_lease: not collected (see above): ${failed[*]}" >&2; exit 1; fi

@@ -12,6 +12,19 @@ partial_folder() {  # results/NAME/runs/RUN -> .gpu/partial/NAME/RUN (RUN may be
   local inside=${1#results/}
   echo ".gpu/partial/${inside%%/*}/${inside#*/runs/}"
 }
+reached() (  # the step a run folder holds: a finished run's last record, else its checkpoint's, which zofo writes
+  # at every evaluation (a record with val_loss) and at SIGTERM (output.log says after which step); 0 if none
+  set +o pipefail  # a file that is not there is one place fewer to look, not a failure
+  run=$1
+  if [ -f "$run/metrics.json" ]; then pattern='"step": [0-9]*'; else pattern='"step": [0-9]*, "val_loss"'; fi
+  { cat "$run/log.jsonl" "$run/output.log"; zcat "$run/log.jsonl.gz"; } 2>/dev/null |
+    grep -o -e "$pattern" -e 'after step [0-9]*, checkpointed' | tr -dc '0-9\n' | sort -n | tail -1 | grep . || echo 0
+)
+steps() {  # steps: RUN FROM TO STATE, the steps this call added to a run, which collect_lease.sh sums
+  local to; to=$(reached "$staging/$2")
+  if [ -f "$staging/$2/reused.yaml" ]; then to=0; fi  # copied from another sweep's run, not run
+  echo "steps: $2 $(reached "$(partial_folder "$2")") $to $1"
+}
 if [ ! -f "$archive" ] && [ -f "$archive.00" ]; then  # returned in parts (gpu_sweep.sh: over 15 MB)
   cat "$archive".[0-9][0-9] > "$staging.tgz" && archive=$staging.tgz
 fi
@@ -22,6 +35,7 @@ mkdir -p "$staging/results"  # an archive of a sweep that never started holds no
   if [ "$(basename "$found")" = tuning.md ]; then cp "$staging/$found" "$found"; continue; fi
   run=$(dirname "$found")
   if [ ! -d "$run" ] || [ ! -f "$run/metrics.json" ]; then
+    steps finished "$run"
     mkdir -p "$run" && cp -r "$staging/$run/." "$run/" && echo "new: $run"
     # its per-step records gzipped (a quarter of the size; zofo reads either): the repository's files travel
     # with every GPU call, within 64 MiB with what the call carries
@@ -33,6 +47,7 @@ done
   run=$(dirname "$found")
   if [ ! -f "$staging/$run/metrics.json" ] && [ ! -f "$run/metrics.json" ]; then
     partial=$(partial_folder "$run")
+    steps part-way "$run"
     rm -rf "$partial" && mkdir -p "$partial" && cp -r "$staging/$run/." "$partial/" && echo "partial: $partial"
   fi
 done

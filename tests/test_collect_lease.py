@@ -1,0 +1,66 @@
+"""scripts/collect_lease.sh: after a GPU call, the runs it returned are collected (finished ones into results/,
+part-way ones into .gpu/partial) and the steps the call ran are counted from the runs' own records."""
+
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from test_partials_script import IDENTITY, git
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def write_run(folder: Path, records: list[dict], finished: bool, output_log: str = "", copied: bool = False):
+    folder.mkdir(parents=True)
+    (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (folder / "output.log").write_text(output_log)
+    if finished:
+        (folder / "metrics.json").write_text("{}")
+    else:
+        (folder / "checkpoint.pt").write_bytes(b"checkpoint")
+    if copied:
+        (folder / "reused.yaml").write_text("source: elsewhere\n")
+
+
+def test_a_call_is_collected_and_its_steps_counted_from_the_runs_records(tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(SCRIPTS, repo / "scripts")
+    (repo / ".gitignore").write_text("/.gpu/\n/results-full/\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "start")
+    tuning = "method=fo,peft=lora,task=rte,lr=0.1"
+    # a part-way tuning run from an earlier call, stopped at SIGTERM after step 693
+    write_run(repo / ".gpu/partial/sweep/tuning" / tuning, [{"step": 500, "val_loss": 0.8}], finished=False,
+              output_log="zofo train: stopped by SIGTERM after step 693, checkpointed there\n")
+
+    returned = tmp_path / "returned" / "results" / "sweep" / "runs"
+    # it finished in this call, at step 990
+    write_run(returned / "tuning" / tuning, [{"step": 989, "loss": 1.0}, {"step": 990, "val_loss": 0.7}],
+              finished=True)
+    # a new run, killed after its evaluation at step 500: its checkpoint is 500's, not its last record's 600
+    new = "method=mezo,peft=prefix,steps=10000,task=cb,seed=0"
+    write_run(returned / new, [{"step": 500, "val_loss": 0.7}, {"step": 600, "loss": 1.0}], finished=False)
+    # copied from another sweep's finished run: no step ran here
+    write_run(returned / "tuning" / "method=fo,peft=lora,task=cb,lr=0.1", [{"step": 1000, "val_loss": 0.6}],
+              finished=True, copied=True)
+    call = tmp_path / "call"
+    call.mkdir()
+    with tarfile.open(call / "sweep.tgz", "w:gz") as archive:
+        archive.add(tmp_path / "returned" / "results", arcname="results")
+
+    output = subprocess.run(["bash", "scripts/collect_lease.sh", str(call)], cwd=repo, check=True,
+                            capture_output=True, text=True, env=os.environ | IDENTITY).stdout
+
+    assert (repo / "results/sweep/runs/tuning" / tuning / "metrics.json").exists()
+    assert not (repo / ".gpu/partial/sweep/tuning" / tuning).exists()  # finished: no longer part-way
+    assert (repo / ".gpu/partial/sweep" / new / "checkpoint.pt").exists()
+    summary = [line for line in output.splitlines() if line.startswith("steps: ") and "results/" not in line]
+    assert summary == [
+        "steps: sweep part-way method=mezo peft=prefix task=cb: 500 in 1 run(s)",
+        "steps: sweep tuning finished method=fo peft=lora task=rte: 297 in 1 run(s)",
+        "steps: 797 in all",
+    ]
