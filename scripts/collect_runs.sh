@@ -21,8 +21,8 @@ reached() (  # the step a run folder holds: a finished run's last record, else i
     grep -o -e "$pattern" -e 'after step [0-9]*, checkpointed' | tr -dc '0-9\n' | sort -n | tail -1 | grep . || echo 0
 )
 steps() {  # steps: RUN FROM TO STATE, the steps this call added to a run, which collect_lease.sh sums
-  local to; to=$(reached "$staging/$2")
-  if [ -f "$staging/$2/reused.yaml" ]; then to=0; fi  # copied from another sweep's run, not run
+  local to=0  # a run copied from another sweep's (reused.yaml) ran no step here
+  if [ ! -f "$staging/$2/reused.yaml" ]; then to=$(reached "$staging/$2"); fi
   echo "steps: $2 $(reached "$(partial_folder "$2")") $to $1"
 }
 if [ ! -f "$archive" ] && [ -f "$archive.00" ]; then  # returned in parts (gpu_sweep.sh: over 15 MB)

@@ -3,11 +3,11 @@
 # setup call may run this script at once): issue 11's remaining work in its order, as chains of sweeps that keep
 # every GPU busy. Table 2's LoRA rows and its MeZO on the full model (session 19), Table 1 (session 20), Table 9
 # (session 21), the λ ablation (session 22), the K ablation (session 26), the tuning runs of Table 2's prefix rows
-# (session 27) and 209 of its prompt rows' 216 (session 28) are complete; what comes next (results/README.md,
-# "Session 28") is one sweep: the prompt rows' last 7 tuning runs (part-way), then the 3-seed runs of the prefix and
-# prompt rows at the paper's budget. One sweep rather than a chain of sweeps, so that runs whose values are chosen (all
-# the prefix rows') fill the slots the last tuning runs leave (a chain's next sweep waits until the one before has
-# ended: in session 28's last call the tuning sweep had started all of its runs, and fewer than 16 ran).
+# (session 27) and of its prompt rows (session 29) are complete; what comes next (results/README.md, "Session 29") is
+# one sweep: the 3-seed runs of the prefix and prompt rows at the paper's budget (66, the first 16 part-way). One
+# sweep rather than a chain of sweeps, so that runs whose values are chosen fill the slots that others leave (a
+# chain's next sweep waits until the one before has ended: in session 28's last call the tuning sweep had started
+# all of its runs, and fewer than 16 ran; in session 29 the 3-seed runs took the last tuning runs' slots at once).
 # A run must finish within the lease that starts it unless the checkout outlives the session: a part-way run's
 # checkpoint lasts as long as this checkout (session 22's 16 part-way runs were lost with it; those of sessions 23
 # to 25 lasted into the next). Runs go 16 at a time: the tuning runs (1,000 steps), then the 3-seed
