@@ -94,6 +94,19 @@ def test_report_rebuilds_mean_and_std_over_seeds_with_plots(tmp_path):
     assert not (out / "val_loss_first_order_steps.png").exists()  # no Bilevel run logged θ+z's validation loss
 
 
+def test_the_chosen_values_read_one_line_a_cell_with_its_seeds_and_sweep(tmp_path):
+    """Table 2's report lists 114 runs' choices: one line per seed repeated each cell's, and a MeZO-full run
+    (`task=cb,seed=0`) did not say which sweep it came from."""
+    for sweep, method, lr in (("lora", "fo", 1e-4), ("full", "mezo", 1e-5)):
+        for seed in (0, 1, 2):
+            folder = tmp_path / sweep / "runs" / f"task=cb,seed={seed}"
+            fake_run(folder, "cb", method, seed, 0.5, 0.4)
+            (folder / "tuned.yaml").write_text(yaml.safe_dump({"chosen": {"lr": lr}}))
+    table = (write_report([tmp_path / "lora", tmp_path / "full"], tmp_path / "report") / "table.md").read_text()
+    chosen = table.split("Chosen on validation")[1].strip().splitlines()[1:]
+    assert chosen == ["- full: task=cb (seeds 0, 1, 2): lr=1e-05", "- lora: task=cb (seeds 0, 1, 2): lr=0.0001"]
+
+
 def test_rows_follow_a_numeric_field_by_size_not_as_text(tmp_path):
     """The K ablation's table read K 1, 10, 20, 30, 5 while its rows were ordered as text."""
     runs = tmp_path / "runs"
@@ -302,7 +315,7 @@ def test_tuning_runs_choose_each_run_s_value_on_validation_and_never_read_the_te
     out = write_report([runs], tmp_path / "report")  # the tuning runs are not rows; the chosen value is listed
     table = (out / "table.md").read_text()
     assert "| method | peft | copa |" in table and "(2) |" in table
-    assert f"seed=0: lr={best}" in table
+    assert f"\n- seeds 0, 1: lr={best}\n" in table  # one line for the cell, its seeds together
     capsys.readouterr()
     assert main(["sweep", str(path)]) == 0  # all finished: nothing runs again
     out = capsys.readouterr().out

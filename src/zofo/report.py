@@ -273,9 +273,20 @@ def diverged_runs(runs: list[dict]) -> str:
 
 
 def tuned_values(runs: list[dict]) -> str:
-    """The values each run's sweep chose on validation (its tuning.md has every candidate's loss)."""
-    lines = [f"- {run['folder'].name}: " + ", ".join(f"{PATHS[k]}={v}" for k, v in run["tuned"].items())
-             for run in sorted(runs, key=lambda r: r["folder"].name) if run.get("tuned")]
+    """The values each sweep chose on validation (its tuning.md has every candidate's loss): one line per
+    cell, its seeds together (a run's folder name without its seed; the sweep's folder where runs come from
+    several)."""
+    sweeps = {run["folder"].parent.parent.name for run in runs}
+    seeds: dict[tuple[str, str], list[int]] = {}
+    for run in sorted(runs, key=lambda r: (str(r["folder"].parent), r["config"].seed)):
+        if run.get("tuned"):
+            cell_name = ",".join(part for part in run["folder"].name.split(",") if not part.startswith("seed="))
+            where = f"{run['folder'].parent.parent.name}: " if len(sweeps) > 1 else ""
+            chosen = ", ".join(f"{PATHS[k]}={v}" for k, v in run["tuned"].items())
+            seeds.setdefault((where + cell_name, chosen), []).append(run["config"].seed)
+    said = lambda ss: f"seed{'s' if len(ss) > 1 else ''} {', '.join(map(str, ss))}"
+    lines = [f"- {f'{cell_name} ({said(ss)})' if cell_name else said(ss)}: {chosen}"
+             for (cell_name, chosen), ss in sorted(seeds.items())]
     return "\nChosen on validation (tuning runs on seed 0, shortened; no test split read):\n" + "\n".join(lines) + "\n" if lines else ""
 
 
