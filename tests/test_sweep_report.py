@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from zofo.cli import main
@@ -215,7 +216,11 @@ def test_a_killed_sweep_resumes_its_partial_run_from_the_checkpoint(tmp_path, da
     path.write_text(yaml.safe_dump(sweep))
     folder = tmp_path / "runs" / "run"
     kill_sweep_mid_run(path, folder, 45)
+    checkpointed = torch.load(folder / "checkpoint.pt", weights_only=True)["step"]
+    assert 45 <= checkpointed < 60
     capsys.readouterr()
+    assert main(["sweep", str(path), "--dry-run"]) == 0  # what is left, counted from the checkpoint's step
+    assert f"0 finished, 1 to run (1 resume from a checkpoint): about {60 - checkpointed} steps to run" in capsys.readouterr().out
     assert main(["sweep", str(path)]) == 0
     assert "0 finished, 1 to run (1 resume from a checkpoint)" in capsys.readouterr().out
     assert "resuming" in (folder / "output.log").read_text()

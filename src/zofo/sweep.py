@@ -151,6 +151,14 @@ def last_step(folder: Path) -> str:
         return "0"
 
 
+def steps_to_run(job: Job) -> int:
+    """A run's steps still to run: all of them, or those after its last logged step where it resumes from a
+    checkpoint (about: a run killed without SIGTERM resumes from its last evaluation, before that step)."""
+    steps = make_config(job.fields).steps
+    done = last_step(job.folder) if (job.folder / "checkpoint.pt").exists() else "0"
+    return max(0, steps - int(done)) if done.isdigit() else steps
+
+
 def planned_device_type(config: RunConfig) -> str:
     """cpu or cuda: where a run of this config will run (device auto: CUDA when this machine has it)."""
     if config.device == "auto":
@@ -325,8 +333,9 @@ def announce(jobs: list[Job], what: str, listing: bool, reuse: Reuse,
     known = {job.folder: fields for job in todo if (fields := known_fields(job, copied or {})) is not None}
     sources = {folder: source for folder, fields in known.items() if (source := reuse.find(fields))}
     reused = f", {len(sources)} of them copied from {', '.join(map(str, reuse.folders))}" if reuse.folders else ""
+    left = sum(steps_to_run(job) for job in todo if job.folder not in sources)
     print(f"{len(jobs)} {what}: {len(jobs) - len(todo)} finished, {len(todo)} to run "
-          f"({partial} resume from a checkpoint{reused})", flush=True)
+          f"({partial} resume from a checkpoint{reused})" + (f": about {left:,} steps to run" if todo else ""), flush=True)
     elsewhere = Counter(other for folder, fields in known.items()
                         if folder not in sources and (other := reuse.other_device_type(fields)))
     for device_type, count in sorted(elsewhere.items()):
