@@ -61,6 +61,7 @@ if [ "${STOP_AT_END:-0}" = 1 ]; then  # the lease's last call: every run checkpo
 fi
 for log in $sweeps/*.log; do
   echo "== $(cat ${log%.log}.args)$(running ${log%.log}.pid && echo ' (running)')"
+  grep -a "finished, [0-9]* to run" $log | head -3  # what the sweep had to run when it started: runs, about how many steps
   tail -c 3000 $log | tr '\r' '\n' | tail -5; echo
 done > $OUT/$name.log
 sed "s/^/$name: /" $OUT/$name.log
