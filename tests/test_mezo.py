@@ -100,7 +100,8 @@ def test_replay_refuses_a_log_from_another_direction_generator_or_an_older_zofo(
 
 
 def test_an_update_below_the_dtype_resolution_is_measured_and_warned_about(data_dir, tmp_path):
-    """bf16 keeps 8 bits of mantissa: at lr 1e-9 no weight moves, and the run says so at its first step."""
+    """bf16 keeps 8 bits of mantissa: at lr 1e-9 no weight moves, and the run says so at its first step; fp32
+    loses such an update only at a far lower rate, and then the advice is a higher rate, not fp32 again."""
     import warnings
 
     from zofo.data import prepare_tasks
@@ -108,18 +109,20 @@ def test_an_update_below_the_dtype_resolution_is_measured_and_warned_about(data_
     from zofo.zo import Trajectory
 
     fractions = {}
-    for dtype, lr in (("bf16", 1e-9), ("fp32", 1e-3)):
+    for run, dtype, lr in (("bf16", "bf16", 1e-9), ("fp32", "fp32", 1e-3), ("fp32-tiny-lr", "fp32", 1e-14)):
         config = make_config(dict(model="tiny-llama", task="sst2", data_dir=str(data_dir), n_train=8, n_val=4,
                                   n_test=4, batch_size=4, method="mezo", peft="none", dtype=dtype, lr=lr,
                                   device="cpu", zo_eps=1e-2))
         model, tokenizer = tiny(dtype=dtype)
-        method = MeZO(model, prepare_tasks(config, tokenizer), config, Trajectory(tmp_path / f"{dtype}.jsonl"))
+        method = MeZO(model, prepare_tasks(config, tokenizer), config, Trajectory(tmp_path / f"{run}.jsonl"))
         method.begin()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             method.step(0)
             method.step(1)  # measured once, at the first step
-        fractions[dtype] = method.summary()["first_update_changed_fraction"]
+        fractions[run] = method.summary()["first_update_changed_fraction"]
         messages = [str(w.message) for w in caught if "resolution" in str(w.message)]
-        assert len(messages) == (1 if dtype == "bf16" else 0), messages
-    assert fractions["bf16"] < 0.01 and fractions["fp32"] > 0.9
+        assert len(messages) == (0 if run == "fp32" else 1), messages
+        if messages:
+            assert messages[0].endswith("raise --lr or train in fp32" if dtype == "bf16" else "raise --lr"), messages
+    assert fractions["bf16"] < 0.01 and fractions["fp32"] > 0.9 and fractions["fp32-tiny-lr"] < 0.5

@@ -142,9 +142,10 @@ class Method:
         resolution (an upper learning rate of 1e-7 on bf16 weights), so training θ does nothing."""
         self.update_changed_fraction = self.zo.changed_fraction(estimate)
         if self.update_changed_fraction < RESOLUTION_WARNING:
+            advice = "raise --lr" + (" or train in fp32" if self.config.dtype != "fp32" else "")
             warnings.warn(f"the first zeroth-order update changed only {self.update_changed_fraction:.1%} of the "
                           f"sampled weights: at lr {self.config.lr:g} most of it is below the resolution of "
-                          f"{self.config.dtype} weights and is lost; raise --lr or train in fp32", stacklevel=2)
+                          f"{self.config.dtype} weights and is lost; {advice}", stacklevel=2)
 
 
 RESOLUTION_WARNING = 0.5  # fraction of θ's elements the first update must change
