@@ -125,11 +125,13 @@ if DEVICE == "cuda":
 
     examples = varied_examples(250, 48, seed=0)
     COMPILED = {("fo", "lora"), ("mezo", "none"), ("mezo", "prompt"), ("bilevel", "lora"), ("bilevel", "prefix")}
-    GROUPED = {("fo", "lora"), ("mezo", "none"), ("bilevel", "lora"), ("two-stage", "lora")}  # length_groups 3
+    # length_groups 3: every pair that Table 2's runs may use it with (gpu_next_lease.sh's side-by-side rule)
+    GROUPED = {("fo", "lora"), ("fo", "prefix"), ("fo", "prompt"), ("mezo", "none"), ("mezo", "prefix"),
+               ("mezo", "prompt"), ("bilevel", "lora"), ("bilevel", "prefix"), ("bilevel", "prompt"), ("two-stage", "lora")}
     folder = Path(tempfile.mkdtemp())
     for method, peft in (("fo", "lora"), ("fo", "prefix"), ("fo", "prompt"), ("mezo", "none"), ("mezo", "lora"),
-                         ("mezo", "prompt"), ("bilevel", "lora"), ("bilevel", "prefix"), ("bilevel", "prompt"),
-                         ("two-stage", "lora")):
+                         ("mezo", "prefix"), ("mezo", "prompt"), ("bilevel", "lora"), ("bilevel", "prefix"),
+                         ("bilevel", "prompt"), ("two-stage", "lora")):
         config = make_config(dict(method=method, peft=peft, model="tiny-llama", batch_size=4, lr=1e-3, bilevel_k=2,
                                   steps=12, zo_eps=1e-2, device="cuda"))
         logs, captures = {}, {}

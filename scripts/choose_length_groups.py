@@ -2,7 +2,13 @@
 benchmarks/length_groups.py's JSON lines (one GPU, nothing else running), the value whose slower speed-up over
 one group, of the ZO step's forwards and of the first-order step, is the highest on every named task, if that
 speed-up is at least --least on each; else 1 (one padded batch, as before). Prints the value, and why on stderr.
+
+With --side-by-side, from its --side-by-side lines (processes sharing the GPU, as a sweep's runs do; session 31's
+rule): the value whose work done (steps weighted by their cost in one group) is the highest, if it is at least
+--least times one group's and no task's kind of step runs below --floor times its speed in one group; else 1.
+
 Usage: python3 scripts/choose_length_groups.py LENGTH_GROUPS.jsonl --tasks cb,rte [--least 1.15]
+       python3 scripts/choose_length_groups.py SIDE_BY_SIDE.jsonl --side-by-side [--least 1.1] [--floor 0.9]
 """
 
 import argparse
@@ -31,17 +37,43 @@ def choose(rows: list[dict], tasks: list[str], least: float) -> tuple[int, str]:
     return best, f"{best} groups: at least {worst[best]}x one group's speed on {tasks} (each value's least: {worst})"
 
 
+def choose_side_by_side(rows: list[dict], least: float, floor: float) -> tuple[int, str]:
+    work = {row["length_groups"]: row["work_speedup"] for row in rows if "work_speedup" in row}
+    if 1 not in work:
+        raise ValueError("no side-by-side work measured for one group (benchmarks/length_groups.py --side-by-side)")
+    slowest: dict[int, tuple[float, str]] = {}  # each value's slowest task and kind of step, against one group
+    for row in rows:
+        if "speedup" in row:
+            cell = (row["speedup"], f"{row['task']} {row['kind']}")
+            slowest[row["length_groups"]] = min(slowest.get(row["length_groups"], cell), cell)
+    fit = {v: w for v, w in work.items() if v != 1 and w >= least and slowest.get(v, (0.0,))[0] >= floor}
+    summary = {v: (work[v], slowest.get(v)) for v in sorted(work) if v != 1}
+    if not fit:
+        return 1, (f"no value does {least}x one group's work with every task's steps at {floor}x or more "
+                   f"(work, slowest step): {summary}")
+    best = max(fit, key=fit.get)
+    return best, f"{best} groups: {work[best]}x one group's work, its slowest step {slowest[best]} (all: {summary})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("jsonl", type=Path)
-    parser.add_argument("--tasks", required=True, help="comma-separated: the tasks whose runs will use the value")
-    parser.add_argument("--least", type=float, default=1.15, help="the speed-up a value must reach on each task")
+    parser.add_argument("--tasks", help="comma-separated: the tasks whose runs will use the value")
+    parser.add_argument("--least", type=float, help="the speed-up a value must reach on each task (default 1.15), "
+                                                     "or the work done side by side (default 1.1)")
+    parser.add_argument("--side-by-side", action="store_true", help="the rule for --side-by-side measurements")
+    parser.add_argument("--floor", type=float, default=0.9, help="--side-by-side: the least speed of any step")
     args = parser.parse_args(argv)
+    if not args.side_by_side and not args.tasks:
+        parser.error("--tasks is needed (the tasks whose runs will use the value), unless --side-by-side")
     if not args.jsonl.is_file():
         sys.exit(f"no such file: {args.jsonl} (benchmarks/length_groups.py --output writes it)")
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
     try:
-        value, why = choose(rows, args.tasks.split(","), args.least)
+        if args.side_by_side:
+            value, why = choose_side_by_side(rows, args.least or 1.1, args.floor)
+        else:
+            value, why = choose(rows, args.tasks.split(","), args.least or 1.15)
     except ValueError as error:
         sys.exit(f"choose_length_groups: {error}")
     print(value)

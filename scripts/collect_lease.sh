@@ -12,6 +12,12 @@ collected=$bundle/collected.txt && : > "$collected"
 if compgen -G "$from/lease.tar.[0-9][0-9]" > /dev/null; then
   cat "$from"/lease.tar.[0-9][0-9] | tar x -C "$bundle"
 fi
+# a side-by-side measurement of --length-groups (gpu_next_lease.sh with LENGTH_GROUPS_CHECK=1; its printout and the
+# value chosen are in lease.txt) is kept with the other benchmarks
+if [ -f "$from/length_groups_side_by_side.jsonl" ]; then
+  cp "$from/length_groups_side_by_side.jsonl" results/benchmarks/length_groups_side_by_side_h200.jsonl
+  echo "new: results/benchmarks/length_groups_side_by_side_h200.jsonl"
+fi
 failed=()
 for folder in "$from" "$bundle"; do
   for archive in "$folder"/*.tgz "$folder"/*.tgz.00; do

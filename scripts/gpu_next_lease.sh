@@ -28,8 +28,15 @@
 # while the machine is warm, bash scripts/gpu_return_left.sh brings back the unfinished runs that did not fit.
 # CHAINS replaces the chains: one chain a line, its sweeps separated by ';', each `CONFIG [zofo sweep arguments]`.
 # CUDA_CHECKS=1 runs benchmarks/cuda_checks.py first (about 3 minutes: after a change to the engine; they passed
-# at session 16's code, results/benchmarks/). --length-groups stays 1, as scripts/choose_length_groups.py's rule
-# chose from session 16's measurement (results/benchmarks/length_groups_h200.jsonl).
+# at session 16's code, results/benchmarks/).
+# --length-groups: 1, as scripts/choose_length_groups.py's rule chose from session 16's measurement of one process
+# alone on the GPU (results/benchmarks/length_groups_h200.jsonl), unless LENGTH_GROUPS_CHECK=1 in the machine's
+# first call of gpu_next_lease.sh: before any sweep starts, `benchmarks/length_groups.py --side-by-side 16` then
+# measures it as the sweep runs (16 processes under MPS, about 3 minutes) and `choose_length_groups.py
+# --side-by-side` applies session 31's rule, written before that measurement (a value other than 1 only after
+# benchmarks/cuda_checks.py has passed, which runs every method in groups under CUDA graphs); the value goes to
+# /tmp/zofo/length_groups, which every later call of the lease reads, so that the sweep's arguments stay the same.
+# A run resumes with another value (an execution field: its losses change at float round-off only).
 set -u
 OUT=${OUT:-/tmp/zofo/out}; mkdir -p "$OUT" /tmp/zofo
 source scripts/gpu_setup.sh
@@ -37,7 +44,29 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
   python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1 || { tail -n 20 "$OUT/cuda_checks.txt"; exit 1; }
   tail -n 1 "$OUT/cuda_checks.txt"
 fi
+if [ "${LENGTH_GROUPS_CHECK:-0}" = 1 ] && [ ! -f /tmp/zofo/length_groups ] && [ ! -s /tmp/zofo/started ]; then
+  start_mps && convert_model
+  fresh_mps() {  # after a failed process: under MPS a client's fault can break the server the sweep would use
+    echo quit | nvidia-cuda-mps-control; rm -f /tmp/zofo/.mps
+  }
+  measured=$OUT/length_groups_side_by_side
+  # the processes in the sweep's environment (gpu_sweep.sh)
+  OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONWARNINGS=ignore \
+    python3 benchmarks/length_groups.py --side-by-side 16 --groups 1,2 --seconds 20 --rounds 6 \
+    --output "$measured.jsonl" > "$measured.txt" 2> /tmp/zofo/length_groups.err ||
+    { tail -n 20 /tmp/zofo/length_groups.err; fresh_mps; }
+  python3 scripts/choose_length_groups.py "$measured.jsonl" --side-by-side > /tmp/zofo/length_groups 2>> "$measured.txt" ||
+    echo 1 > /tmp/zofo/length_groups  # no measurement: one padded batch, as before
+  cat "$measured.txt"
+  # groups under CUDA graphs are checked for every method and PEFT type first (about 3 minutes; in lease.txt)
+  if [ "$(cat /tmp/zofo/length_groups)" != 1 ] && ! python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1; then
+    echo 1 > /tmp/zofo/length_groups && fresh_mps
+    echo "length groups: a check of cuda_checks.py failed: one padded batch, as before"
+  fi
+fi
+length_groups=$(cat /tmp/zofo/length_groups 2>/dev/null || echo 1)
 table2="configs/paper/table2.yaml --only task=sst2,copa,cb,rte --parallel 16"
+[ "$length_groups" = 1 ] || table2="$table2 --set length_groups=$length_groups"
 CHAINS=${CHAINS:-"$table2 --only peft=prefix,prompt"}
 gpu_count=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpu_count" -ge 1 ] || gpu_count=1
 name_of() { echo "paper-$(basename "$1" .yaml)"; }

@@ -40,4 +40,19 @@ for run in .gpu/partial/*/* .gpu/partial/*/tuning/*; do
 done
 if [ -d /tmp/zofo/data ]; then data=/tmp/zofo/data; else data=$PWD/.gpu/data; fi
 export PYTHONPATH=/tmp/site:$PWD/src ZOFO_DATA_DIR=${ZOFO_DATA_DIR:-$data} ZOFO_CACHE=/tmp/zofo-cache
+# NVIDIA MPS lets many processes' small kernels share each GPU's multiprocessors instead of taking turns (roughly:
+# Table 2's runs made about 1.7 times the steps per GPU with it, 8 runs a GPU, as without it, 4 a GPU, in an
+# earlier session; not measured side by side, and the runs differed). Under MPS a run stopped mid-step brought
+# down every run on the machine (SIGABRT/SIGSEGV, seen once): stop no sweep alone; the machine's end stops them
+# all. Started once a machine, by gpu_sweep.sh and by gpu_next_lease.sh's side-by-side measurement; ZOFO_MPS=0
+# leaves it off.
+start_mps() {
+  if [ "${ZOFO_MPS:-1}" = 1 ] && [ ! -f /tmp/zofo/.mps ] && command -v nvidia-cuda-mps-control >/dev/null; then
+    nvidia-cuda-mps-control -d && touch /tmp/zofo/.mps
+  fi
+}
+# the bundled model converted once, before any process that loads it (the runs of a sweep start together)
+convert_model() {
+  python3 -c "from zofo.models import load_model; load_model('smollm2-135m-instruct', 'fp32', 'cpu')"
+}
 set +e

@@ -30,18 +30,11 @@ source scripts/gpu_setup.sh
 OUT=${OUT:-/tmp/zofo/out}; mkdir -p $OUT  # the device tool's $OUT; else a folder of its own (RETURN_MB measures it)
 export OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True  # many runs share the machine's cores
 sweeps=/tmp/zofo/$name.sweeps; mkdir -p $sweeps /tmp/zofo/$name
-# NVIDIA MPS lets the runs' small kernels share each GPU's multiprocessors instead of taking turns (roughly:
-# Table 2's runs made about 1.7 times the steps per GPU with it, 8 runs a GPU, as without it, 4 a GPU, in an
-# earlier session; not measured side by side, and the runs differed). Under MPS
-# a run stopped mid-step brought down every run on the machine (SIGABRT/SIGSEGV, seen once): stop no sweep
-# alone; the machine's end stops them all. ZOFO_MPS=0 leaves it off.
-if [ "${ZOFO_MPS:-1}" = 1 ] && [ ! -f /tmp/zofo/.mps ] && command -v nvidia-cuda-mps-control >/dev/null; then
-  nvidia-cuda-mps-control -d && touch /tmp/zofo/.mps
-fi
+start_mps  # scripts/gpu_setup.sh: the runs share each GPU under NVIDIA MPS (ZOFO_MPS=0: not)
 id=$(echo "$config $*" | md5sum | cut -c1-8)
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if [ "${RETURN_ONLY:-0}" != 1 ] && ! running $sweeps/$id.pid; then
-  python3 -c "from zofo.models import load_model; load_model('smollm2-135m-instruct', 'fp32', 'cpu')"  # converted once, not by each run
+  convert_model  # once, not by each run
   if [ -d results/$name/runs ]; then cp -rn results/$name/runs/. /tmp/zofo/$name/; fi
   echo "$config $*" > $sweeps/$id.args
   setsid python3 -m zofo sweep $config --out-dir /tmp/zofo/$name "$@" > $sweeps/$id.log 2>&1 < /dev/null &

@@ -24,3 +24,25 @@ def test_the_value_fastest_on_every_task_in_both_kinds_of_step_if_fast_enough():
     assert choose(rows, ["rte"], least=1.15)[0] == 4
     with pytest.raises(ValueError, match="no one-group reference measured for copa"):
         choose(rows, ["cb", "copa"], least=1.15)
+
+
+def side_by_side_rows(work: dict[int, float], speedups: dict[int, dict[str, float]]) -> list[dict]:
+    rows = [{"side_by_side": 16, "length_groups": v, "work_speedup": w} for v, w in work.items()]
+    for v, cells in speedups.items():
+        rows += [{"side_by_side": 16, "task": cell.split()[0], "kind": cell.split()[1], "length_groups": v,
+                  "speedup": s} for cell, s in cells.items()]
+    return rows
+
+
+def test_side_by_side_the_value_that_does_the_most_work_if_no_step_slows_much():
+    from choose_length_groups import choose_side_by_side
+
+    cells = {"cb forward": 1.4, "sst2 forward": 0.97}
+    rows = side_by_side_rows({1: 1.0, 2: 1.25, 3: 1.3},
+                             {1: {c: 1.0 for c in cells}, 2: cells, 3: {"cb forward": 1.5, "sst2 forward": 0.8}})
+    # 3 does more work, but slows SST-2's steps to 0.8 x: 2 it is
+    assert choose_side_by_side(rows, least=1.1, floor=0.9)[0] == 2
+    assert choose_side_by_side(rows, least=1.1, floor=0.75)[0] == 3
+    assert choose_side_by_side(rows, least=1.3, floor=0.9)[0] == 1  # none does enough more: one padded batch
+    with pytest.raises(ValueError, match="no side-by-side work measured for one group"):
+        choose_side_by_side([r for r in rows if r["length_groups"] != 1], least=1.1, floor=0.9)

@@ -1,7 +1,10 @@
 """benchmarks/length_groups.py, which times a minibatch's model calls in length groups against one batch, run on
 the CPU with a tiny model."""
 
-from conftest import run_benchmark
+import subprocess
+import sys
+
+from conftest import REPO, run_benchmark
 
 from zofo.records import read_records
 
@@ -17,3 +20,23 @@ def test_length_groups_are_timed_side_by_side_and_pad_less(tmp_path, data_dir):
     assert rows[0]["padded_per_real_token"] > rows[1]["padded_per_real_token"] >= 1.0
     assert all(r["forward_ms"] > 0 and r["first_order_ms"] > 0 for r in rows)
     assert "rte: 3 group(s):" in result.stdout and "x one group's speed" in result.stdout
+
+
+def test_side_by_side_processes_are_timed_together_and_their_work_compared(tmp_path, data_dir):
+    """--side-by-side: process 0 does ZO steps' forwards, process 1 first-order steps (one task), each value of
+    --groups in its rounds; the rule reads what it writes."""
+    output = tmp_path / "side.jsonl"
+    result = run_benchmark("length_groups.py", "--model", "tiny-llama", "--device", "cpu", "--tasks", "rte",
+                           "--groups", "1,3", "--batches", "2", "--batch-size", "8", "--side-by-side", "2",
+                           "--seconds", "1.5", "--rounds", "2", "--output", str(output), data_dir=data_dir)
+    assert result.returncode == 0, result.stderr
+    rows = read_records(output)
+    cells = [(r["task"], r["kind"], r["length_groups"]) for r in rows if "kind" in r]
+    assert cells == [("rte", "forward", 1), ("rte", "forward", 3), ("rte", "first_order", 1), ("rte", "first_order", 3)]
+    assert all(r["steps_per_second"] > 0 and r["processes"] == 1 for r in rows if "kind" in r)
+    assert [(r["length_groups"], r["work_speedup"]) for r in rows if "work_speedup" in r][0] == (1, 1.0)
+    assert "rte, first-order steps (1 process): 1 group(s)" in result.stdout and "work done" in result.stdout
+    chosen = subprocess.run([sys.executable, str(REPO / "scripts" / "choose_length_groups.py"), str(output),
+                             "--side-by-side"], capture_output=True, text=True)
+    assert chosen.returncode == 0 and chosen.stdout.strip() in {"1", "3"}, chosen.stderr
+    assert "choose_length_groups:" in chosen.stderr
