@@ -37,6 +37,7 @@
 # benchmarks/cuda_checks.py has passed, which runs every method in groups under CUDA graphs); the value goes to
 # /tmp/zofo/length_groups, which every later call of the lease reads, so that the sweep's arguments stay the same.
 # A run resumes with another value (an execution field: its losses change at float round-off only).
+# LENGTH_GROUPS_ARGS replaces the measurement's arguments (a rehearsal on a CPU: --model tiny-llama --device cpu ...).
 set -u
 OUT=${OUT:-/tmp/zofo/out}; mkdir -p "$OUT" /tmp/zofo
 source scripts/gpu_setup.sh
@@ -52,7 +53,7 @@ if [ "${LENGTH_GROUPS_CHECK:-0}" = 1 ] && [ ! -f /tmp/zofo/length_groups ] && [ 
   measured=$OUT/length_groups_side_by_side
   # the processes in the sweep's environment (gpu_sweep.sh)
   OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONWARNINGS=ignore \
-    python3 benchmarks/length_groups.py --side-by-side 16 --groups 1,2 --seconds 20 --rounds 6 \
+    python3 benchmarks/length_groups.py ${LENGTH_GROUPS_ARGS:---side-by-side 16 --groups 1,2 --seconds 20 --rounds 6} \
     --output "$measured.jsonl" > "$measured.txt" 2> /tmp/zofo/length_groups.err ||
     { tail -n 20 /tmp/zofo/length_groups.err; fresh_mps; }
   python3 scripts/choose_length_groups.py "$measured.jsonl" --side-by-side > /tmp/zofo/length_groups 2>> "$measured.txt" ||
@@ -65,8 +66,8 @@ if [ "${LENGTH_GROUPS_CHECK:-0}" = 1 ] && [ ! -f /tmp/zofo/length_groups ] && [ 
   fi
 fi
 length_groups=$(cat /tmp/zofo/length_groups 2>/dev/null || echo 1)
+if [ "$length_groups" = 1 ]; then groups_argument=""; else groups_argument="--set length_groups=$length_groups"; fi
 table2="configs/paper/table2.yaml --only task=sst2,copa,cb,rte --parallel 16"
-[ "$length_groups" = 1 ] || table2="$table2 --set length_groups=$length_groups"
 CHAINS=${CHAINS:-"$table2 --only peft=prefix,prompt"}
 gpu_count=$(nvidia-smi -L 2>/dev/null | wc -l); [ "$gpu_count" -ge 1 ] || gpu_count=1
 name_of() { echo "paper-$(basename "$1" .yaml)"; }
@@ -98,7 +99,7 @@ advance() {
     for sweep in "${sweeps[@]}"; do
       read -r config arguments <<< "$sweep"
       local name; name=$(name_of "$config")
-      arguments="$arguments $(reuse_arguments "$config") --gpus $gpu"
+      arguments="$arguments $(reuse_arguments "$config") --gpus $gpu $groups_argument"
       local pid; pid=$(sweep_pid "$config" "$name" $arguments)
       if running "$pid"; then echo "$chain"; break; fi
       [ -n "$pid" ] && continue  # started on this machine and ended: the chain's next sweep
@@ -111,7 +112,8 @@ advance() {
     chain=$((chain + 1))
   done <<< "$CHAINS"
 }
-while [ $SECONDS -lt $deadline ] && [ -n "$(advance)" ]; do sleep 5; done
+under_way=$(advance)  # at least once, even where a measurement above took the call's time
+while [ $SECONDS -lt $deadline ] && [ -n "$under_way" ]; do sleep 5; under_way=$(advance); done
 # pack each sweep started on this machine (gpu_sweep.sh with RETURN_ONLY=1 starts nothing): first the list of what
 # each would return (STOP_AT_END=1: the first stops every sweep on the machine), then one plan for them all within
 # RETURN_MB (scripts/return_plan.py), so that the unfinished runs that save the most steps per byte come back,
