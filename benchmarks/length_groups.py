@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -166,7 +167,10 @@ def worker(args, groups: list[int]) -> int:
         timed(step, batches[value], device)
     rendezvous = Path(args.rendezvous)
     (rendezvous / f"ready-{args.worker}").touch()
-    while not (rendezvous / "go").exists():
+    parent, give_up = os.getppid(), time.time() + READY_SECONDS + 60
+    while not (rendezvous / "go").exists():  # the parent gone, or no start in time: end, holding no GPU memory
+        if os.getppid() != parent or time.time() > give_up:
+            sys.exit(f"side by side: process {args.worker} was not started (its parent ended or gave up)")
         time.sleep(0.05)
     start = float((rendezvous / "go").read_text())
     rates = {value: [] for value in groups}
@@ -175,6 +179,7 @@ def worker(args, groups: list[int]) -> int:
         begin, end = start + round_ * args.seconds, start + (round_ + 1) * args.seconds
         time.sleep(max(0.0, begin - time.time()))
         data.calls, done = calls_of[value], 0
+        begin = max(begin, time.time())  # a step of the round before may have run past its end
         while time.time() < end:  # a step begun before the end finishes (at most one step into the next round)
             if done % len(batches[value]) == 0:
                 data.calls._staged.clear()  # each minibatch padded and pinned once per pass, as in a run
@@ -225,6 +230,7 @@ def side_by_side(args, groups: list[int]) -> int:
             for w in workers:
                 if w.poll() is None:
                     w.kill()
+                    w.wait()  # its CUDA context gone before this script ends
     print(f"{args.model} on {args.device} ({'TF32' if args.tf32 else 'fp32'}), {n} processes side by side, "
           f"{args.rounds} rounds of {args.seconds:g} s, the values of --groups in turn")
     cells: dict[tuple[str, str], list[dict]] = {}
@@ -238,14 +244,17 @@ def side_by_side(args, groups: list[int]) -> int:
             write(args.output, {"side_by_side": n, "task": task, "kind": kind, "processes": len(members),
                                 "length_groups": v, "steps_per_second": round(rate[v], 4),
                                 "speedup": round(rate[v] / rate[1], 4), "tf32": args.tf32})
-    # the work done: each step weighted by what it costs in one group, so that fewer padded tokens count as a gain
-    work = {v: sum(r["steps_per_second"][str(v)] * FORWARDS[r["kind"]] * r["padded_tokens"]["1"] for r in results)
-            for v in groups}
-    print("work done (steps weighted by their cost in one group): " +
-          "; ".join(f"{v} group(s) {work[v] / work[1]:.2f} x" for v in groups))
-    for v in groups:
-        write(args.output, {"side_by_side": n, "length_groups": v, "work_speedup": round(work[v] / work[1], 4),
-                            "tf32": args.tf32})
+    # the work done: each step weighted by what it costs in one group, so that fewer padded tokens count as a gain;
+    # over all processes, and over each kind's alone (a sweep of mostly one kind of run gains what that kind does)
+    for kind in (None, *KINDS):
+        members = [r for r in results if kind in (None, r["kind"])]
+        work = {v: sum(r["steps_per_second"][str(v)] * FORWARDS[r["kind"]] * r["padded_tokens"]["1"] for r in members)
+                for v in groups}
+        print(f"work done{'' if kind is None else ' by ' + kind.replace('_', '-') + ' steps'} (steps weighted by their "
+              "cost in one group): " + "; ".join(f"{v} group(s) {work[v] / work[1]:.2f} x" for v in groups))
+        for v in groups:
+            write(args.output, {"side_by_side": n, "length_groups": v, **({} if kind is None else {"kind": kind}),
+                                "work_speedup": round(work[v] / work[1], 4), "tf32": args.tf32})
     return 0
 
 

@@ -5,7 +5,8 @@ speed-up is at least --least on each; else 1 (one padded batch, as before). Prin
 
 With --side-by-side, from its --side-by-side lines (processes sharing the GPU, as a sweep's runs do; session 31's
 rule): the value whose work done (steps weighted by their cost in one group) is the highest, if it is at least
---least times one group's and no task's kind of step runs below --floor times its speed in one group; else 1.
+--least times one group's, no kind of step does less work than in one group (a sweep of mostly one kind of run
+loses nothing) and no task's kind of step runs below --floor times its speed in one group; else 1.
 
 Usage: python3 scripts/choose_length_groups.py LENGTH_GROUPS.jsonl --tasks cb,rte [--least 1.15]
        python3 scripts/choose_length_groups.py SIDE_BY_SIDE.jsonl --side-by-side [--least 1.1] [--floor 0.9]
@@ -38,21 +39,31 @@ def choose(rows: list[dict], tasks: list[str], least: float) -> tuple[int, str]:
 
 
 def choose_side_by_side(rows: list[dict], least: float, floor: float) -> tuple[int, str]:
-    work = {row["length_groups"]: row["work_speedup"] for row in rows if "work_speedup" in row}
+    sizes = {row.get("side_by_side") for row in rows}
+    if len(sizes) > 1:
+        raise ValueError(f"measurements of {sorted(map(str, sizes))} processes in one file: give one measurement")
+    work = {row["length_groups"]: row["work_speedup"] for row in rows if "work_speedup" in row and "kind" not in row}
     if 1 not in work:
         raise ValueError("no side-by-side work measured for one group (benchmarks/length_groups.py --side-by-side)")
     slowest: dict[int, tuple[float, str]] = {}  # each value's slowest task and kind of step, against one group
+    kind_work: dict[int, tuple[float, str]] = {}  # each value's least work done by one kind of step alone
     for row in rows:
+        value = row["length_groups"]
         if "speedup" in row:
             cell = (row["speedup"], f"{row['task']} {row['kind']}")
-            slowest[row["length_groups"]] = min(slowest.get(row["length_groups"], cell), cell)
-    fit = {v: w for v, w in work.items() if v != 1 and w >= least and slowest.get(v, (0.0,))[0] >= floor}
-    summary = {v: (work[v], slowest.get(v)) for v in sorted(work) if v != 1}
+            slowest[value] = min(slowest.get(value, cell), cell)
+        elif "work_speedup" in row and "kind" in row:
+            kind_work[value] = min(kind_work.get(value, (row["work_speedup"], row["kind"])),
+                                   (row["work_speedup"], row["kind"]))
+    fit = {v: w for v, w in work.items() if v != 1 and w >= least and slowest.get(v, (0.0,))[0] >= floor
+           and kind_work.get(v, (0.0,))[0] >= 1.0}
+    summary = {v: (work[v], slowest.get(v), kind_work.get(v)) for v in sorted(work) if v != 1}
     if not fit:
-        return 1, (f"no value does {least}x one group's work with every task's steps at {floor}x or more "
-                   f"(work, slowest step): {summary}")
+        return 1, (f"no value does {least}x one group's work with each kind of step's work at 1x or more and every "
+                   f"task's steps at {floor}x or more (work, slowest step, least work of a kind): {summary}")
     best = max(fit, key=fit.get)
-    return best, f"{best} groups: {work[best]}x one group's work, its slowest step {slowest[best]} (all: {summary})"
+    return best, (f"{best} groups: {work[best]}x one group's work, its slowest step {slowest[best]}, its least work "
+                  f"of a kind {kind_work[best]} (all: {summary})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
     try:
         if args.side_by_side:
-            value, why = choose_side_by_side(rows, args.least or 1.1, args.floor)
+            value, why = choose_side_by_side(rows, 1.1 if args.least is None else args.least, args.floor)
         else:
-            value, why = choose(rows, args.tasks.split(","), args.least or 1.15)
+            value, why = choose(rows, args.tasks.split(","), 1.15 if args.least is None else args.least)
     except ValueError as error:
         sys.exit(f"choose_length_groups: {error}")
     print(value)

@@ -46,26 +46,38 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
   tail -n 1 "$OUT/cuda_checks.txt"
 fi
 if [ "${LENGTH_GROUPS_CHECK:-0}" = 1 ] && [ ! -f /tmp/zofo/length_groups ] && [ ! -s /tmp/zofo/started ]; then
-  start_mps && convert_model
+  start_mps; convert_model
   fresh_mps() {  # after a failed process: under MPS a client's fault can break the server the sweep would use
-    echo quit | nvidia-cuda-mps-control; rm -f /tmp/zofo/.mps
+    if [ -f /tmp/zofo/.mps ]; then
+      echo quit | timeout 30 nvidia-cuda-mps-control; rm -f /tmp/zofo/.mps
+      # gone before a new one starts (its daemon and server: both names cut to 15 characters in the process table)
+      for _ in $(seq 30); do pgrep -x nvidia-cuda-mps > /dev/null || break; sleep 1; done
+    fi
   }
-  measured=$OUT/length_groups_side_by_side
-  # the processes in the sweep's environment (gpu_sweep.sh)
-  OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONWARNINGS=ignore \
+  measured=$OUT/length_groups_side_by_side pending=/tmp/zofo/length_groups.pending
+  # the processes in the sweep's environment (gpu_sweep.sh); bounded, so that the call keeps time for the sweep
+  # (timeout signals its whole process group: the measurement's processes too)
+  OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONWARNINGS=ignore timeout 300 \
     python3 benchmarks/length_groups.py ${LENGTH_GROUPS_ARGS:---side-by-side 16 --groups 1,2 --seconds 20 --rounds 6} \
     --output "$measured.jsonl" > "$measured.txt" 2> /tmp/zofo/length_groups.err ||
     { tail -n 20 /tmp/zofo/length_groups.err; fresh_mps; }
-  python3 scripts/choose_length_groups.py "$measured.jsonl" --side-by-side > /tmp/zofo/length_groups 2>> "$measured.txt" ||
-    echo 1 > /tmp/zofo/length_groups  # no measurement: one padded batch, as before
+  python3 scripts/choose_length_groups.py "$measured.jsonl" --side-by-side > $pending 2>> "$measured.txt" ||
+    echo 1 > $pending  # no measurement: one padded batch, as before
   cat "$measured.txt"
-  # groups under CUDA graphs are checked for every method and PEFT type first (about 3 minutes; in lease.txt)
-  if [ "$(cat /tmp/zofo/length_groups)" != 1 ] && ! python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1; then
-    echo 1 > /tmp/zofo/length_groups && fresh_mps
-    echo "length groups: a check of cuda_checks.py failed: one padded batch, as before"
+  # groups under CUDA graphs are checked for every method and PEFT type first (about 3 minutes; in lease.txt),
+  # if the call has the time; the value counts only once it has passed
+  if [ "$(cat $pending)" != 1 ]; then
+    if [ $SECONDS -gt 300 ]; then  # with its 200 s and the sweep's start, within the call's 600
+      echo 1 > $pending && echo "length groups: no time left in this call for cuda_checks.py: one padded batch, as before"
+    elif ! timeout 200 python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1; then
+      echo 1 > $pending && fresh_mps
+      echo "length groups: cuda_checks.py failed or ran out of time (lease.txt): one padded batch, as before"
+    fi
   fi
+  mv $pending /tmp/zofo/length_groups
 fi
-length_groups=$(cat /tmp/zofo/length_groups 2>/dev/null || echo 1)
+length_groups=$(cat /tmp/zofo/length_groups 2>/dev/null)
+case $length_groups in [1-9]|1[0-6]) ;; *) length_groups=1 ;; esac  # what --length-groups admits, else 1
 if [ "$length_groups" = 1 ]; then groups_argument=""; else groups_argument="--set length_groups=$length_groups"; fi
 table2="configs/paper/table2.yaml --only task=sst2,copa,cb,rte --parallel 16"
 CHAINS=${CHAINS:-"$table2 --only peft=prefix,prompt"}
@@ -104,8 +116,8 @@ advance() {
       if running "$pid"; then echo "$chain"; break; fi
       [ -n "$pid" ] && continue  # started on this machine and ended: the chain's next sweep
       if [ "${STOP_AT_END:-0}" != 1 ] || [ $SECONDS -lt $((deadline - 120)) ]; then
+        echo "$name" >> /tmp/zofo/started  # first: a call killed while it starts must still pack and stop it later
         SWEEP_SECONDS=0 STOP_AT_END=0 bash scripts/gpu_sweep.sh "$config" "$name" $arguments > /dev/null
-        echo "$name" >> /tmp/zofo/started
       fi
       echo "$chain"; break
     done

@@ -26,11 +26,14 @@ def test_the_value_fastest_on_every_task_in_both_kinds_of_step_if_fast_enough():
         choose(rows, ["cb", "copa"], least=1.15)
 
 
-def side_by_side_rows(work: dict[int, float], speedups: dict[int, dict[str, float]]) -> list[dict]:
-    rows = [{"side_by_side": 16, "length_groups": v, "work_speedup": w} for v, w in work.items()]
+def side_by_side_rows(work: dict[int, float], speedups: dict[int, dict[str, float]],
+                      kind_work: dict[int, dict[str, float]] | None = None, processes: int = 16) -> list[dict]:
+    rows = [{"side_by_side": processes, "length_groups": v, "work_speedup": w} for v, w in work.items()]
     for v, cells in speedups.items():
-        rows += [{"side_by_side": 16, "task": cell.split()[0], "kind": cell.split()[1], "length_groups": v,
+        rows += [{"side_by_side": processes, "task": cell.split()[0], "kind": cell.split()[1], "length_groups": v,
                   "speedup": s} for cell, s in cells.items()]
+    for v, kinds in (kind_work or {v: {"forward": w, "first_order": w} for v, w in work.items()}).items():
+        rows += [{"side_by_side": processes, "length_groups": v, "kind": k, "work_speedup": w} for k, w in kinds.items()]
     return rows
 
 
@@ -43,6 +46,21 @@ def test_side_by_side_the_value_that_does_the_most_work_if_no_step_slows_much():
     # 3 does more work, but slows SST-2's steps to 0.8 x: 2 it is
     assert choose_side_by_side(rows, least=1.1, floor=0.9)[0] == 2
     assert choose_side_by_side(rows, least=1.1, floor=0.75)[0] == 3
+    assert choose_side_by_side(rows, least=1.25, floor=0.9)[0] == 2  # at --least exactly: enough
     assert choose_side_by_side(rows, least=1.3, floor=0.9)[0] == 1  # none does enough more: one padded batch
     with pytest.raises(ValueError, match="no side-by-side work measured for one group"):
         choose_side_by_side([r for r in rows if r["length_groups"] != 1], least=1.1, floor=0.9)
+
+
+def test_side_by_side_no_kind_of_step_may_lose_work_and_one_measurement_a_file():
+    """A gain made of first-order steps alone, while the ZO forwards lose, would slow a sweep of MeZO runs."""
+    from choose_length_groups import choose_side_by_side
+
+    cells = {1: {"cb forward": 1.0, "cb first_order": 1.0}, 2: {"cb forward": 0.92, "cb first_order": 1.35}}
+    rows = side_by_side_rows({1: 1.0, 2: 1.13}, cells, {1: {"forward": 1.0, "first_order": 1.0},
+                                                        2: {"forward": 0.92, "first_order": 1.35}})
+    value, why = choose_side_by_side(rows, least=1.1, floor=0.9)
+    assert value == 1 and "(0.92, 'forward')" in why
+    both = rows + side_by_side_rows({1: 1.0, 2: 1.5}, {1: cells[1], 2: cells[1]}, processes=8)
+    with pytest.raises(ValueError, match="in one file: give one measurement"):
+        choose_side_by_side(both, least=1.1, floor=0.9)

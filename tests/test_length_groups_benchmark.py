@@ -31,10 +31,19 @@ def test_side_by_side_processes_are_timed_together_and_their_work_compared(tmp_p
                            "--seconds", "1.5", "--rounds", "2", "--output", str(output), data_dir=data_dir)
     assert result.returncode == 0, result.stderr
     rows = read_records(output)
-    cells = [(r["task"], r["kind"], r["length_groups"]) for r in rows if "kind" in r]
-    assert cells == [("rte", "forward", 1), ("rte", "forward", 3), ("rte", "first_order", 1), ("rte", "first_order", 3)]
-    assert all(r["steps_per_second"] > 0 and r["processes"] == 1 for r in rows if "kind" in r)
-    assert [(r["length_groups"], r["work_speedup"]) for r in rows if "work_speedup" in r][0] == (1, 1.0)
+    cells = [r for r in rows if "speedup" in r]
+    assert [(r["task"], r["kind"], r["length_groups"]) for r in cells] == [
+        ("rte", "forward", 1), ("rte", "forward", 3), ("rte", "first_order", 1), ("rte", "first_order", 3)]
+    assert all(r["steps_per_second"] > 0 and r["processes"] == 1 for r in cells)
+    work = {(r.get("kind"), r["length_groups"]): r["work_speedup"] for r in rows if "work_speedup" in r}
+    assert set(work) == {(kind, v) for kind in (None, "forward", "first_order") for v in (1, 3)}
+    assert work[None, 1] == work["forward", 1] == work["first_order", 1] == 1.0
+    # one process of each kind: each kind's work done against one group is its one cell's speed-up
+    speedup = {(r["kind"], r["length_groups"]): r["speedup"] for r in cells}
+    assert abs(work["forward", 3] - speedup["forward", 3]) < 1e-3
+    assert abs(work["first_order", 3] - speedup["first_order", 3]) < 1e-3
+    assert min(work["forward", 3], work["first_order", 3]) - 1e-3 <= work[None, 3] <= \
+        max(work["forward", 3], work["first_order", 3]) + 1e-3  # the whole: a weighted mean of the kinds'
     assert "rte, first-order steps (1 process): 1 group(s)" in result.stdout and "work done" in result.stdout
     chosen = subprocess.run([sys.executable, str(REPO / "scripts" / "choose_length_groups.py"), str(output),
                              "--side-by-side"], capture_output=True, text=True)
