@@ -180,7 +180,7 @@ def worker(args, groups: list[int]) -> int:
         time.sleep(max(0.0, begin - time.time()))
         data.calls, done = calls_of[value], 0
         begin = max(begin, time.time())  # a step of the round before may have run past its end
-        while time.time() < end:  # a step begun before the end finishes (at most one step into the next round)
+        while done == 0 or time.time() < end:  # one step at least; one begun before the end finishes
             if done % len(batches[value]) == 0:
                 data.calls._staged.clear()  # each minibatch padded and pinned once per pass, as in a run
             step(batches[value][done % len(batches[value])])
