@@ -190,7 +190,7 @@ def worker(args, groups: list[int]) -> int:
         rates[value].append(done / (time.time() - begin))
     result = {"task": task, "kind": kind,
               "steps_per_second": {str(v): statistics.median(r) for v, r in rates.items()},
-              "padded_tokens": {str(v): statistics.mean(map(padded_tokens, batches[v])) for v in groups}}
+              "one_group_tokens": statistics.mean(map(padded_tokens, batches[1]))}  # what a step costs in one group
     (rendezvous / f"result-{args.worker}.json").write_text(json.dumps(result))
     return 0
 
@@ -200,10 +200,8 @@ def side_by_side(args, groups: list[int]) -> int:
     n = args.side_by_side
     with tempfile.TemporaryDirectory(prefix="length-groups-") as folder:
         rendezvous = Path(folder)
-        command = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--device", args.device,
-                   "--tasks", args.tasks, "--groups", args.groups, "--batches", str(args.batches),
-                   "--batch-size", str(args.batch_size), "--seconds", str(args.seconds), "--rounds", str(args.rounds),
-                   "--rendezvous", folder] + (["--tf32"] if args.tf32 else [])
+        # each process gets this one's arguments (--worker makes it time and report, not launch or write)
+        command = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--rendezvous", folder]
         workers = [subprocess.Popen(command + ["--worker", str(i)]) for i in range(n)]
         try:
             deadline = time.time() + READY_SECONDS
@@ -248,7 +246,7 @@ def side_by_side(args, groups: list[int]) -> int:
     # over all processes, and over each kind's alone (a sweep of mostly one kind of run gains what that kind does)
     for kind in (None, *KINDS):
         members = [r for r in results if kind in (None, r["kind"])]
-        work = {v: sum(r["steps_per_second"][str(v)] * FORWARDS[r["kind"]] * r["padded_tokens"]["1"] for r in members)
+        work = {v: sum(r["steps_per_second"][str(v)] * FORWARDS[r["kind"]] * r["one_group_tokens"] for r in members)
                 for v in groups}
         print(f"work done{'' if kind is None else ' by ' + kind.replace('_', '-') + ' steps'} (steps weighted by their "
               "cost in one group): " + "; ".join(f"{v} group(s) {work[v] / work[1]:.2f} x" for v in groups))

@@ -47,20 +47,13 @@ if [ "${CUDA_CHECKS:-0}" = 1 ]; then
 fi
 if [ "${LENGTH_GROUPS_CHECK:-0}" = 1 ] && [ ! -f /tmp/zofo/length_groups ] && [ ! -s /tmp/zofo/started ]; then
   start_mps; convert_model
-  fresh_mps() {  # after a failed process: under MPS a client's fault can break the server the sweep would use
-    if [ -f /tmp/zofo/.mps ]; then
-      echo quit | timeout 30 nvidia-cuda-mps-control; rm -f /tmp/zofo/.mps
-      # gone before a new one starts (its daemon and server: both names cut to 15 characters in the process table)
-      for _ in $(seq 30); do pgrep -x nvidia-cuda-mps > /dev/null || break; sleep 1; done
-    fi
-  }
   measured=$OUT/length_groups_side_by_side pending=/tmp/zofo/length_groups.pending
   # the processes in the sweep's environment (gpu_sweep.sh); bounded, so that the call keeps time for the sweep
   # (timeout signals its whole process group: the measurement's processes too)
   OMP_NUM_THREADS=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONWARNINGS=ignore timeout 300 \
     python3 benchmarks/length_groups.py ${LENGTH_GROUPS_ARGS:---side-by-side 16 --groups 1,2 --seconds 20 --rounds 6} \
     --output "$measured.jsonl" > "$measured.txt" 2> /tmp/zofo/length_groups.err ||
-    { tail -n 20 /tmp/zofo/length_groups.err; fresh_mps; }
+    { tail -n 20 /tmp/zofo/length_groups.err; stop_mps; }
   python3 scripts/choose_length_groups.py "$measured.jsonl" --side-by-side > $pending 2>> "$measured.txt" ||
     echo 1 > $pending  # no measurement: one padded batch, as before
   cat "$measured.txt"
@@ -70,7 +63,7 @@ if [ "${LENGTH_GROUPS_CHECK:-0}" = 1 ] && [ ! -f /tmp/zofo/length_groups ] && [ 
     if [ $SECONDS -gt 300 ]; then  # with its 200 s and the sweep's start, within the call's 600
       echo 1 > $pending && echo "length groups: no time left in this call for cuda_checks.py: one padded batch, as before"
     elif ! timeout 200 python3 benchmarks/cuda_checks.py > "$OUT/cuda_checks.txt" 2>&1; then
-      echo 1 > $pending && fresh_mps
+      echo 1 > $pending && stop_mps
       echo "length groups: cuda_checks.py failed or ran out of time (lease.txt): one padded batch, as before"
     fi
   fi

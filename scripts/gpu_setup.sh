@@ -51,6 +51,14 @@ start_mps() {
     nvidia-cuda-mps-control -d && touch /tmp/zofo/.mps
   fi
 }
+# after a failed process (under MPS a client's fault can break the server), so that the next start_mps starts anew:
+# the server and its daemon gone first (both names cut to 15 characters in the process table)
+stop_mps() {
+  if [ -f /tmp/zofo/.mps ]; then
+    echo quit | timeout 30 nvidia-cuda-mps-control; rm -f /tmp/zofo/.mps
+    for _ in $(seq 30); do pgrep -x nvidia-cuda-mps > /dev/null || break; sleep 1; done
+  fi
+}
 # the bundled model converted once, before any process that loads it (the runs of a sweep start together)
 convert_model() {
   python3 -c "from zofo.models import load_model; load_model('smollm2-135m-instruct', 'fp32', 'cpu')"
