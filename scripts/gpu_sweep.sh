@@ -10,8 +10,8 @@
 # machine at once and MeZO's, which may carry over, beside them): start the first with SWEEP_SECONDS=0.
 # Afterwards, here: scripts/collect_runs.sh <files_at>/NAME.tgz (before the next machine, or it repeats them;
 # every call's archive holds all that is not collected, so the last call's is enough).
-# A later session (a fresh machine): carry .gpu/partial (or its run folders, a few per call) before its first
-# sweep call, so that the unfinished runs that came back with their checkpoints resume (gpu_setup.sh).
+# A later session (a fresh machine): the unfinished runs that came back with their checkpoints, committed under
+# results/partial, come with the repository's files and resume (gpu_setup.sh).
 # In the lease's last call, STOP_AT_END=1 stops every sweep on the machine (of every NAME: under MPS no sweep
 # stops alone) once SWEEP_SECONDS have passed: each run checkpoints the step under way (zofo train at SIGTERM),
 # so what comes back loses no step. The other NAMEs' archives then come with RETURN_ONLY=1 (no sweep started,

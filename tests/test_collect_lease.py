@@ -1,6 +1,8 @@
 """scripts/collect_lease.sh: after a GPU call, the runs it returned are collected (finished ones into results/,
-part-way ones into .gpu/partial) and the steps the call ran are counted from the runs' own records."""
+part-way ones, their records gzipped, into results/partial, which git tracks) and the steps the call ran are counted
+from the runs' own records."""
 
+import gzip
 import json
 import os
 import shutil
@@ -8,9 +10,14 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from test_partials_script import IDENTITY, git
-
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t"}  # commits need one, and CI's machine may have none configured
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                          env=os.environ | IDENTITY).stdout
 
 
 def write_run(folder: Path, records: list[dict], finished: bool, output_log: str = "", copied: bool = False):
@@ -33,9 +40,14 @@ def test_a_call_is_collected_and_its_steps_counted_from_the_runs_records(tmp_pat
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "start")
     tuning = "method=fo,peft=lora,task=rte,lr=0.1"
-    # a part-way tuning run from an earlier call, stopped at SIGTERM after step 693
-    write_run(repo / ".gpu/partial/sweep/tuning" / tuning, [{"step": 500, "val_loss": 0.8}], finished=False,
+    # a part-way tuning run from an earlier call, stopped at SIGTERM after step 693, kept as collect_runs.sh keeps
+    # one: its records gzipped
+    earlier = repo / "results/partial/sweep/tuning" / tuning
+    write_run(earlier, [{"step": 500, "val_loss": 0.8}], finished=False,
               output_log="zofo train: stopped by SIGTERM after step 693, checkpointed there\n")
+    for records in ("log.jsonl", "output.log"):
+        (earlier / f"{records}.gz").write_bytes(gzip.compress((earlier / records).read_bytes()))
+        (earlier / records).unlink()
 
     returned = tmp_path / "returned" / "results" / "sweep" / "runs"
     # it finished in this call, at step 990
@@ -56,8 +68,14 @@ def test_a_call_is_collected_and_its_steps_counted_from_the_runs_records(tmp_pat
                             capture_output=True, text=True, env=os.environ | IDENTITY).stdout
 
     assert (repo / "results/sweep/runs/tuning" / tuning / "metrics.json").exists()
-    assert not (repo / ".gpu/partial/sweep/tuning" / tuning).exists()  # finished: no longer part-way
-    assert (repo / ".gpu/partial/sweep" / new / "checkpoint.pt").exists()
+    assert not earlier.exists()  # finished: no longer part-way
+    kept = repo / "results/partial/sweep" / new
+    assert sorted(p.name for p in kept.iterdir()) == ["checkpoint.pt", "log.jsonl.gz", "output.log.gz"]
+    assert json.loads(gzip.decompress((kept / "log.jsonl.gz").read_bytes()).splitlines()[0]) == {"step": 500,
+                                                                                               "val_loss": 0.7}
+    assert "1 unfinished run(s) in results/partial" in output
+    git(repo, "add", "results")  # tracked: the part-way run is committed with the finished ones
+    assert f"results/partial/sweep/{new}/checkpoint.pt" in git(repo, "diff", "--cached", "--name-only")
     summary = [line for line in output.splitlines() if line.startswith("steps: ") and "results/" not in line]
     assert summary == [
         "steps: sweep part-way method=mezo peft=prefix task=cb: 500 in 1 run(s)",
