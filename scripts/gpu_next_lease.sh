@@ -27,15 +27,16 @@
 # while the machine is warm, bash scripts/gpu_return_left.sh brings back the unfinished runs that did not fit.
 # CHAINS replaces the chains: one chain a line, its sweeps separated by ';', each `CONFIG [zofo sweep arguments]`.
 # CUDA_CHECKS=1 runs benchmarks/cuda_checks.py first (about 3 minutes: after a change to the engine; they passed
-# at session 16's code, results/benchmarks/).
-# --length-groups: 1, as scripts/choose_length_groups.py's rule chose from session 16's measurement of one process
-# alone on the GPU (results/benchmarks/length_groups_h200.jsonl), unless LENGTH_GROUPS_CHECK=1 in the machine's
-# first call of gpu_next_lease.sh: before any sweep starts, `benchmarks/length_groups.py --side-by-side 16` then
-# measures it as the sweep runs (16 processes under MPS, about 3 minutes) and `choose_length_groups.py
-# --side-by-side` applies session 31's rule, written before that measurement (a value other than 1 only after
-# benchmarks/cuda_checks.py has passed, which runs every method in groups under CUDA graphs); the value goes to
-# /tmp/zofo/length_groups, which every later call of the lease reads, so that the sweep's arguments stay the same.
-# A run resumes with another value (an execution field: its losses change at float round-off only).
+# at session 32's code, results/benchmarks/).
+# --length-groups: 2, as scripts/choose_length_groups.py's side-by-side rule chose from session 32's measurement
+# (results/benchmarks/length_groups_side_by_side_h200.txt: 1.34 x one group's work with 16 processes sharing the
+# GPU; cuda_checks.py passed on it), unless LENGTH_GROUPS_CHECK=1 in the machine's first call of
+# gpu_next_lease.sh (after a change to the engine or to the sweep's mix of runs): before any sweep starts,
+# `benchmarks/length_groups.py --side-by-side 16` then measures it again (16 processes under MPS, about 3
+# minutes) and the rule chooses (a value other than 1 only after benchmarks/cuda_checks.py has passed, which runs
+# every method in groups under CUDA graphs); the value goes to /tmp/zofo/length_groups, which every later call of
+# the lease reads, so that the sweep's arguments stay the same.
+# A run resumes with another value (an execution field: a step's losses change at float round-off only).
 # LENGTH_GROUPS_ARGS replaces the measurement's arguments (a rehearsal on a CPU: --model tiny-llama --device cpu ...).
 set -u
 OUT=${OUT:-/tmp/zofo/out}; mkdir -p "$OUT" /tmp/zofo
@@ -68,7 +69,7 @@ if [ "${LENGTH_GROUPS_CHECK:-0}" = 1 ] && [ ! -f /tmp/zofo/length_groups ] && [ 
   fi
   mv $pending /tmp/zofo/length_groups
 fi
-length_groups=$(cat /tmp/zofo/length_groups 2>/dev/null)
+length_groups=$(cat /tmp/zofo/length_groups 2>/dev/null || echo 2)  # 2: session 32's measurement, above
 case $length_groups in [1-9]|1[0-6]) ;; *) length_groups=1 ;; esac  # what --length-groups admits, else 1
 if [ "$length_groups" = 1 ]; then groups_argument=""; else groups_argument="--set length_groups=$length_groups"; fi
 table2="configs/paper/table2.yaml --only task=sst2,copa,cb,rte --parallel 16"
