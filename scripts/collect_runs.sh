@@ -3,10 +3,10 @@
 # metrics.json) from its archive into results/<sweep>/runs, so that the next call skips them, and rebuild the
 # reports. Unfinished runs that came back with their checkpoint (gpu_sweep.sh returns the small ones: MeZO's
 # hold no weights, a MeZO-prefix run at step 2,000 is 0.1 MB gzipped) go to results/partial/<sweep>/, newest
-# replacing older, their records gzipped. Tracked by git: committed, they outlive this checkout (sessions 22 and
-# 31 lost 16 part-way runs each with an ignored folder and a local branch) and travel with every GPU call, where
-# scripts/gpu_setup.sh puts them back for the sweep that resumes them. A partial run's size is printed: every
-# call carries them all beside the repository, within 64 MiB.
+# replacing older, their records gzipped. Tracked by git: committed, they outlive this checkout (session 22's and
+# session 31's 16 part-way runs, kept in an ignored folder and a local branch, were lost with theirs) and travel
+# with every GPU call, where scripts/gpu_setup.sh puts them back for the sweep that resumes them. A partial run's
+# size is printed: every call carries them all beside the repository, within 64 MiB.
 # Usage: scripts/collect_runs.sh PATH/NAME.tgz   (or the parts PATH/NAME.tgz.00, .01, ... given as PATH/NAME.tgz)
 set -euo pipefail
 archive=${1:?usage: scripts/collect_runs.sh PATH/NAME.tgz}
