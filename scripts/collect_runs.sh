@@ -15,10 +15,15 @@ partial_folder() {  # results/NAME/runs/RUN -> results/partial/NAME/RUN (RUN may
   local inside=${1#results/}
   echo "results/partial/${inside%%/*}/${inside#*/runs/}"
 }
-reached() (  # the step a run folder holds: a finished run's last record, else its checkpoint's, which zofo writes
-  # at every evaluation (a record with val_loss) and at SIGTERM (output.log says after which step); 0 if none
+reached() (  # the step a run folder holds: a finished run's last record, else its checkpoint's: read from
+  # checkpoint.pt where torch can (it is written at evaluations, every checkpoint_every steps and at SIGTERM), else
+  # its last evaluation (a record with val_loss) or the step output.log says SIGTERM checkpointed; 0 if none
   set +o pipefail  # a file that is not there is one place fewer to look, not a failure
   run=$1
+  if [ ! -f "$run/metrics.json" ] && [ -f "$run/checkpoint.pt" ] && python3 -c 'import sys, torch
+print(torch.load(sys.argv[1], weights_only=True, map_location="cpu")["step"])' "$run/checkpoint.pt" 2>/dev/null; then
+    return 0
+  fi
   if [ -f "$run/metrics.json" ]; then pattern='"step": [0-9]*'; else pattern='"step": [0-9]*, "val_loss"'; fi
   { cat "$run/log.jsonl" "$run/output.log"; zcat "$run/log.jsonl.gz" "$run/output.log.gz"; } 2>/dev/null |
     grep -o -e "$pattern" -e 'after step [0-9]*, checkpointed' | tr -dc '0-9\n' | sort -n | tail -1 | grep . || echo 0

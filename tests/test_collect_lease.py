@@ -7,8 +7,11 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
+
+import torch
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 IDENTITY = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
@@ -56,6 +59,10 @@ def test_a_call_is_collected_and_its_steps_counted_from_the_runs_records(tmp_pat
     # a new run, killed after its evaluation at step 500: its checkpoint is 500's, not its last record's 600
     new = "method=mezo,peft=prefix,steps=10000,task=cb,seed=0"
     write_run(returned / new, [{"step": 500, "val_loss": 0.7}, {"step": 600, "loss": 1.0}], finished=False)
+    # a new run killed after a checkpoint between evaluations (--checkpoint-every): its step, 650, is the checkpoint's
+    between = "method=mezo,peft=prefix,steps=10000,task=rte,seed=0"
+    write_run(returned / between, [{"step": 500, "val_loss": 0.7}, {"step": 650, "loss": 1.0}], finished=False)
+    torch.save({"step": 650, "iteration": 650}, returned / between / "checkpoint.pt")
     # copied from another sweep's finished run: no step ran here
     write_run(returned / "tuning" / "method=fo,peft=lora,task=cb,lr=0.1", [{"step": 1000, "val_loss": 0.6}],
               finished=True, copied=True)
@@ -64,8 +71,10 @@ def test_a_call_is_collected_and_its_steps_counted_from_the_runs_records(tmp_pat
     with tarfile.open(call / "sweep.tgz", "w:gz") as archive:
         archive.add(tmp_path / "returned" / "results", arcname="results")
 
+    # python3 with torch first, as after `source .venv/bin/activate`
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     output = subprocess.run(["bash", "scripts/collect_lease.sh", str(call)], cwd=repo, check=True,
-                            capture_output=True, text=True, env=os.environ | IDENTITY).stdout
+                            capture_output=True, text=True, env=os.environ | IDENTITY | {"PATH": path}).stdout
 
     assert (repo / "results/sweep/runs/tuning" / tuning / "metrics.json").exists()
     assert not earlier.exists()  # finished: no longer part-way
@@ -73,12 +82,13 @@ def test_a_call_is_collected_and_its_steps_counted_from_the_runs_records(tmp_pat
     assert sorted(p.name for p in kept.iterdir()) == ["checkpoint.pt", "log.jsonl.gz", "output.log.gz"]
     assert json.loads(gzip.decompress((kept / "log.jsonl.gz").read_bytes()).splitlines()[0]) == {"step": 500,
                                                                                                "val_loss": 0.7}
-    assert "1 unfinished run(s) in results/partial" in output
+    assert "2 unfinished run(s) in results/partial" in output
     git(repo, "add", "results")  # tracked: the part-way run is committed with the finished ones
     assert f"results/partial/sweep/{new}/checkpoint.pt" in git(repo, "diff", "--cached", "--name-only")
     summary = [line for line in output.splitlines() if line.startswith("steps: ") and "results/" not in line]
     assert summary == [
         "steps: sweep part-way method=mezo peft=prefix task=cb: 500 in 1 run(s)",
+        "steps: sweep part-way method=mezo peft=prefix task=rte: 650 in 1 run(s)",
         "steps: sweep tuning finished method=fo peft=lora task=rte: 297 in 1 run(s)",
-        "steps: 797 in all",
+        "steps: 1447 in all",
     ]

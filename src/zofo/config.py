@@ -119,7 +119,7 @@ USED_BY_METHOD = {
 # How a run executes, not what it computes (graphs and compile change losses only at float round-off): a
 # run resumes with other values of these, and reports do not split rows on them.
 EXECUTION_FIELDS = {"resume", "overwrite", "out_dir", "device", "graphs", "compile", "eval_batch_size", "length_groups",
-                    "data.data_dir", "weight_check_every", "collective_timeout", "shard_weights",
+                    "checkpoint_every", "data.data_dir", "weight_check_every", "collective_timeout", "shard_weights",
                     "on_divergence"}  # what a run that diverges does: a run that did not is the same experiment
 META_METHODS = ("meta-bilevel", "meta-mezo", "meta-icl")  # trained on a MetaICL setting, then meta-tested
 ADAPTER_METHODS = ("fo", "bilevel", "two-stage", "meta-bilevel")  # train an adapter: need --peft
@@ -145,6 +145,7 @@ class RunConfig(BaseModel):
     lr: float = Field(1e-5, ge=0, description="constant learning rate of the method's main optimizer: Adam on the adapter (fo); the ZO optimizer (mezo; θ in bilevel and in two-stage's second stage)")
     batch_size: int = Field(8, ge=1, description="training examples per step (bilevel: per minibatch, B_FT and B_P each)")
     eval_every: int = Field(55, ge=1, description="validation loss (and a checkpoint) every N steps and at the last step")
+    checkpoint_every: int = Field(0, ge=0, description="also a checkpoint every N steps between evaluations (0 = at evaluations only), so that a run killed without warning (a GPU machine taken back) loses at most N steps; each writes the method's state (adapters and their optimizer states; θ comes from the trajectory)")
     length_groups: int = Field(1, ge=1, le=16, description="split each training minibatch into at most this many groups of examples of similar length, each padded on its own (the cut with the fewest padded tokens); the loss and gradient stay the minibatch's, to float round-off. On inputs of uneven length (CB, RTE: a minibatch padded to its longest input is about half padding) it saves compute where a step is compute-bound; each group is a model call of its own")
     eval_batch_size: int = Field(32, ge=1, description="rows per forward when scoring candidates")
     max_new_tokens: int = Field(50, ge=1, description="generation length for SQuAD/DROP")

@@ -8,6 +8,7 @@
             checkpoint: the method's state, the selection, the iteration (atomic; the log and the
                         trajectory are cut back to it on resume)
             a tuning run whose val is over EXPLODED × a uniform guess's ends there, its best step standing
+        if it crosses a multiple of checkpoint_every (0: never): checkpoint, no evaluation
         if SIGTERM came (a sweep or a GPU lease ending): checkpoint this iteration, stop (RunStopped)
     if the loss became NaN or the model collapsed: fail, or (on_divergence: test-best, a step selected so far)
         end the loop there, that step tested as the run's
@@ -123,7 +124,9 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
             if check_weights and due(schedule, iteration, config.weight_check_every):
                 distributed.check_same_weights(method.model, step)  # every rank took the same steps
             evaluate = due(schedule, iteration, config.eval_every) or method.must_evaluate(iteration)
-            if evaluate or stop.requested or len(log.records) >= FLUSH_EVERY:
+            checkpoint = evaluate or stop.requested or bool(
+                config.checkpoint_every and due(schedule, iteration, config.checkpoint_every))
+            if checkpoint or len(log.records) >= FLUSH_EVERY:  # the log holds every step a checkpoint holds
                 shown = log.flush()
                 progress.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if k != "step" and isinstance(v, float)})
             if evaluate:
@@ -139,7 +142,7 @@ def train(method: Method, run: RunFolder, resume_state: dict | None = None, extr
                 method.evaluated(iteration, val_loss, selection)
                 progress.set_postfix(val=f"{val_loss:.3f}", best=selection.step)
                 end_if_far_off(selection, step, val_loss, uniform_guess_loss)
-            if evaluate or stop.requested:
+            if checkpoint:
                 selection.train_seconds = seconds_before + time.perf_counter() - started
                 run.save_checkpoint({"iteration": iteration + 1, "step": step, "train_seconds": selection.train_seconds,
                                      "selection": selection.state_dict(),
