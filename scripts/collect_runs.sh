@@ -75,6 +75,12 @@ for sweep in $(ls "$staging"/results); do
   fi
 done
 if [ -d results/partial ]; then
+  find results/partial -mindepth 1 -type d -empty -delete  # the folders of runs that have finished
   echo "partial: $(find results/partial -name checkpoint.pt | wc -l) unfinished run(s) in results/partial" \
        "($(du -sh results/partial | cut -f1)): commit them, so that they outlive this checkout"
+  # every GPU call carries the repository, 64 MiB with what it carries: a Bilevel-LoRA checkpoint is 15 MB
+  if [ "$(du -sm results/partial | cut -f1)" -gt 16 ]; then
+    echo "partial: results/partial is over 16 MB: each GPU call carries it; finish those runs in the next lease" \
+         "(scripts/carry_plan.py says whether the setup calls still fit)"
+  fi
 fi

@@ -33,8 +33,10 @@ done
 # already.
 for run in results/partial/*/* results/partial/*/tuning/*; do
   [ -f "$run/checkpoint.pt" ] || continue
-  destination=/tmp/zofo/${run#results/partial/}
-  mark=/tmp/zofo/.carried/${run#results/partial/}
+  inside=${run#results/partial/}  # NAME/RUN or NAME/tuning/RUN
+  [ -f "results/${inside%%/*}/runs/${inside#*/}/metrics.json" ] && continue  # finished since: never resumed
+  destination=/tmp/zofo/$inside
+  mark=/tmp/zofo/.carried/$inside
   [ -e "$destination" ] || { mkdir -p "$(dirname "$destination")" "$(dirname "$mark")" && cp -r "$run" "$destination" &&
                              find "$destination" -maxdepth 1 -name '*.gz' -exec gunzip -f {} + &&
                              touch "$mark"; }

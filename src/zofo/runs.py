@@ -3,7 +3,8 @@
     config.yaml       the resolved configuration (nested sections)
     log.jsonl         one line per logged step: {"step", "train_loss", ...} or {"step", "val_loss"}
     trajectory.jsonl  the zeroth-order steps (seed, scalars, lr), where the method takes any
-    checkpoint.pt     the state at the last evaluation, for --resume (θ itself comes from the trajectory);
+    checkpoint.pt     the state at the last evaluation (or checkpoint_every, or SIGTERM), for --resume (θ itself
+                      comes from the trajectory);
                       deleted when the run finishes
     metrics.json      written last: zero-shot and test metrics, best step, timings; its presence means finished
     loss_curves.png   train and validation loss against step
@@ -133,7 +134,8 @@ class RunFolder:
             rewrite_records(self.trajectory_path, [header] + [r for r in records if r["step"] <= step])
 
     def save_checkpoint(self, state: dict) -> None:
-        """Written after each evaluation, atomically (a kill mid-write leaves the previous one)."""
+        """Written after each evaluation, every checkpoint_every steps and at SIGTERM, atomically (a kill
+        mid-write leaves the previous one)."""
         if not self.writes:
             return
         import torch  # here, not at the top: zofo sweep's parent reads run folders without torch

@@ -153,7 +153,8 @@ def last_step(folder: Path) -> str:
 
 def steps_to_run(job: Job) -> int:
     """A run's steps still to run: all of them, or those after its last logged step where it resumes from a
-    checkpoint (about: a run killed without SIGTERM resumes from its last evaluation, before that step)."""
+    checkpoint (about: a run killed without SIGTERM resumes from its last checkpoint, an evaluation or
+    checkpoint_every's, before that step)."""
     steps = job.fields.get("steps", RunConfig.model_fields["steps"].default)  # validated when the sweep loaded
     done = last_step(job.folder) if (job.folder / "checkpoint.pt").exists() else "0"
     return max(0, steps - int(done)) if done.isdigit() else steps
