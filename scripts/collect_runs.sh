@@ -28,6 +28,11 @@ print(torch.load(sys.argv[1], weights_only=True, map_location="cpu")["step"])' "
   { cat "$run/log.jsonl" "$run/output.log"; zcat "$run/log.jsonl.gz" "$run/output.log.gz"; } 2>/dev/null |
     grep -o -e "$pattern" -e 'after step [0-9]*, checkpointed' | tr -dc '0-9\n' | sort -n | tail -1 | grep . || echo 0
 )
+gzip_records() {  # gzip_records FOLDER NAME...: those of the files that are there, gzipped (a quarter of the size,
+  # or less; zofo reads either): the repository's files travel with every GPU call, within 64 MiB with its carry
+  local folder=$1 name; shift
+  for name in "$@"; do if [ -f "$folder/$name" ]; then gzip -9nf "$folder/$name"; fi; done
+}
 steps() {  # steps: RUN FROM TO STATE, the steps this call added to a run, which collect_lease.sh sums
   local to=0  # a run copied from another sweep's (reused.yaml) ran no step here
   if [ ! -f "$staging/$2/reused.yaml" ]; then to=$(reached "$staging/$2"); fi
@@ -45,9 +50,7 @@ mkdir -p "$staging/results"  # an archive of a sweep that never started holds no
   if [ ! -d "$run" ] || [ ! -f "$run/metrics.json" ]; then
     steps finished "$run"
     mkdir -p "$run" && cp -r "$staging/$run/." "$run/" && echo "new: $run"
-    # its per-step records gzipped (a quarter of the size; zofo reads either): the repository's files travel
-    # with every GPU call, within 64 MiB with what the call carries
-    for records in "$run/log.jsonl" "$run/trajectory.jsonl"; do if [ -f "$records" ]; then gzip -9nf "$records"; fi; done
+    gzip_records "$run" log.jsonl trajectory.jsonl
   fi
   rm -rf "$(partial_folder "$run")"
 done
@@ -57,10 +60,7 @@ done
     partial=$(partial_folder "$run")
     steps part-way "$run"
     rm -rf "$partial" && mkdir -p "$partial" && cp -r "$staging/$run/." "$partial/"
-    # its records gzipped (a quarter of the size, or less); gpu_setup.sh unpacks them where the run resumes
-    for records in log.jsonl trajectory.jsonl output.log; do
-      if [ -f "$partial/$records" ]; then gzip -9nf "$partial/$records"; fi
-    done
+    gzip_records "$partial" log.jsonl trajectory.jsonl output.log  # gpu_setup.sh unpacks them where it resumes
     echo "partial: $partial ($(du -sk "$partial" | cut -f1) KB)"
   fi
 done
