@@ -62,6 +62,11 @@ stop_mps() {
     for _ in $(seq 30); do pgrep -x nvidia-cuda-mps > /dev/null || break; sleep 1; done
   fi
 }
+# copy SOURCE's files into DESTINATION, keeping those already there (cp -rn: the GPU machine's newer cp warns once
+# a file that -n "may change"; --update=none, in cp since coreutils 9.3, says the same without the warning)
+copy_missing() {
+  cp -r --update=none "$1" "$2" 2>/dev/null || cp -rn "$1" "$2"
+}
 # the bundled model converted once, before any process that loads it (the runs of a sweep start together)
 convert_model() {
   python3 -c "from zofo.models import load_model; load_model('smollm2-135m-instruct', 'fp32', 'cpu')"
