@@ -44,6 +44,16 @@ def test_a_bad_field_in_a_sweep_fails_before_anything_runs(tmp_path, data_dir):
         expand(load_sweep(path))
 
 
+def test_one_run_s_config_given_to_zofo_sweep_says_to_train_it(tmp_path, capsys):
+    path = tmp_path / "cb-lora.yaml"
+    path.write_text("task: cb\nmethod: fo\npeft: lora\nlr: 1.0e-4\n")
+    assert main(["sweep", str(path), "--dry-run"]) == 2
+    assert f"one run's config: `zofo train --config {path}`" in capsys.readouterr().err
+    path.write_text("grid: {seed: [0]}\nsteps: 5\n")  # a sweep with a stray key: no such hint
+    with pytest.raises(ValueError, match=r"unknown sweep key\(s\) \['steps'\]; allowed: .*'variants'\]$"):
+        load_sweep(path)
+
+
 def test_sweep_runs_side_by_side_and_resumes_without_rerunning_finished_runs(tmp_path, data_dir, capsys):
     path = write_sweep(tmp_path / "s.yaml", data_dir, tmp_path / "runs")
     assert main(["sweep", str(path)]) == 0

@@ -76,7 +76,8 @@ def load_sweep(path: str | Path) -> dict:
         raise ConfigError(f"{path}: a sweep file is a mapping with keys {sorted(SWEEP_KEYS)}")
     unknown = set(sweep) - SWEEP_KEYS
     if unknown:
-        raise ConfigError(f"{path}: unknown sweep key(s) {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}")
+        one_run = "" if set(sweep) & SWEEP_KEYS else f" (this looks like one run's config: `zofo train --config {path}`)"
+        raise ConfigError(f"{path}: unknown sweep key(s) {sorted(unknown)}; allowed: {sorted(SWEEP_KEYS)}{one_run}")
     for key, values in (sweep.get("grid") or {}).items():
         if not isinstance(values, list):
             raise ConfigError(f"{path}: grid.{key} must be a list of values, got {values!r}")
