@@ -62,8 +62,9 @@ stop_mps() {
     for _ in $(seq 30); do pgrep -x nvidia-cuda-mps > /dev/null || break; sleep 1; done
   fi
 }
-# copy SOURCE's files into DESTINATION, keeping those already there (cp -rn: the GPU machine's newer cp warns once
-# a file that -n "may change"; --update=none, in cp since coreutils 9.3, says the same without the warning)
+# copy SOURCE's files into DESTINATION, keeping those already there: cp -rn, but the GPU machine's newer cp warns at
+# every call that -n's behaviour may change; --update=none (coreutils 9.3 on) does the same silently, and an older
+# cp, which rejects it before copying anything, falls back to -n
 copy_missing() {
   cp -r --update=none "$1" "$2" 2>/dev/null || cp -rn "$1" "$2"
 }
