@@ -82,7 +82,7 @@ name_of() { echo "paper-$(basename "$1" .yaml)"; }
 # every sweep's folder on this machine, holding what was collected here, so that --reuse can name it from the start
 for config in configs/paper/*.yaml; do
   name=$(name_of "$config"); mkdir -p "/tmp/zofo/$name"
-  if [ -d "results/$name/runs" ]; then copy_missing "results/$name/runs/." "/tmp/zofo/$name/"; fi
+  copy_missing "results/$name/runs/." "/tmp/zofo/$name/"
 done
 reuse_arguments() {  # --reuse /tmp/zofo/paper-X for each runs/X the config's `reuse` names
   python3 -c "import sys, yaml; print(' '.join('--reuse /tmp/zofo/paper-' + folder.rstrip('/').split('/')[-1]

@@ -62,10 +62,12 @@ stop_mps() {
     for _ in $(seq 30); do pgrep -x nvidia-cuda-mps > /dev/null || break; sleep 1; done
   fi
 }
-# copy SOURCE's files into DESTINATION, keeping those already there: cp -rn, but the GPU machine's newer cp warns at
-# every call that -n's behaviour may change; --update=none (coreutils 9.3 on) does the same silently, and an older
-# cp, which rejects it before copying anything, falls back to -n
+# copy SOURCE's files into DESTINATION, keeping those already there; nothing where SOURCE is not there (a sweep
+# with no results yet): cp -rn, but the GPU machine's newer cp warns at every call that -n's behaviour may change;
+# --update=none (coreutils 9.3 on) does the same silently, and an older cp, which rejects it before copying
+# anything, falls back to -n
 copy_missing() {
+  [ -e "$1" ] || return 0
   cp -r --update=none "$1" "$2" 2>/dev/null || cp -rn "$1" "$2"
 }
 # the bundled model converted once, before any process that loads it (the runs of a sweep start together)

@@ -35,7 +35,7 @@ id=$(echo "$config $*" | md5sum | cut -c1-8)
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 if [ "${RETURN_ONLY:-0}" != 1 ] && ! running $sweeps/$id.pid; then
   convert_model  # once, not by each run
-  if [ -d results/$name/runs ]; then copy_missing results/$name/runs/. /tmp/zofo/$name/; fi
+  copy_missing results/$name/runs/. /tmp/zofo/$name/
   echo "$config $*" > $sweeps/$id.args
   setsid python3 -m zofo sweep $config --out-dir /tmp/zofo/$name "$@" > $sweeps/$id.log 2>&1 < /dev/null &
   echo $! > $sweeps/$id.pid
